@@ -1,0 +1,87 @@
+"""Channel-wise autoregressive entropy model, ChARM (Minnen & Singh, ICIP 2020), as in
+tensorflow-compression's ``models/ms2020.py``.
+
+y is split into ``num_slices`` slices along channels. Slice i is conditioned on the hyper
+features and on the first min(i, max_support_slices) decoded slices:
+  mean  = cc_mean_i(concat[hyper_means, support])
+  index = cc_scale_i(concat[hyper_scales, support])      (a scale *index*, not a scale)
+  y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
+One string per slice, decoded slice by slice.
+"""
+import tensorflow as tf
+
+from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+
+
+class CharmEntropyModel(EntropyModel):
+
+  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
+               hidden_filters=(224, 128), num_slices=10, max_support_slices=5, name="charm"):
+    super().__init__(latent_depth, scale_table, name=name)
+    if latent_depth % num_slices:
+      raise ValueError(f"charm: num_slices={num_slices} does not divide "
+                       f"latent_depth={latent_depth}")
+    self.num_slices = int(num_slices)
+    self.num_strings = self.num_slices
+    self.max_support_slices = int(max_support_slices)
+    slice_depth = latent_depth // num_slices
+    self.hyper_synthesis_mean = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
+    self.hyper_synthesis_scale = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+    self.cc_mean = [SliceTransform(hidden_filters, slice_depth, name=f"cc_mean_{i}")
+                    for i in range(num_slices)]
+    self.cc_scale = [SliceTransform(hidden_filters, slice_depth, name=f"cc_scale_{i}")
+                     for i in range(num_slices)]
+    self.lrp = [SliceTransform(hidden_filters, slice_depth, name=f"lrp_{i}")
+                for i in range(num_slices)]
+
+  def parameter_groups(self):
+    return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
+            "slice_mean_scale": self.cc_mean + self.cc_scale, "lrp": self.lrp}
+
+  def _support(self, decoded):
+    # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
+    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
+
+  def _slice_params(self, i, hyper_means, hyper_scales, decoded):
+    support = self._support(decoded)
+    mean_support = tf.concat([hyper_means] + support, axis=-1)
+    mean = self.cc_mean[i](mean_support)
+    scale_index = self.cc_scale[i](tf.concat([hyper_scales] + support, axis=-1))
+    return mean, scale_index, mean_support
+
+  def _with_residual(self, i, mean_support, y_hat_slice):
+    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
+    return y_hat_slice + 0.5 * tf.math.tanh(residual)
+
+  def call(self, y, z_hat, training):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded, bits = [], 0.
+    for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
+      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
+      bits += self.gaussian.rate(y_slice, scale_index, mean, training)
+      decoded.append(self._with_residual(i, mean_support, self.gaussian.quantize(y_slice, mean)))
+    return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
+
+  def compress(self, y, z_hat):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded, strings = [], []
+    for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
+      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
+      strings.append(self.gaussian.compress(y_slice, scale_index, mean))
+      decoded.append(self._with_residual(i, mean_support, tf.round(y_slice - mean) + mean))
+    return strings, tf.concat(decoded, axis=-1)
+
+  def decompress(self, strings, z_hat, y_shape):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded = []
+    for i in range(self.num_slices):
+      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
+      y_hat_slice = self.gaussian.decompress(strings[i], scale_index, mean)
+      decoded.append(self._with_residual(i, mean_support, y_hat_slice))
+    return tf.concat(decoded, axis=-1)

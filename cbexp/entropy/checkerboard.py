@@ -1,0 +1,83 @@
+"""Checkerboard context model (He et al., CVPR 2021) on the ms2020 transforms, with LRP.
+
+Two passes over the latent grid (``cbexp.entropy.layers`` defines the partition):
+  pass 1, anchors:     params = g_ep(hyper, context = 0)          -> code the anchors
+  pass 2, non-anchors: context = g_cm(decoded anchors only)
+                       params = g_ep(hyper, context)              -> code the non-anchors
+then y_hat += 0.5 * tanh(lrp(hyper)). Training mimics this exactly (ELIC's two-step encoding,
+He et al. CVPR 2022 section 6.1): anchors are quantized with their pass-1 means *before* the
+context is computed, so the network never sees a context the decoder cannot reproduce.
+"""
+import tensorflow as tf
+
+from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.layers import (EntropyParameters, MaskedConv2D, checkerboard_context_mask,
+                                  merge_checkerboard, split_checkerboard)
+from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+
+
+class CheckerboardEntropyModel(EntropyModel):
+  num_strings = 2  # anchors, non-anchors
+
+  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
+               hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
+               name="checkerboard"):
+    super().__init__(latent_depth, scale_table, name=name)
+    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
+    self.context_model = MaskedConv2D(context_multiplier * latent_depth,
+                                      checkerboard_context_mask(5), name="context_model")
+    self.entropy_parameters = EntropyParameters(
+        [w * latent_depth for w in param_widths], latent_depth, with_context=True)
+    self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
+
+  def parameter_groups(self):
+    return {"hyper_synthesis": [self.hyper_synthesis], "context_model": [self.context_model],
+            "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
+
+  # The two passes, shared by training, compress and decompress so all three compute the
+  # entropy parameters with the same ops on the same shapes.
+  def _anchor_params(self, hyper_anchors):
+    return self.entropy_parameters(hyper_anchors)
+
+  def _non_anchor_params(self, anchors_hat, hyper_non_anchors):
+    context = self.context_model(merge_checkerboard(anchors_hat, tf.zeros_like(anchors_hat)))
+    _, context_non_anchors = split_checkerboard(context)
+    return self.entropy_parameters(hyper_non_anchors, context_non_anchors)
+
+  def _residual(self, hyper):
+    return 0.5 * tf.math.tanh(self.lrp(hyper))
+
+  def call(self, y, z_hat, training):
+    hyper = self.hyper_synthesis(z_hat)
+    hyper_a, hyper_n = split_checkerboard(hyper)
+    y_a, y_n = split_checkerboard(y)
+    mean_a, index_a = self._anchor_params(hyper_a)
+    y_hat_a = self.gaussian.quantize(y_a, mean_a)  # step one: anchors quantized first
+    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
+    bits = (self.gaussian.rate(y_a, index_a, mean_a, training)
+            + self.gaussian.rate(y_n, index_n, mean_n, training))
+    y_hat_n = self.gaussian.quantize(y_n, mean_n)
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)
+    return LatentOutput(y_hat=y_hat, bits=bits)
+
+  def compress(self, y, z_hat):
+    hyper = self.hyper_synthesis(z_hat)
+    hyper_a, hyper_n = split_checkerboard(hyper)
+    y_a, y_n = split_checkerboard(y)
+    mean_a, index_a = self._anchor_params(hyper_a)
+    string_a = self.gaussian.compress(y_a, index_a, mean_a)
+    y_hat_a = tf.round(y_a - mean_a) + mean_a
+    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
+    string_n = self.gaussian.compress(y_n, index_n, mean_n)
+    y_hat_n = tf.round(y_n - mean_n) + mean_n
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)
+    return [string_a, string_n], y_hat
+
+  def decompress(self, strings, z_hat, y_shape):
+    hyper = self.hyper_synthesis(z_hat)
+    hyper_a, hyper_n = split_checkerboard(hyper)
+    mean_a, index_a = self._anchor_params(hyper_a)
+    y_hat_a = self.gaussian.decompress(strings[0], index_a, mean_a)  # pass 1
+    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
+    y_hat_n = self.gaussian.decompress(strings[1], index_n, mean_n)  # pass 2
+    return merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)

@@ -1,0 +1,49 @@
+"""Mean-scale hyperprior without context (Minnen et al., NeurIPS 2018, "no context"): the baseline.
+
+On the ms2020 transforms with everything else as in the checkerboard model (one hyper-synthesis,
+the 1x1 entropy-parameter network, LRP from the hyper features): it is the checkerboard model
+with its context removed, so the pair isolates what the spatial context buys.
+"""
+import tensorflow as tf
+
+from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.layers import EntropyParameters
+from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+
+
+class HyperpriorEntropyModel(EntropyModel):
+  num_strings = 1
+
+  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
+               hidden_filters=(224, 128), param_widths=(3, 2), name="hyperprior"):
+    super().__init__(latent_depth, scale_table, name=name)
+    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
+    self.entropy_parameters = EntropyParameters(
+        [w * latent_depth for w in param_widths], latent_depth, with_context=False)
+    self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
+
+  def parameter_groups(self):
+    return {"hyper_synthesis": [self.hyper_synthesis],
+            "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
+
+  def _residual(self, hyper):
+    return 0.5 * tf.math.tanh(self.lrp(hyper))
+
+  def call(self, y, z_hat, training):
+    hyper = self.hyper_synthesis(z_hat)
+    mean, scale_index = self.entropy_parameters(hyper)
+    bits = self.gaussian.rate(y, scale_index, mean, training)
+    y_hat = self.gaussian.quantize(y, mean) + self._residual(hyper)
+    return LatentOutput(y_hat=y_hat, bits=bits)
+
+  def compress(self, y, z_hat):
+    hyper = self.hyper_synthesis(z_hat)
+    mean, scale_index = self.entropy_parameters(hyper)
+    string = self.gaussian.compress(y, scale_index, mean)
+    y_hat = tf.round(y - mean) + mean + self._residual(hyper)
+    return [string], y_hat
+
+  def decompress(self, strings, z_hat, y_shape):
+    hyper = self.hyper_synthesis(z_hat)
+    mean, scale_index = self.entropy_parameters(hyper)
+    return self.gaussian.decompress(strings[0], scale_index, mean) + self._residual(hyper)

@@ -1,0 +1,163 @@
+"""The compression model: ms2020 transforms + factorized prior on z + a pluggable entropy model.
+
+    x -> g_a -> y -> h_a -> z  --(factorized prior)-->  z_hat
+                y, z_hat --(entropy model)--> y_hat -> g_s -> x_hat
+
+``call`` is the training forward pass; ``compress``/``decompress`` produce and consume real
+range-coded strings (tensorflow-compression). Images of any size are padded to a multiple of
+``PAD_MULTIPLE`` by edge replication and cropped back after decoding; bpp always counts the
+unpadded pixels.
+"""
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+from cbexp.entropy.base import EntropyModel
+from cbexp.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
+
+# g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
+# checkerboard partition of y).
+PAD_MULTIPLE = 64
+
+
+@dataclasses.dataclass
+class TrainOutput:
+  loss: tf.Tensor
+  bpp: tf.Tensor  # (y + z) bits per pixel, estimated
+  y_bpp: tf.Tensor
+  z_bpp: tf.Tensor
+  mse: tf.Tensor  # on the 0..255 scale
+  x_hat: tf.Tensor
+
+
+@dataclasses.dataclass
+class Compressed:
+  """What ``compress`` returns: strings (z first, then the entropy model's), the image size and
+  the latent shapes the decoder needs, and the encoder's own y_hat (for exactness checks)."""
+  strings: list  # of python bytes
+  image_shape: tuple  # (height, width) of the unpadded image
+  y_hat: tf.Tensor = None
+
+  @property
+  def num_bytes(self):
+    return sum(len(s) for s in self.strings)
+
+
+def padded_size(n):
+  return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def pad_replicate(x, height, width):
+  """Pads a [B, h, w, C] batch to [B, height, width, C] by repeating the last row/column (works
+  for a 1x1 image, unlike reflection)."""
+  rows = tf.minimum(tf.range(height), tf.shape(x)[1] - 1)
+  cols = tf.minimum(tf.range(width), tf.shape(x)[2] - 1)
+  return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+
+
+class CompressionModel(tf.keras.Model):
+
+  def __init__(self, num_filters, latent_depth, hyperprior_depth, hyper_analysis_filters,
+               entropy_model: EntropyModel, lmbda=0.01):
+    super().__init__(name="cbexp_model")
+    self.lmbda = float(lmbda)
+    self.latent_depth = int(latent_depth)
+    self.hyperprior_depth = int(hyperprior_depth)
+    self.analysis = AnalysisTransform(num_filters, latent_depth)
+    self.synthesis = SynthesisTransform(num_filters)
+    self.hyper_analysis = HyperAnalysisTransform(hyper_analysis_filters, hyperprior_depth)
+    self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[hyperprior_depth])
+    self.entropy_model = entropy_model
+    self._z_training_model = tfc.ContinuousBatchedEntropyModel(
+        self.hyperprior, coding_rank=3, compression=False, offset_heuristic=False)
+    self._z_coder = None
+    self.build((None, None, None, 3))
+
+  def call(self, x, training=False):
+    """Training forward pass on a float batch in 0..255. Returns the loss terms."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    y = self.analysis(x)
+    z = self.hyper_analysis(y)
+    _, z_bits = self._z_training_model(z, training=training)
+    z_hat = self._z_training_model.quantize(z)  # rounding, straight-through
+    latent = self.entropy_model(y, z_hat, training=training)
+    x_hat = self.synthesis(latent.y_hat)
+    y_bpp = tf.reduce_sum(latent.bits) / num_pixels
+    z_bpp = tf.reduce_sum(z_bits) / num_pixels
+    mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
+    bpp = y_bpp + z_bpp
+    return TrainOutput(loss=bpp + self.lmbda * mse, bpp=bpp, y_bpp=y_bpp, z_bpp=z_bpp, mse=mse,
+                       x_hat=x_hat)
+
+  # --- range coding -----------------------------------------------------------------------
+  def build_coders(self):
+    """Builds range-coding tables from the current weights. Call after training or restoring,
+    before compress/decompress: the z tables depend on the trained hyperprior."""
+    self._z_coder = tfc.ContinuousBatchedEntropyModel(
+        self.hyperprior, coding_rank=3, compression=True, offset_heuristic=False)
+    self.entropy_model.build_coders()
+    self._compress_graph = tf.function(self._compress_padded, input_signature=[
+        tf.TensorSpec([1, None, None, 3], tf.float32)])
+    self._decompress_graph = tf.function(self._decompress_padded, input_signature=[
+        tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
+        tf.TensorSpec([2], tf.int32)])
+
+  @property
+  def z_coder(self):
+    if self._z_coder is None:
+      raise RuntimeError("range-coding tables are not built: call model.build_coders() "
+                         "after training or restoring weights, before compress/decompress")
+    return self._z_coder
+
+  def _compress_padded(self, x):
+    y = self.analysis(x)
+    z = self.hyper_analysis(y)
+    z_string = self.z_coder.compress(z)
+    z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
+    y_strings, y_hat = self.entropy_model.compress(y, z_hat)
+    return tf.concat([z_string] + y_strings, axis=0), y_hat
+
+  def _decompress_padded(self, strings, padded_shape):
+    z_shape = padded_shape // PAD_MULTIPLE
+    y_shape = z_shape * 4
+    z_hat = self.z_coder.decompress(strings[:1], z_shape)
+    y_hat = self.entropy_model.decompress(
+        [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
+    return self.synthesis(y_hat), y_hat
+
+  def compress(self, image):
+    """Compresses one uint8 image [H, W, 3] (any H, W >= 1). Returns ``Compressed``."""
+    if self._z_coder is None:
+      self.z_coder  # raises the explanatory error
+    image = tf.convert_to_tensor(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    x = tf.cast(image[None], tf.float32)
+    x = pad_replicate(x, padded_size(height), padded_size(width))
+    strings, y_hat = self._compress_graph(x)
+    return Compressed(strings=[bytes(s) for s in strings.numpy()], image_shape=(height, width),
+                      y_hat=y_hat)
+
+  def decompress(self, compressed: Compressed, return_latent=False):
+    """Inverse of ``compress``: the uint8 image [H, W, 3] (and y_hat if asked)."""
+    if self._z_coder is None:
+      self.z_coder
+    height, width = compressed.image_shape
+    strings = tf.constant(compressed.strings, tf.string)
+    padded_shape = tf.constant([padded_size(height), padded_size(width)], tf.int32)
+    x_hat, y_hat = self._decompress_graph(strings, padded_shape)
+    image = tf.saturate_cast(tf.round(x_hat[0, :height, :width, :]), tf.uint8)
+    return (image, y_hat) if return_latent else image
+
+  def estimate_bits(self, image):
+    """The model's estimated rate (bits, y and z) of the *quantized* latents of one uint8 image,
+    computed by the forward pass with ``training=False``: compare with ``compress``'s strings."""
+    height, width = int(image.shape[0]), int(image.shape[1])
+    x = pad_replicate(tf.cast(tf.convert_to_tensor(image)[None], tf.float32),
+                      padded_size(height), padded_size(width))
+    y = self.analysis(x)
+    z = self.hyper_analysis(y)
+    _, z_bits = self._z_training_model(z, training=False)
+    latent = self.entropy_model(y, tf.round(z), training=False)
+    return {"y": float(tf.reduce_sum(latent.bits)), "z": float(tf.reduce_sum(z_bits))}

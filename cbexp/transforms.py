@@ -1,0 +1,85 @@
+"""The ms2020 transforms (Minnen & Singh, ICIP 2020), shared by every entropy model.
+
+Layer lists are written out as in tensorflow-compression's ``models/ms2020.py``; only the widths
+come from config (``conf/transform/*.yaml``) so that tests can build tiny models. The exact specs
+are in ``../shared/reference/architecture.md``.
+"""
+import functools
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+
+class AnalysisTransform(tf.keras.Sequential):
+  """g_a: image (0..255) -> latent y, downsampling by 16."""
+
+  def __init__(self, num_filters, latent_depth):
+    super().__init__(name="analysis")
+    # Default kernel parameter (RDFT): it is part of the published parameter count.
+    conv = functools.partial(tfc.SignalConv2D, corr=True, strides_down=2,
+                             padding="same_zeros", use_bias=True)
+    self.add(tf.keras.layers.Lambda(lambda x: x / 255.))
+    self.add(conv(num_filters, (5, 5), name="layer_0", activation=tfc.GDN(name="gdn_0")))
+    self.add(conv(num_filters, (5, 5), name="layer_1", activation=tfc.GDN(name="gdn_1")))
+    self.add(conv(num_filters, (5, 5), name="layer_2", activation=tfc.GDN(name="gdn_2")))
+    self.add(conv(latent_depth, (5, 5), name="layer_3", activation=None))
+
+
+class SynthesisTransform(tf.keras.Sequential):
+  """g_s: decoded latent y_hat -> image (0..255, not clipped), upsampling by 16."""
+
+  def __init__(self, num_filters):
+    super().__init__(name="synthesis")
+    conv = functools.partial(tfc.SignalConv2D, corr=False, strides_up=2,
+                             padding="same_zeros", use_bias=True)
+    self.add(conv(num_filters, (5, 5), name="layer_0",
+                  activation=tfc.GDN(name="igdn_0", inverse=True)))
+    self.add(conv(num_filters, (5, 5), name="layer_1",
+                  activation=tfc.GDN(name="igdn_1", inverse=True)))
+    self.add(conv(num_filters, (5, 5), name="layer_2",
+                  activation=tfc.GDN(name="igdn_2", inverse=True)))
+    self.add(conv(3, (5, 5), name="layer_3", activation=None))
+    self.add(tf.keras.layers.Lambda(lambda x: x * 255.))
+
+
+class HyperAnalysisTransform(tf.keras.Sequential):
+  """h_a: y -> z, downsampling by another 4."""
+
+  def __init__(self, filters, hyperprior_depth):
+    super().__init__(name="hyper_analysis")
+    conv = functools.partial(tfc.SignalConv2D, corr=True, padding="same_zeros")
+    self.add(conv(filters[0], (3, 3), name="layer_0", strides_down=1, use_bias=True,
+                  activation=tf.nn.relu))
+    self.add(conv(filters[1], (5, 5), name="layer_1", strides_down=2, use_bias=True,
+                  activation=tf.nn.relu))
+    self.add(conv(hyperprior_depth, (5, 5), name="layer_2", strides_down=2, use_bias=False,
+                  activation=None))
+
+
+class HyperSynthesisTransform(tf.keras.Sequential):
+  """h_s: z_hat -> hyper features at the latent resolution (latent_depth channels).
+
+  The last ReLU is intended: the output is a feature map that the entropy model's own networks
+  turn into means and scales, not the means and scales themselves.
+  """
+
+  def __init__(self, filters, latent_depth, name="hyper_synthesis"):
+    super().__init__(name=name)
+    conv = functools.partial(tfc.SignalConv2D, corr=False, padding="same_zeros", use_bias=True,
+                             kernel_parameter="variable")
+    self.add(conv(filters[0], (5, 5), name="layer_0", strides_up=2, activation=tf.nn.relu))
+    self.add(conv(filters[1], (5, 5), name="layer_1", strides_up=2, activation=tf.nn.relu))
+    self.add(conv(latent_depth, (3, 3), name="layer_2", strides_up=1, activation=tf.nn.relu))
+
+
+class SliceTransform(tf.keras.Sequential):
+  """ms2020's slice transform: the network shape used for ChARM's mean, scale and LRP predictors
+  and for the checkerboard model's LRP (stride 1, so the output has the input's resolution)."""
+
+  def __init__(self, hidden_filters, out_channels, name="slice_transform"):
+    super().__init__(name=name)
+    conv = functools.partial(tfc.SignalConv2D, corr=False, strides_up=1, padding="same_zeros",
+                             use_bias=True, kernel_parameter="variable")
+    self.add(conv(hidden_filters[0], (5, 5), name="layer_0", activation=tf.nn.relu))
+    self.add(conv(hidden_filters[1], (5, 5), name="layer_1", activation=tf.nn.relu))
+    self.add(conv(out_channels, (3, 3), name="layer_2", activation=None))
