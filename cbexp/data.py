@@ -1,4 +1,6 @@
 """Images in, tensors out: loading with clear errors, image folders, and training crops.
+TensorFlow is imported only by the functions that build tensors, so that checking a config
+(file lists, image sizes) is fast.
 
 Dataset *configs* (``conf/dataset/``) choose among these sources; this module is the code.
 """
@@ -7,7 +9,6 @@ import os
 import pathlib
 
 import numpy as np
-import tensorflow as tf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -32,8 +33,10 @@ def load_image(path):
   try:
     with Image.open(path) as image:
       if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit samples (Pillow opens 16-bit grayscale PNGs as "I;16" or "I"): always scale by
+        # the 16-bit range, never by the image's own maximum (a dark image must stay dark).
         array = np.asarray(image, dtype=np.float64)
-        array = np.round(array / (65535.0 if array.max() > 255 else 255.0) * 255.0)
+        array = np.round(array / 65535.0 * 255.0)
         array = np.clip(array, 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=-1)
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -72,6 +75,7 @@ def default_image_paths():
 def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True):
   """Endless tf.data pipeline of random patch_size crops, batched. Images are decoded once and
   kept in memory (fine for folders of a few hundred images; CLIC goes through tfds instead)."""
+  import tensorflow as tf
   images = [load_image(p) for p in paths]
   if check_sizes:
     small = [f"{p} ({im.shape[1]}x{im.shape[0]})" for p, im in zip(paths, images)
@@ -90,3 +94,86 @@ def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True):
   dataset = tf.data.Dataset.from_generator(
       generator, output_signature=tf.TensorSpec([patch_size, patch_size, 3], tf.uint8))
   return dataset.map(lambda x: tf.cast(x, tf.float32)).batch(batch_size).prefetch(2)
+
+
+# --- dataset and eval-set configs (conf/dataset/, conf/eval/) -> image lists and pipelines -------
+
+def config_image_paths(source, path, what="dataset"):
+  """The image files a ``dataset``/``eval`` config names: ``skimage`` (the offline default) or
+  a folder/glob (``path``; Kodak's config fills it from $CBEXP_KODAK_DIR)."""
+  if source == "skimage":
+    return default_image_paths()
+  if source == "folder":
+    if not path:
+      raise DataError(f"{what}.path is not set (for Kodak: set CBEXP_KODAK_DIR or {what}.path; "
+                      f"python -m cbexp.datasets download-kodak <dir> fetches it)")
+    return list_images(os.path.expanduser(str(path)))
+  raise DataError(f"{what}.source: unknown source {source!r} (skimage, folder or tfds)")
+
+
+def split_train_val(paths, val_images):
+  """Holds out the last ``val_images`` images (sorted order) for validation."""
+  if len(paths) <= val_images:
+    raise DataError(f"dataset has {len(paths)} images: need more than val_images={val_images} "
+                    f"(the last ones are held out for validation)")
+  return (paths[:-val_images], paths[-val_images:]) if val_images else (paths, [])
+
+
+def center_crops(paths, patch_size):
+  """Fixed validation batch: the central patch_size crop of every image, float 0..255."""
+  import tensorflow as tf
+  crops = []
+  for path in paths:
+    image = load_image(path)
+    top, left = (image.shape[0] - patch_size) // 2, (image.shape[1] - patch_size) // 2
+    if top < 0 or left < 0:
+      raise DataError(f"{path} ({image.shape[1]}x{image.shape[0]}): smaller than the "
+                      f"{patch_size}x{patch_size} patch")
+    crops.append(image[top:top + patch_size, left:left + patch_size])
+  return tf.cast(np.stack(crops), tf.float32)
+
+
+def tfds_random_crops(name, split, patch_size, batch_size, data_dir=None):
+  """CLIC (or any tfds image dataset) as endless random crops, as in tfc's ms2020 script.
+  Downloads the dataset on first use; images smaller than the patch are skipped."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=True)
+  dataset = dataset.map(lambda item: item["image"])
+  dataset = dataset.filter(lambda image: tf.reduce_all(tf.shape(image)[:2] >= patch_size))
+  dataset = dataset.repeat().shuffle(64)
+  dataset = dataset.map(lambda image: tf.cast(
+      tf.image.random_crop(image, (patch_size, patch_size, 3)), tf.float32),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def tfds_center_crops(name, split, patch_size, count, data_dir=None):
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+  crops = []
+  for item in dataset:
+    image = item["image"]
+    if min(image.shape[0], image.shape[1]) >= patch_size:
+      crops.append(tf.image.resize_with_crop_or_pad(image, patch_size, patch_size))
+    if len(crops) == count:
+      break
+  return tf.cast(tf.stack(crops), tf.float32)
+
+
+def check_image_sizes(paths, patch_size):
+  """Raises DataError naming the images smaller than the patch (reads headers only)."""
+  from PIL import Image, UnidentifiedImageError
+  small = []
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        width, height = image.size
+    except (UnidentifiedImageError, OSError) as error:
+      raise DataError(f"{path}: not a readable image ({error.__class__.__name__})") from None
+    if height < patch_size or width < patch_size:
+      small.append(f"{path} ({width}x{height})")
+  if small:
+    raise DataError(f"image smaller than the {patch_size}x{patch_size} patch: {small[0]}"
+                    + (f" and {len(small) - 1} more" if len(small) > 1 else ""))

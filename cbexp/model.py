@@ -98,11 +98,14 @@ class CompressionModel(tf.keras.Model):
     self._z_coder = tfc.ContinuousBatchedEntropyModel(
         self.hyperprior, coding_rank=3, compression=True, offset_heuristic=False)
     self.entropy_model.build_coders()
+    # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
+    # cbexp.precision). Plain objects: no checkpoint dependencies.
+    from cbexp.precision import MaterializedTransform
+    self._coding_analysis = MaterializedTransform(self.analysis)
+    self._coding_hyper_analysis = MaterializedTransform(self.hyper_analysis)
     self._compress_graph = tf.function(self._compress_padded, input_signature=[
         tf.TensorSpec([1, None, None, 3], tf.float32)])
-    self._decompress_graph = tf.function(self._decompress_padded, input_signature=[
-        tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
-        tf.TensorSpec([2], tf.int32)])
+    self.set_decode_precision(self.decode_precision)  # builds the decompress graph
 
   @property
   def z_coder(self):
@@ -112,8 +115,8 @@ class CompressionModel(tf.keras.Model):
     return self._z_coder
 
   def _compress_padded(self, x):
-    y = self.analysis(x)
-    z = self.hyper_analysis(y)
+    y = self._coding_analysis(x)
+    z = self._coding_hyper_analysis(y)
     z_string = self.z_coder.compress(z)
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
     y_strings, y_hat = self.entropy_model.compress(y, z_hat)
@@ -125,7 +128,25 @@ class CompressionModel(tf.keras.Model):
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
     y_hat = self.entropy_model.decompress(
         [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
-    return self.synthesis(y_hat), y_hat
+    return self._low_precision_synthesis(y_hat), y_hat
+
+  @property
+  def decode_precision(self):
+    return getattr(self, "_decode_precision", "float32")
+
+  def set_decode_precision(self, precision="float32"):
+    """Runs the synthesis in "float32" (the reference) or "bfloat16" when decoding
+    (cbexp.precision): the strings do not change, the reconstruction slightly does. The
+    kernels are a snapshot of the weights; ``build_coders`` takes a new one."""
+    from cbexp.precision import LowPrecisionSynthesis, check_precision
+    self._decode_precision = check_precision(precision)
+    # Kernels materialized once (a plain object, no tf.Module: no checkpoint dependencies).
+    # In float32 the output is bit-identical to self.synthesis, without recomputing the RDFT
+    # kernel parameterization on every call.
+    self._low_precision_synthesis = LowPrecisionSynthesis(self.synthesis, precision)
+    self._decompress_graph = tf.function(self._decompress_padded, input_signature=[
+        tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
+        tf.TensorSpec([2], tf.int32)])
 
   def compress(self, image):
     """Compresses one uint8 image [H, W, 3] (any H, W >= 1). Returns ``Compressed``."""

@@ -29,3 +29,55 @@ def fit(model, dataset, steps, learning_rate=1e-4, on_step=None):
       on_step(step, metrics)
   model.build_coders()
   return history
+
+
+# --- distributed training (cbexp.run) ------------------------------------------------------------
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def make_strategy(name):
+  """tf.distribute strategy by config name. ``mirrored`` uses every GPU, or every logical CPU
+  device when there is no GPU (tests split the CPU in two); ``multi_worker`` reads TF_CONFIG."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"trainer.strategy: unknown strategy {name!r} ({', '.join(STRATEGIES)})")
+
+
+def make_distributed_train_step(model, optimizer, strategy):
+  """One optimizer step on a *global* batch under ``strategy``. Each replica's loss is divided
+  by the number of replicas, so the summed gradients are those of the global mean loss.
+  Returns the loss terms averaged over replicas (a dict of scalars)."""
+  replicas = strategy.num_replicas_in_sync
+
+  def replica_step(x):
+    with tf.GradientTape() as tape:
+      out = model(x, training=True)
+      scaled_loss = out.loss / replicas
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+    return {"loss": out.loss, "bpp": out.bpp, "mse": out.mse}
+
+  @tf.function(reduce_retracing=True)
+  def train_step(batch):
+    per_replica = strategy.run(replica_step, args=(batch,))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+            for k, v in per_replica.items()}
+
+  return train_step
+
+
+def evaluate_batch(model, x):
+  """Loss terms of the forward pass with ``training=False`` (validation)."""
+  out = model(x, training=False)
+  return {"loss": float(out.loss), "bpp": float(out.bpp), "mse": float(out.mse)}
+
+
+def psnr_from_mse(mse):
+  import math
+  return 10.0 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf

@@ -7,6 +7,12 @@ Two passes over the latent grid (``cbexp.entropy.layers`` defines the partition)
 then y_hat += 0.5 * tanh(lrp(hyper)). Training mimics this exactly (ELIC's two-step encoding,
 He et al. CVPR 2022 section 6.1): anchors are quantized with their pass-1 means *before* the
 context is computed, so the network never sees a context the decoder cannot reproduce.
+
+Two like-for-like switches (both off by default: the published 26.4M model) move it towards ms2020
+one difference at a time, so that a comparison with ChARM can separate context from the rest:
+  two_hyper_paths: a second hyper-synthesis (as ChARM's mean and scale paths); g_ep sees
+                   concat[mean path, scale path], LRP the mean path (ChARM's LRP sees hyper_means).
+  lrp_on_y_hat:    LRP conditioned on concat[hyper, y_hat] (before the residual) as in ms2020.
 """
 import tensorflow as tf
 
@@ -21,9 +27,13 @@ class CheckerboardEntropyModel(EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
-               name="checkerboard"):
+               two_hyper_paths=False, lrp_on_y_hat=False, name="checkerboard"):
     super().__init__(latent_depth, scale_table, name=name)
     self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
+    self.hyper_synthesis_scale = (HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+                                  if two_hyper_paths else None)
+    self.lrp_on_y_hat = bool(lrp_on_y_hat)
     self.context_model = MaskedConv2D(context_multiplier * latent_depth,
                                       checkerboard_context_mask(5), name="context_model")
     self.entropy_parameters = EntropyParameters(
@@ -31,8 +41,18 @@ class CheckerboardEntropyModel(EntropyModel):
     self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
 
   def parameter_groups(self):
-    return {"hyper_synthesis": [self.hyper_synthesis], "context_model": [self.context_model],
-            "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
+    groups = {"hyper_synthesis": [self.hyper_synthesis], "context_model": [self.context_model],
+              "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
+    if self.hyper_synthesis_scale is not None:
+      groups["hyper_synthesis_scale"] = [self.hyper_synthesis_scale]
+    return groups
+
+  def _hyper(self, z_hat):
+    """-> (features for g_ep, features for LRP): the same tensor unless two_hyper_paths."""
+    hyper = self.hyper_synthesis(z_hat)
+    if self.hyper_synthesis_scale is None:
+      return hyper, hyper
+    return tf.concat([hyper, self.hyper_synthesis_scale(z_hat)], axis=-1), hyper
 
   # The two passes, shared by training, compress and decompress so all three compute the
   # entropy parameters with the same ops on the same shapes.
@@ -44,11 +64,13 @@ class CheckerboardEntropyModel(EntropyModel):
     _, context_non_anchors = split_checkerboard(context)
     return self.entropy_parameters(hyper_non_anchors, context_non_anchors)
 
-  def _residual(self, hyper):
-    return 0.5 * tf.math.tanh(self.lrp(hyper))
+  def _residual(self, hyper, y_hat):
+    """LRP from the hyper features, and from y_hat (without residual) if lrp_on_y_hat."""
+    lrp_input = tf.concat([hyper, y_hat], axis=-1) if self.lrp_on_y_hat else hyper
+    return 0.5 * tf.math.tanh(self.lrp(lrp_input))
 
   def call(self, y, z_hat, training):
-    hyper = self.hyper_synthesis(z_hat)
+    hyper, hyper_lrp = self._hyper(z_hat)
     hyper_a, hyper_n = split_checkerboard(hyper)
     y_a, y_n = split_checkerboard(y)
     mean_a, index_a = self._anchor_params(hyper_a)
@@ -57,11 +79,12 @@ class CheckerboardEntropyModel(EntropyModel):
     bits = (self.gaussian.rate(y_a, index_a, mean_a, training)
             + self.gaussian.rate(y_n, index_n, mean_n, training))
     y_hat_n = self.gaussian.quantize(y_n, mean_n)
-    y_hat = merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+    y_hat += self._residual(hyper_lrp, y_hat)
     return LatentOutput(y_hat=y_hat, bits=bits)
 
   def compress(self, y, z_hat):
-    hyper = self.hyper_synthesis(z_hat)
+    hyper, hyper_lrp = self._hyper(z_hat)
     hyper_a, hyper_n = split_checkerboard(hyper)
     y_a, y_n = split_checkerboard(y)
     mean_a, index_a = self._anchor_params(hyper_a)
@@ -70,14 +93,16 @@ class CheckerboardEntropyModel(EntropyModel):
     mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
     string_n = self.gaussian.compress(y_n, index_n, mean_n)
     y_hat_n = tf.round(y_n - mean_n) + mean_n
-    y_hat = merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+    y_hat += self._residual(hyper_lrp, y_hat)
     return [string_a, string_n], y_hat
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper = self.hyper_synthesis(z_hat)
+    hyper, hyper_lrp = self._hyper(z_hat)
     hyper_a, hyper_n = split_checkerboard(hyper)
     mean_a, index_a = self._anchor_params(hyper_a)
     y_hat_a = self.gaussian.decompress(strings[0], index_a, mean_a)  # pass 1
     mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
     y_hat_n = self.gaussian.decompress(strings[1], index_n, mean_n)  # pass 2
-    return merge_checkerboard(y_hat_a, y_hat_n) + self._residual(hyper)
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+    return y_hat + self._residual(hyper_lrp, y_hat)

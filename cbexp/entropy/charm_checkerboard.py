@@ -1,0 +1,141 @@
+"""Channel slices with a checkerboard inside each slice (the spatial-channel context of ELIC,
+He et al. CVPR 2022) on the ms2020 transforms: ChARM's slices and slice transforms, plus a
+checkerboard pass pair per slice.
+
+For slice i (depth d_i; uneven sizes from config, e.g. 16, 16, 32, 64, 192 for M = 320):
+  channel context: mean_feat  = cc_mean_i(concat[hyper_means, support])       (d_i channels)
+                   scale_feat = cc_scale_i(concat[hyper_scales, support])      (d_i channels)
+  pass 1, anchors:     params = g_ep_i(concat[mean_feat, scale_feat], context = 0)
+  pass 2, non-anchors: context = g_cm_i(decoded anchors of slice i only)   (5x5 checkerboard mask)
+                       params = g_ep_i(concat[mean_feat, scale_feat], context)
+  y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
+``support`` is the first min(i, max_support_slices) decoded slices (all earlier ones when
+max_support_slices < 0), LRP included, as in ChARM. g_ep_i is 1x1 layers only (the shared
+``EntropyParameters``); training quantizes each slice's anchors first (ELIC's two-step), exactly
+like the checkerboard model. Two strings per slice: anchors, non-anchors.
+"""
+import tensorflow as tf
+
+from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.layers import (EntropyParameters, MaskedConv2D, checkerboard_context_mask,
+                                  merge_checkerboard, split_checkerboard)
+from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+
+
+def resolve_slices(slices, latent_depth):
+  """Slice depths for ``latent_depth``: ``slices`` as given when they sum to it, else scaled by
+  latent_depth / sum(slices) (so the paper's [16, 16, 32, 64, 192] gives [2, 2, 4, 8, 24] for
+  the tiny transform's 40 channels); an error when that does not give whole channels."""
+  slices = [int(s) for s in slices]
+  if not slices or min(slices) < 1:
+    raise ValueError(f"charm_checkerboard: slices must be positive channel counts, got {slices}")
+  total = sum(slices)
+  scaled = [s * latent_depth // total for s in slices]
+  if any(s * latent_depth % total for s in slices) or min(scaled) < 1:
+    raise ValueError(f"charm_checkerboard: slices {slices} (sum {total}) cannot be scaled to "
+                     f"latent_depth={latent_depth} in whole channels; give slices summing to "
+                     f"{latent_depth}")
+  return scaled
+
+
+class CharmCheckerboardEntropyModel(EntropyModel):
+
+  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
+               slices=(16, 16, 32, 64, 192), max_support_slices=-1, hidden_filters=(224, 128),
+               param_widths=(3, 2), context_multiplier=2, name="charm_checkerboard"):
+    super().__init__(latent_depth, scale_table, name=name)
+    self.slices = resolve_slices(slices, self.latent_depth)
+    self.num_strings = 2 * len(self.slices)
+    self.max_support_slices = int(max_support_slices)
+    self.hyper_synthesis_mean = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
+    self.hyper_synthesis_scale = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+    self.cc_mean, self.cc_scale, self.context_models, self.entropy_parameters, self.lrp = \
+        [], [], [], [], []
+    for i, depth in enumerate(self.slices):
+      self.cc_mean.append(SliceTransform(hidden_filters, depth, name=f"cc_mean_{i}"))
+      self.cc_scale.append(SliceTransform(hidden_filters, depth, name=f"cc_scale_{i}"))
+      self.context_models.append(MaskedConv2D(context_multiplier * depth,
+                                              checkerboard_context_mask(5),
+                                              name=f"context_model_{i}"))
+      self.entropy_parameters.append(EntropyParameters(
+          [w * depth for w in param_widths], depth, with_context=True,
+          name=f"entropy_parameters_{i}"))
+      self.lrp.append(SliceTransform(hidden_filters, depth, name=f"lrp_{i}"))
+
+  def parameter_groups(self):
+    return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
+            "slice_mean_scale": self.cc_mean + self.cc_scale,
+            "context_model": self.context_models,
+            "entropy_parameters": self.entropy_parameters, "lrp": self.lrp}
+
+  def _support(self, decoded):
+    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
+
+  # Shared by training, compress and decompress (same ops, same shapes).
+  def _channel_features(self, i, hyper_means, hyper_scales, decoded):
+    """-> (anchor features, non-anchor features, LRP's mean support)."""
+    support = self._support(decoded)
+    mean_support = tf.concat([hyper_means] + support, axis=-1)
+    features = tf.concat([self.cc_mean[i](mean_support),
+                          self.cc_scale[i](tf.concat([hyper_scales] + support, axis=-1))], -1)
+    features_a, features_n = split_checkerboard(features)
+    return features_a, features_n, mean_support
+
+  def _non_anchor_params(self, i, anchors_hat, features_n):
+    context = self.context_models[i](merge_checkerboard(anchors_hat, tf.zeros_like(anchors_hat)))
+    _, context_n = split_checkerboard(context)
+    return self.entropy_parameters[i](features_n, context_n)
+
+  def _with_residual(self, i, mean_support, y_hat_slice):
+    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
+    return y_hat_slice + 0.5 * tf.math.tanh(residual)
+
+  def call(self, y, z_hat, training):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded, bits = [], 0.
+    for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
+      features_a, features_n, mean_support = self._channel_features(
+          i, hyper_means, hyper_scales, decoded)
+      y_a, y_n = split_checkerboard(y_slice)
+      mean_a, index_a = self.entropy_parameters[i](features_a)
+      y_hat_a = self.gaussian.quantize(y_a, mean_a)  # step one: anchors quantized first
+      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
+      bits += (self.gaussian.rate(y_a, index_a, mean_a, training)
+               + self.gaussian.rate(y_n, index_n, mean_n, training))
+      y_hat_n = self.gaussian.quantize(y_n, mean_n)
+      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
+    return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
+
+  def compress(self, y, z_hat):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded, strings = [], []
+    for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
+      features_a, features_n, mean_support = self._channel_features(
+          i, hyper_means, hyper_scales, decoded)
+      y_a, y_n = split_checkerboard(y_slice)
+      mean_a, index_a = self.entropy_parameters[i](features_a)
+      strings.append(self.gaussian.compress(y_a, index_a, mean_a))
+      y_hat_a = tf.round(y_a - mean_a) + mean_a
+      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
+      strings.append(self.gaussian.compress(y_n, index_n, mean_n))
+      y_hat_n = tf.round(y_n - mean_n) + mean_n
+      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
+    return strings, tf.concat(decoded, axis=-1)
+
+  def decompress(self, strings, z_hat, y_shape):
+    hyper_means = self.hyper_synthesis_mean(z_hat)
+    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    decoded = []
+    for i in range(len(self.slices)):
+      features_a, features_n, mean_support = self._channel_features(
+          i, hyper_means, hyper_scales, decoded)
+      mean_a, index_a = self.entropy_parameters[i](features_a)
+      y_hat_a = self.gaussian.decompress(strings[2 * i], index_a, mean_a)  # pass 1
+      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
+      y_hat_n = self.gaussian.decompress(strings[2 * i + 1], index_n, mean_n)  # pass 2
+      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
+    return tf.concat(decoded, axis=-1)

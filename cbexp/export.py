@@ -1,0 +1,318 @@
+"""Exporting a model as a self-contained TensorFlow SavedModel, and loading one back.
+
+    python -m cbexp.export out=exports/charm_untrained entropy=charm          # untrained, any overrides
+    python -m cbexp.export out=exports/charm --from outputs/runs/.../model    # a model directory
+    python -m cbexp.export out=exports/charm --from runs:/<mlflow run id>      # a run's `model` artifact
+
+The SavedModel holds the model's weights, the range-coding tables (tfc entropy models built with
+``compression=True`` keep them in variables) and two functions:
+
+* ``compress(image: uint8 [H, W, 3]) -> strings [num_strings]`` (z first)
+* ``decompress(strings, image_shape: int32 [2]) -> uint8 [H, W, 3]``
+
+plus ``encoder_reconstruction(image)`` (what a float32 decoder will produce, computed by the
+encoder) and metadata variables: ``entropy_model``, ``fingerprint``, ``num_strings``,
+``pad_multiple``, ``config_json``, ``decode_precision``, ``format_version``. A fresh process needs only ``import tensorflow_compression``
+(it registers the range-coding ops) and ``tf.saved_model.load``; no config, no cbexp code.
+
+The *fingerprint* identifies weights + config: SHA-256 over the model config (canonical JSON)
+and the value of every weight, truncated to 128 bits. A ``.cbx`` file records it, and decoding
+with any other model (other entropy model, other weights) is refused instead of producing a
+wrong image. Loading recomputes it from the stored weights, so a damaged export is caught too.
+"""
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+
+# Model config keys that define the network (cbexp.model_io.MODEL_KEYS).
+MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
+# Bumped if the functions' contract changes; loaders refuse exports they do not understand.
+EXPORT_FORMAT_VERSION = 1
+FINGERPRINT_HEX_CHARS = 32  # 128 bits
+
+
+class ExportError(ValueError):
+  """A model source or export that cannot be used; the message says which and why."""
+
+
+def config_json(cfg):
+  """The model part of a config as canonical JSON (sorted keys, resolved interpolations)."""
+  from omegaconf import OmegaConf
+  missing = [k for k in MODEL_KEYS if k not in cfg]
+  if missing:
+    raise ExportError(f"config lacks the model keys {missing}")
+  model_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(MODEL_KEYS)), resolve=True)
+  return json.dumps(model_cfg, sort_keys=True, separators=(",", ":"))
+
+
+def fingerprint(config_text, weights):
+  """128-bit hex digest of the config text and every weight's shape, dtype and value, in order."""
+  digest = hashlib.sha256()
+  digest.update(config_text.encode("utf-8"))
+  for weight in weights:
+    value = np.ascontiguousarray(weight.numpy())
+    digest.update(f"|{value.dtype.str}{value.shape}|".encode("ascii"))
+    digest.update(value.tobytes())
+  return digest.hexdigest()[:FINGERPRINT_HEX_CHARS]
+
+
+def split_variables(model):
+  """(weights, range-coding tables) of a model whose coders are built. Tables are derived from
+  the weights, so the fingerprint covers the weights only (in ``model.variables`` order)."""
+  model.z_coder  # raises the explanatory error if the tables are missing
+  coders = [model.z_coder, model.entropy_model.gaussian.coder]
+  table_ids = {id(v) for coder in coders for v in coder.variables
+               if v.name.rsplit("/", 1)[-1].startswith("cdf")}
+  weights = [v for v in model.variables if id(v) not in table_ids]
+  tables = [v for v in model.variables if id(v) in table_ids]
+  return weights, tables
+
+
+def _string_variable(value):
+  import tensorflow as tf
+  return tf.Variable(value, dtype=tf.string, trainable=False)
+
+
+def codec_module(model, cfg):
+  """A tf.Module with the codec functions and metadata of ``model`` (coders built).
+
+  The functions are closures over the Keras model, which is deliberately not an attribute:
+  SavedModel then stores only what decoding needs (the variables the functions capture, listed
+  in ``weights`` and ``tables``), not Keras's layer-by-layer serialization.
+  """
+  import tensorflow as tf
+  from cbexp.model import PAD_MULTIPLE, pad_replicate
+
+  weights, tables = split_variables(model)
+  text = config_json(cfg)
+  num_strings = 1 + model.entropy_model.num_strings
+
+  def padded(image):
+    size = tf.shape(image)[:2]
+    padded_size = (size + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+    return pad_replicate(tf.cast(image[None], tf.float32), padded_size[0], padded_size[1])
+
+  def to_image(x_hat, image_shape):
+    return tf.saturate_cast(tf.round(x_hat[0, :image_shape[0], :image_shape[1], :]), tf.uint8)
+
+  image_spec = tf.TensorSpec([None, None, 3], tf.uint8, name="image")
+
+  @tf.function(input_signature=[image_spec])
+  def compress(image):
+    strings, _ = model._compress_padded(padded(image))
+    return strings
+
+  @tf.function(input_signature=[tf.TensorSpec([num_strings], tf.string, name="strings"),
+                                tf.TensorSpec([2], tf.int32, name="image_shape")])
+  def decompress(strings, image_shape):
+    padded_shape = (image_shape + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+    x_hat, _ = model._decompress_padded(strings, padded_shape)
+    return to_image(x_hat, image_shape)
+
+  @tf.function(input_signature=[image_spec])
+  def encoder_reconstruction(image):
+    _, y_hat = model._compress_padded(padded(image))
+    return to_image(model.synthesis(y_hat), tf.shape(image)[:2])
+
+  module = tf.Module(name="cbexp_codec")
+  module.weights = weights
+  module.tables = tables
+  module.compress = compress
+  module.decompress = decompress
+  module.encoder_reconstruction = encoder_reconstruction
+  module.format_version = tf.Variable(EXPORT_FORMAT_VERSION, trainable=False)
+  module.entropy_model = _string_variable(str(cfg.entropy.name))
+  module.fingerprint = _string_variable(fingerprint(text, weights))
+  module.num_strings = tf.Variable(num_strings, trainable=False)
+  module.pad_multiple = tf.Variable(PAD_MULTIPLE, trainable=False)
+  module.config_json = _string_variable(text)
+  # "float32" (the reference) unless a faster, slightly different synthesis was chosen for
+  # decoding (cbexp.precision); the strings are the same either way.
+  module.decode_precision = _string_variable(getattr(model, "decode_precision", "float32"))
+  module.tf_version = _string_variable(tf.__version__)
+  return module
+
+
+def save(model, cfg, out):
+  """Writes the SavedModel to ``out`` (a new or empty folder), atomically: it is written beside
+  ``out`` and renamed, so an interrupted export leaves no half-written model."""
+  import tempfile
+  import tensorflow as tf
+  out = pathlib.Path(out)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise ExportError(f"{out}: already exists and is not an empty folder; choose a new one")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  module = codec_module(model, cfg)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  umask = os.umask(0)
+  os.umask(umask)
+  staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only
+  try:
+    # No gradients: an export codes images, it is not trained (and saving is faster).
+    tf.saved_model.save(module, str(staging), options=tf.saved_model.SaveOptions(
+        experimental_custom_gradients=False))
+    if out.exists():
+      out.rmdir()
+    os.replace(staging, out)
+  finally:
+    if staging.exists():
+      import shutil
+      shutil.rmtree(staging, ignore_errors=True)
+  return module
+
+
+def is_saved_model(path):
+  return (pathlib.Path(path) / "saved_model.pb").is_file()
+
+
+def load(path, verify=True):
+  """Loads an export (no config or cbexp model code needed). ``verify`` recomputes the
+  fingerprint from the stored weights and refuses a mismatch."""
+  import tensorflow as tf
+  import tensorflow_compression  # noqa: F401  (registers the range-coding ops)
+  path = pathlib.Path(path)
+  if not is_saved_model(path):
+    raise ExportError(f"{path}: not a cbexp export (no saved_model.pb)")
+  try:
+    module = tf.saved_model.load(str(path))
+  except (tf.errors.OpError, ValueError, OSError) as error:
+    first = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+    raise ExportError(f"{path}: cannot load the SavedModel ({first})") from None
+  for name in ("format_version", "fingerprint", "weights", "compress", "decompress"):
+    if not hasattr(module, name):
+      raise ExportError(f"{path}: a SavedModel but not a cbexp export (no '{name}')")
+  version = int(module.format_version.numpy())
+  if version != EXPORT_FORMAT_VERSION:
+    raise ExportError(f"{path}: export format {version}, this code reads {EXPORT_FORMAT_VERSION}")
+  if verify:
+    verify_fingerprint(module, path)
+  return module
+
+
+def verify_fingerprint(module, where="export"):
+  """Recomputes the fingerprint from the module's config and weights; raises if it differs."""
+  stored = module.fingerprint.numpy().decode()
+  actual = fingerprint(module.config_json.numpy().decode(), module.weights)
+  if stored != actual:
+    raise ExportError(f"{where}: the weights do not match the stored fingerprint "
+                      f"(computed {actual}, stored {stored}): the export is damaged")
+
+
+# --- model sources ---------------------------------------------------------------------------
+def default_tracking_uri():
+  """$MLFLOW_TRACKING_URI, else the runner's default: sqlite ``mlflow.db`` in the working dir."""
+  return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
+
+
+def download_run_model(uri, tracking_uri=None, dst=None):
+  """``runs:/<run id>`` (the run's ``model`` artifact) or ``runs:/<run id>/<path>`` -> local
+  model directory."""
+  import mlflow
+  from mlflow.exceptions import MlflowException
+  tracking_uri = tracking_uri or default_tracking_uri()
+  if tracking_uri.startswith("sqlite:///"):
+    db = pathlib.Path(tracking_uri[len("sqlite:///"):])
+    if not db.is_file():
+      raise ExportError(f"{uri}: no MLflow tracking store at {db} "
+                        "(set MLFLOW_TRACKING_URI or pass --tracking-uri)")
+  rest = uri[len("runs:/"):].strip("/")
+  if not rest:
+    raise ExportError(f"{uri}: no run id (expected runs:/<run id>)")
+  if "/" not in rest:
+    uri = f"runs:/{rest}/model"
+  try:
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
+                                                tracking_uri=tracking_uri)
+  except MlflowException as error:
+    raise ExportError(f"{uri}: {str(error).strip().splitlines()[0]}") from None
+  return pathlib.Path(local)
+
+
+def load_trained(source, tracking_uri=None):
+  """A model directory or ``runs:/<id>`` -> (model with coders built, cfg)."""
+  import tempfile
+  from cbexp.model_io import ModelDirError, load_model_dir
+  source = str(source)
+  try:
+    if source.startswith("runs:/"):
+      with tempfile.TemporaryDirectory(prefix="cbexp_model_") as tmp:
+        return load_model_dir(download_run_model(source, tracking_uri, dst=tmp))
+    if not pathlib.Path(source).exists():
+      raise ExportError(f"{source}: no such model directory")
+    return load_model_dir(source)
+  except ModelDirError as error:
+    raise ExportError(str(error)) from None
+
+
+def build_untrained(overrides, seed=None):
+  import tensorflow as tf
+  from cbexp.config import build_model, compose
+  if seed is not None:
+    tf.random.set_seed(seed)
+  cfg = compose(list(overrides))
+  model = build_model(cfg)
+  model.build_coders()
+  return model, cfg
+
+
+# --- command line ----------------------------------------------------------------------------
+def _raise_config_error(error):
+  """Hydra/OmegaConf errors as one line (their message spans lines), naming the known entropy
+  models when the name is unknown."""
+  from hydra.errors import HydraException
+  from omegaconf.errors import OmegaConfBaseException
+  if not isinstance(error, (HydraException, OmegaConfBaseException)):
+    raise error
+  text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+  if "entropy/" in text and "Could not" in text:
+    from cbexp.config import CONF_DIR
+    names = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
+    text += f" (known entropy models: {', '.join(names)})"
+  raise ExportError(f"config: {text}") from None
+
+
+def main(argv=None):
+  from cbexp.codec import one_line_parser, run_cli
+  parser = one_line_parser(
+      prog="python -m cbexp.export",
+      description="Export a model (untrained from config overrides, or trained with --from) "
+                  "as a self-contained SavedModel.")
+  parser.add_argument("args", nargs="*", metavar="out=DIR | OVERRIDE",
+                      help="out=<folder> (required) and, without --from, Hydra overrides such "
+                           "as entropy=checkerboard transform=tiny")
+  parser.add_argument("--from", dest="source", metavar="MODEL",
+                      help="a trained model: a model directory or runs:/<mlflow run id>")
+  parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ "
+                      "(default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+  parser.add_argument("--seed", type=int, help="random seed for an untrained model's weights")
+
+  def body(args):
+    outs = [a for a in args.args if a.startswith("out=")]
+    overrides = [a for a in args.args if not a.startswith("out=")]
+    if len(outs) != 1 or not outs[0][len("out="):]:
+      raise ExportError("give the output folder exactly once: out=<folder>")
+    out = pathlib.Path(outs[0][len("out="):])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+      raise ExportError(f"{out}: already exists and is not an empty folder; choose a new one")
+    if args.source and overrides:
+      raise ExportError(f"overrides {overrides} cannot change a trained model (--from); "
+                        "export it as it is")
+    if args.source:
+      model, cfg = load_trained(args.source, args.tracking_uri)
+    else:
+      try:
+        model, cfg = build_untrained(overrides, args.seed)
+      except Exception as error:
+        _raise_config_error(error)
+    module = save(model, cfg, out)
+    print(f"exported {cfg.entropy.name} model (fingerprint {module.fingerprint.numpy().decode()},"
+          f" {'trained, from ' + args.source if args.source else 'untrained'}) to {out}")
+
+  return run_cli(parser, body, argv, intermixed=True)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Transforms with materialized kernels, and the reduced-precision synthesis for decoding
+(``precision="bfloat16"``).
+
+Materialized kernels (float32, bit-identical): tfc.SignalConv2D with its default RDFT kernel
+parameterization recomputes the kernel (an inverse FFT of the stored parameters) on every call:
+about 0.9-1.4 s per call for g_s's four kernels on this shared 2-core machine. The codec's graphs
+(``CompressionModel.build_coders``) use ``MaterializedTransform`` snapshots instead: the very same
+convolution ops with the kernels computed once, so the output is bit-identical.
+
+bfloat16 (decoding option, float32 stays the reference): the decoder must recompute the entropy
+parameters bit-exactly, but the synthesis g_s is outside that loop in every entropy model here (its
+output never conditions a later entropy parameter), so running it in bfloat16 changes the
+reconstruction slightly and the bitstream not at all. Keras's ``mixed_bfloat16`` policy on tfc's
+layers (which recompute the RDFT kernels and GDN reparameterizations on every call) ran the paper
+synthesis 20x slower than float32 on this CPU; here the kernels, biases and IGDN beta/gamma are
+materialized once as bfloat16 tensors and run as plain TF ops with tfc's geometry. The last layer
+(to 3 channels, 2% of the work) and the final scaling stay float32, so the output is not rounded
+to bfloat16's 8-bit mantissa.
+"""
+import tensorflow as tf
+import tensorflow_compression as tfc
+from tensorflow_compression.python.ops import padding_ops
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision):
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+  return precision
+
+
+class MaterializedTransform:
+  """A Sequential of tfc.SignalConv2D layers (with GDN/IGDN, ReLU or no activation) and Lambda
+  scalings, run as plain TF ops on kernels computed once.
+
+  ``dtype`` float32: bit-identical to ``transform`` (tfc's own convolution ops). bfloat16: all
+  conv layers but the last one (in g_s, 192 -> 3 channels, 2% of the work) run in bfloat16; the
+  output is float32. A plain object, not a tf.Module: a model keeping one gains no checkpoint
+  dependencies. It is a snapshot: build a new one after the weights change.
+  """
+
+  def __init__(self, transform, dtype="float32"):
+    self.dtype = tf.as_dtype(check_precision(tf.as_dtype(dtype).name))
+    convs = [layer for layer in transform.layers if isinstance(layer, tfc.SignalConv2D)]
+    self._steps = []
+    for layer in transform.layers:
+      if isinstance(layer, tfc.SignalConv2D):
+        dtype = tf.float32 if layer is convs[-1] else self.dtype
+        self._steps.append(("conv", self._materialize_conv(layer, dtype)))
+      elif isinstance(layer, tf.keras.layers.Lambda):
+        self._steps.append(("lambda", layer))
+      else:
+        raise ValueError(f"materialized transform: unsupported layer {layer.name} "
+                         f"({type(layer).__name__})")
+
+  @staticmethod
+  def _materialize_conv(layer, dtype):
+    # The configurations the ms2020 transforms use, computed by tfc with EXPLICIT padding:
+    # correlation + downsampling (g_a, h_a) or transposed convolution + upsampling (g_s).
+    down = layer.corr and all(s == 1 for s in layer.strides_up)
+    up = (not layer.corr and tuple(layer.strides_down) == (1, 1)
+          and any(s > 1 for s in layer.strides_up)
+          and all(k // 2 + s <= k for k, s in zip(layer.kernel_support, layer.strides_up)))
+    if (not (down or up) or layer.padding != "same_zeros" or not layer.use_explicit
+        or layer.channel_separable or layer.data_format != "channels_last"
+        or any(k % 2 == 0 for k in layer.kernel_support)):
+      raise ValueError(f"materialized transform: layer {layer.name} is neither a 'same_zeros' "
+                       f"downsampling correlation nor an upsampling transposed convolution")
+    activation, gdn = layer.activation, None
+    if activation is tf.keras.activations.linear:
+      activation = None
+    if isinstance(activation, tfc.GDN):
+      if not (not activation.rectify and not callable(activation.alpha_parameter)
+              and not callable(activation.epsilon_parameter)
+              and activation.data_format == "channels_last"):
+        raise ValueError(f"materialized transform: layer {layer.name}: only fixed-exponent, "
+                         f"non-rectified GDN is supported")
+      gamma = tf.cast(activation.gamma, dtype)
+      gdn = dict(inverse=activation.inverse, alpha=float(activation.alpha),
+                 epsilon=float(activation.epsilon), beta=tf.cast(activation.beta, dtype),
+                 gamma=tf.reshape(gamma, [1, 1] + gamma.shape))
+      activation = None
+    elif isinstance(activation, tf.keras.layers.Layer):
+      raise ValueError(f"materialized transform: layer {layer.name}: unsupported activation "
+                       f"layer {type(activation).__name__}")
+    return dict(layer=layer, dtype=dtype, up=up, kernel=tf.cast(layer.kernel, dtype),
+                bias=tf.cast(layer.bias, dtype) if layer.use_bias else None,
+                activation=activation, gdn=gdn)
+
+  @staticmethod
+  def _gdn(x, inverse, alpha, epsilon, beta, gamma):
+    # tfc.GDN.call with rectify=False, channels_last, fixed alpha and epsilon.
+    norm_pool = tf.math.square(x) if alpha == 2 else abs(x) if alpha == 1 else x ** alpha
+    norm_pool = tf.nn.bias_add(tf.nn.convolution(norm_pool, gamma, padding="VALID"), beta)
+    if epsilon == .5:
+      norm_pool = tf.math.sqrt(norm_pool)
+    elif epsilon != 1:
+      norm_pool = norm_pool ** epsilon
+    return x * norm_pool if inverse else x / norm_pool
+
+  @staticmethod
+  def _correlate_down(layer, x, kernel):
+    padding = padding_ops.same_padding_for_kernel(layer.kernel_support, True, layer.strides_up)
+    if x.dtype == tf.float32:  # tfc's own op: bit-identical to the layer
+      return layer._correlate_down_explicit(x, kernel, padding)  # pylint: disable=protected-access
+    # As for the transposed convolution below: pad, then a VALID convolution.
+    x = tf.pad(x, [(0, 0)] + list(padding) + [(0, 0)])
+    return tf.nn.conv2d(x, kernel, strides=layer.strides_down, padding="VALID")
+
+  @staticmethod
+  def _transpose_conv(layer, x, kernel):
+    if x.dtype == tf.float32:  # tfc's own op: bit-identical to the layer
+      return layer._up_convolve_transpose_explicit(  # pylint: disable=protected-access
+          x, kernel, ((0, 0), (0, 0)))
+    # oneDNN has no fast bfloat16 path for EXPLICIT padding (38 s instead of 0.5 s for the
+    # largest layer here): compute the full ("VALID") transposed convolution and crop it to
+    # the window tfc's "same_zeros" padding keeps, which starts at kernel_size // 2.
+    strides, support = layer.strides_up, layer.kernel_support
+    shape = tf.shape(x)
+    full = [shape[0]] + [(shape[1 + i] - 1) * strides[i] + support[i] for i in range(2)]
+    x = tf.nn.conv2d_transpose(x, tf.transpose(kernel, [0, 1, 3, 2]), full + [layer.filters],
+                               strides=strides, padding="VALID")
+    starts = [k // 2 for k in support]
+    return x[:, starts[0]:starts[0] + shape[1] * strides[0],
+             starts[1]:starts[1] + shape[2] * strides[1], :]
+
+  def __call__(self, x):
+    for kind, step in self._steps:
+      if kind == "lambda":
+        x = step(x)
+        continue
+      layer = step["layer"]
+      x = tf.cast(x, step["dtype"])
+      if step["up"]:
+        x = self._transpose_conv(layer, x, step["kernel"])
+      else:
+        x = self._correlate_down(layer, x, step["kernel"])
+      if step["bias"] is not None:
+        x = tf.nn.bias_add(x, step["bias"])
+      if step["activation"] is not None:
+        x = step["activation"](x)
+      if step["gdn"] is not None:
+        x = self._gdn(x, **step["gdn"])
+    return tf.cast(x, tf.float32)
+
+
+def LowPrecisionSynthesis(synthesis, dtype=tf.bfloat16):  # pylint: disable=invalid-name
+  """The decoder's synthesis in ``dtype`` (kept for readability at the call sites)."""
+  return MaterializedTransform(synthesis, dtype)

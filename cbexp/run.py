@@ -1,0 +1,355 @@
+"""``python -m cbexp.run [experiment=<preset>] [group=option ...] [key=value ...]``
+
+Trains one model, evaluates it with real bitstreams and logs everything to MLflow:
+
+1. validates the config (entropy model, data, patch size, schedule, tracking store) and stops
+   with one line on stderr if something is wrong, before any training;
+2. builds the model (``cbexp.config.build_model``) under the ``trainer.strategy`` of
+   tf.distribute and trains it with the ``schedule``, validating every ``trainer.val_every`` steps
+   and checkpointing every ``trainer.checkpoint_every`` steps into ``<run_dir>/checkpoints``;
+3. evaluates on the ``eval`` images with real compress/decompress (``cbexp.evaluate``) and saves
+   the model directory (``cbexp.model_io``).
+
+The same command started again continues from the last checkpoint, in the same MLflow run:
+the run directory is derived from the command's overrides (conf/config.yaml) and holds the run
+id. Training metrics are sent to MLflow when a checkpoint is written, so a restarted run never
+logs a step twice nor loses one. ``-m`` sweeps give one run per job, grouped by a parent run and
+a ``sweep_id`` tag (``cbexp.tracking.SweepCallback``).
+"""
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cbexp import tracking
+from cbexp.config import CONF_DIR
+
+COMPLETE_FILE = "complete.json"
+# What a job returns to a Hydra sweeper (eval.objective): the rate-distortion loss of the final
+# evaluation (real bpp + lmbda * MSE) or one of cbexp.evaluate's summary values.
+OBJECTIVES = ("rd_loss", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+# --- validation: everything that can be checked before training ----------------------------------
+
+def check_group_overrides(arguments):
+  """Unknown options of a config group (``entropy=foo``) as one line, before Hydra's own
+  multi-line message. Returns None when all are known."""
+  groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+  for argument in arguments:
+    if argument.startswith("-") or "=" not in argument:
+      continue
+    key, value = argument.split("=", 1)
+    key = key.lstrip("+~").split("@")[0]
+    if key not in groups or "(" in value:  # choice(...)/range(...) sweeps: left to Hydra
+      continue
+    known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+    for option in value.split(","):
+      if option and option != "null" and option not in known:
+        what = "entropy model" if key == "entropy" else f"{key} option"
+        return f"unknown {what} '{option}' (known: {', '.join(known)})"
+  return None
+
+
+def validate(cfg):
+  """-> a plan (train/val/eval image paths, tracking URI). Raises a ValueError subclass with
+  a one-line message on the first problem."""
+  from cbexp import data, schedules
+  known_entropy = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
+  if cfg.entropy.name not in known_entropy:
+    raise ConfigError(f"entropy.name: unknown entropy model '{cfg.entropy.name}' "
+                      f"(known: {', '.join(known_entropy)})")
+  trainer = cfg.trainer
+  if trainer.steps < 1 or trainer.batch_size < 1:
+    raise ConfigError("trainer.steps and trainer.batch_size must be positive")
+  if trainer.patch_size < 64 or trainer.patch_size % 64:
+    raise ConfigError(f"trainer.patch_size {trainer.patch_size}: must be a multiple of 64 "
+                      f"(the transforms downsample by 64 in all)")
+  if trainer.strategy not in ("default", "mirrored", "multi_worker"):
+    raise ConfigError(f"trainer.strategy: unknown strategy '{trainer.strategy}' "
+                      f"(default, mirrored, multi_worker)")
+  if trainer.strategy == "multi_worker":
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    workers = sum(len(tasks) for tasks in cluster.values())
+    if workers > 1:  # every worker would log its own MLflow run and write the same checkpoints
+      raise ConfigError(f"trainer.strategy=multi_worker with {workers} workers in TF_CONFIG: "
+                        f"chief-only checkpoints and tracking are not implemented yet "
+                        f"(use mirrored on one machine)")
+  for key in ("log_every", "val_every", "checkpoint_every"):
+    if trainer[key] < 1:
+      raise ConfigError(f"trainer.{key} must be positive")
+  schedules.check(cfg.schedule.boundaries,
+                  [cfg.schedule.get("scale", 1.0) * r for r in cfg.schedule.rates])
+  objective = cfg.eval.get("objective")
+  if objective and objective not in OBJECTIVES:
+    raise ConfigError(f"eval.objective: unknown objective '{objective}' "
+                      f"({', '.join(OBJECTIVES)})")
+
+  plan = {}
+  dataset = cfg.dataset
+  if dataset.source == "tfds":
+    try:
+      import tensorflow_datasets  # noqa: F401  (CLIC is downloaded on first use)
+    except ImportError as error:
+      raise ConfigError(f"dataset {dataset.name}: tensorflow-datasets missing ({error})") from None
+  else:
+    paths = data.config_image_paths(dataset.source, dataset.path, "dataset")
+    plan["train"], plan["val"] = data.split_train_val(paths, dataset.val_images)
+    data.check_image_sizes(paths, trainer.patch_size)
+  eval_paths = data.config_image_paths(cfg.eval.source, cfg.eval.path, "eval")
+  if cfg.eval.max_images:
+    eval_paths = eval_paths[:cfg.eval.max_images]
+  plan["eval"] = eval_paths
+  plan["uri"] = tracking.resolve_uri(cfg.tracking.uri)
+  tracking.check_uri(plan["uri"])
+  try:  # last: importing a model imports TensorFlow (seconds)
+    hydra.utils.get_class(cfg.entropy._target_)
+  except Exception as error:
+    raise ConfigError(f"entropy._target_ {cfg.entropy._target_}: cannot import ({error})") \
+        from None
+  return plan
+
+
+def config_choice(group, default):
+  """The option chosen for a config group (``transform=tiny`` -> "tiny") under Hydra."""
+  from hydra.core.hydra_config import HydraConfig
+  if HydraConfig.initialized():
+    return HydraConfig.get().runtime.choices.get(group) or default
+  return default
+
+
+def run_directory(cfg):
+  if cfg.run_dir:
+    return pathlib.Path(cfg.run_dir).expanduser().absolute()
+  from hydra.core.hydra_config import HydraConfig
+  if HydraConfig.initialized():
+    return pathlib.Path(HydraConfig.get().runtime.output_dir).absolute()
+  raise ConfigError("run_dir is not set (and no Hydra output directory: not under @hydra.main)")
+
+
+# --- MLflow helpers --------------------------------------------------------------------------------
+
+class MetricLog:
+  """Buffers metrics and writes them to MLflow in batches (with sqlite-lock retries)."""
+
+  def __init__(self, client, run_id):
+    self.client, self.run_id, self.pending = client, run_id, []
+
+  def add(self, metrics, step):
+    from mlflow.entities import Metric
+    now = int(time.time() * 1000)
+    self.pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                     if v is not None and not math.isnan(float(v))]
+
+  def flush(self):
+    while self.pending:
+      chunk, self.pending = self.pending[:900], self.pending[900:]
+      tracking.retry(self.client.log_batch, self.run_id, metrics=chunk)
+
+
+def log_params(client, run_id, cfg):
+  from mlflow.entities import Param
+  params = [Param(k, v[:6000]) for k, v in tracking.flatten(cfg).items()]
+  for i in range(0, len(params), 90):
+    tracking.retry(client.log_batch, run_id, params=params[i:i + 90])
+
+
+# --- the job ----------------------------------------------------------------------------------------
+
+def train_and_evaluate(cfg: DictConfig):
+  """The whole job. Returns the evaluation summary (dict)."""
+  plan = validate(cfg)
+  run_dir = run_directory(cfg)
+  complete = run_dir / COMPLETE_FILE
+  if complete.is_file():
+    done = json.loads(complete.read_text())
+    print(f"run already complete: MLflow run {done['run_id']} ({run_dir}); nothing to do",
+          file=sys.stderr)
+    return objective_value(cfg, done["eval"])
+  run_dir.mkdir(parents=True, exist_ok=True)
+
+  import tensorflow as tf
+  from mlflow.tracking import MlflowClient
+  from tqdm import tqdm
+
+  from cbexp import data, schedules, training
+  from cbexp.config import build_model
+
+  # Tracking first: a store that fails must fail before hours of training.
+  client = MlflowClient(tracking_uri=plan["uri"])
+  sweep = tracking.sweep_info()
+  tags = {"entropy": cfg.entropy.name, "lmbda": str(cfg.lmbda),
+          "transform": config_choice("transform", "ms2020" if cfg.transform.num_filters == 192
+                                     else "custom"),
+          "dataset": cfg.dataset.name, "eval_set": cfg.eval.set, "run_type": "train",
+          "run_dir": str(run_dir), **tracking.version_tags()}
+  if sweep:
+    tags["sweep_id"] = sweep["sweep_id"]
+    if sweep.get("parent_run_id"):
+      tags["mlflow.parentRunId"] = sweep["parent_run_id"]
+  run_id, resumed = tracking.start_or_resume(
+      client, cfg.tracking.experiment, run_dir, tags,
+      run_name=f"{cfg.entropy.name} lmbda={cfg.lmbda}")
+  if not resumed:
+    log_params(client, run_id, cfg)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    tracking.retry(client.log_artifact, run_id, str(run_dir / "config.yaml"))
+  print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
+        f"run dir {run_dir}", file=sys.stderr)
+
+  trainer = cfg.trainer
+  strategy = training.make_strategy(trainer.strategy)
+  tracking.retry(client.set_tag, run_id, "replicas", str(strategy.num_replicas_in_sync))
+  with strategy.scope():
+    model = build_model(cfg)
+    learning_rate = schedules.learning_rate_schedule(cfg.schedule, trainer.steps)
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"),
+                                         max_to_keep=trainer.max_checkpoints)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+  start = int(optimizer.iterations.numpy())
+  if start:
+    print(f"resuming from {manager.latest_checkpoint} at step {start}", file=sys.stderr)
+
+  if cfg.dataset.source == "tfds":
+    train_data = data.tfds_random_crops(cfg.dataset.tfds_name, cfg.dataset.train_split,
+                                        trainer.patch_size, trainer.batch_size,
+                                        cfg.dataset.data_dir)
+    val_batch = data.tfds_center_crops(cfg.dataset.tfds_name, cfg.dataset.val_split,
+                                       trainer.patch_size, cfg.dataset.val_images,
+                                       cfg.dataset.data_dir)
+  else:
+    # A resumed run draws new crops rather than repeating the first ones.
+    train_data = data.random_crops(plan["train"], trainer.patch_size, trainer.batch_size,
+                                   seed=trainer.seed + start, check_sizes=False)
+    val_batch = data.center_crops(plan["val"], trainer.patch_size) if plan["val"] else None
+  batches = iter(strategy.experimental_distribute_dataset(train_data))
+  train_step = training.make_distributed_train_step(model, optimizer, strategy)
+  metrics = MetricLog(client, run_id)
+
+  def validate_now(step):
+    if val_batch is None:
+      return
+    values = training.evaluate_batch(model, val_batch)
+    values["psnr"] = training.psnr_from_mse(values["mse"])
+    metrics.add({f"val/{k}": v for k, v in values.items()}, step)
+
+  totals, count = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}, 0
+  with tqdm(total=trainer.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 15.0) as progress:
+    for step in range(start, trainer.steps):
+      values = train_step(next(batches))
+      for key in totals:
+        totals[key] += float(values[key])
+      count += 1
+      done = step + 1  # completed steps: the MLflow step of what this step produced
+      if done % trainer.log_every == 0 or done == trainer.steps:
+        mean = {k: v / count for k, v in totals.items()}
+        mean["psnr"] = training.psnr_from_mse(mean["mse"])
+        mean["lr"] = float(learning_rate(step))
+        metrics.add({f"train/{k}": v for k, v in mean.items()}, done)
+        progress.set_postfix(loss=f"{mean['loss']:.3f}", bpp=f"{mean['bpp']:.3f}",
+                             psnr=f"{mean['psnr']:.2f}", lr=f"{mean['lr']:.0e}",
+                             refresh=False)
+        totals, count = dict.fromkeys(totals, 0.0), 0
+      if done % trainer.val_every == 0 or done == trainer.steps:
+        validate_now(done)
+      if done % trainer.checkpoint_every == 0 or done == trainer.steps:
+        metrics.flush()  # before the checkpoint: a crash in between repeats steps, loses none
+        manager.save(checkpoint_number=done)
+      progress.update(1)
+  metrics.flush()
+
+  summary = evaluate_and_save(model, cfg, plan["eval"], run_dir, client, run_id, metrics)
+  complete.write_text(json.dumps({"run_id": run_id, "eval": summary}))
+  print(f"done: eval bpp {summary['bpp']:.4f}, PSNR {summary['psnr']:.2f} dB, MS-SSIM "
+        f"{summary['ms_ssim']:.4f} on {summary['num_images']} images; MLflow run {run_id}",
+        file=sys.stderr)
+  return objective_value(cfg, summary)
+
+
+def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
+  """Final evaluation with real range coding, the model directory and the model's size and
+  complexity, all logged to the run. Returns the evaluation summary (plus ``rd_loss``)."""
+  from cbexp import evaluate, model_io
+  model.build_coders()
+  per_image, summary = evaluate.evaluate(model, eval_paths, warmup=cfg.eval.warmup)
+  eval_dir = run_dir / "eval"
+  eval_dir.mkdir(exist_ok=True)
+  per_image.to_csv(eval_dir / "per_image.csv", index=False)
+  model_metrics = {"model/trainable_parameters":
+                   sum(int(v.shape.num_elements()) for v in model.trainable_variables)}
+  try:
+    from cbexp import complexity
+    model_metrics["model/decode_kmac_per_pixel"] = \
+        complexity.decode_kmac_per_pixel(model)["total"]
+  except Exception as error:  # another module's code: report, do not lose the run
+    print(f"warning: decode complexity not logged ({error})", file=sys.stderr)
+  metrics.add({f"eval/{k}": v for k, v in summary.items()}, cfg.trainer.steps)
+  metrics.add(model_metrics, cfg.trainer.steps)
+  metrics.flush()
+  tracking.retry(client.log_artifact, run_id, str(eval_dir / "per_image.csv"), "eval")
+
+  model_dir = model_io.save_model_dir(model, cfg, run_dir / "model")
+  tracking.retry(client.log_artifacts, run_id, str(model_dir), "model")
+  try:
+    from cbexp import summary as model_summary
+    (run_dir / "summary.txt").write_text(model_summary.summarize(model, cfg) + "\n")
+    tracking.retry(client.log_artifact, run_id, str(run_dir / "summary.txt"))
+  except Exception as error:
+    print(f"warning: summary.txt not logged ({error})", file=sys.stderr)
+  tracking.retry(client.set_terminated, run_id, "FINISHED")
+  mse = (255.0 ** 2 / 10 ** (per_image["psnr"] / 10)).mean()
+  summary["rd_loss"] = summary["bpp"] + cfg.lmbda * float(mse)
+  return summary
+
+
+def objective_value(cfg, summary):
+  """The job's return value: a float for sweepers (eval.objective), else the summary."""
+  objective = cfg.eval.get("objective")
+  return float(summary[objective]) if objective else summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig):
+  from cbexp.run import run_job  # by module name, also when this file runs as __main__
+  return run_job(cfg)
+
+
+def run_job(cfg):
+  """Bad input -> one line on stderr, exit status 2 (CBEXP_DEBUG=1 shows the traceback)."""
+  from omegaconf.errors import MissingMandatoryValue
+
+  from cbexp.data import DataError
+  from cbexp.schedules import ScheduleError
+  try:
+    return train_and_evaluate(cfg)
+  except (ConfigError, DataError, ScheduleError, tracking.TrackingError,
+          MissingMandatoryValue) as error:
+    if os.environ.get("CBEXP_DEBUG"):
+      raise
+    print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main():
+  problem = check_group_overrides(sys.argv[1:])
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
+  hydra_main()
+
+
+if __name__ == "__main__":
+  main()

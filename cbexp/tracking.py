@@ -1,0 +1,218 @@
+"""MLflow bookkeeping for ``cbexp.run``: the tracking URI, one run per training job that a
+restarted job resumes, sweep grouping, and retries for the sqlite store.
+
+* Default store: ``sqlite:///<working directory>/mlflow.db`` (config ``tracking.uri: null``).
+* A run's id is kept in ``<run_dir>/mlflow_run.json`` next to its checkpoints: the same command
+  started again after a crash resumes the same MLflow run.
+* Multirun: ``SweepCallback`` (a Hydra callback, see conf/config.yaml) creates one parent run
+  per sweep in the launching process and writes ``<sweep dir>/mlflow_sweep.json``; every job
+  (possibly in another process: joblib, submitit) reads it and tags its run with ``sweep_id``
+  and ``mlflow.parentRunId``. MLflow's ``nested=True`` works only inside one process.
+* Several processes writing one sqlite file can meet "database is locked": ``retry`` waits and
+  tries again instead of dropping the run.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from omegaconf import DictConfig, OmegaConf
+
+RUN_FILE = "mlflow_run.json"
+SWEEP_FILE = "mlflow_sweep.json"
+
+
+class TrackingError(ValueError):
+  """The tracking store cannot be used; the message says which and why."""
+
+
+# --- run directories ------------------------------------------------------------------------
+
+def run_name(override_dirname):
+  """A directory name for a run from its command-line overrides (``hydra.job.override_dirname``):
+  identical commands give identical names, hence the same run directory (resume)."""
+  if not override_dirname:
+    return "default"
+  name = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", override_dirname).strip("_")
+  if len(name) > 100:
+    name = name[:80] + "_" + hashlib.sha1(override_dirname.encode()).hexdigest()[:12]
+  return name
+
+
+OmegaConf.register_new_resolver("cbexp.run_name", run_name, replace=True)
+
+
+# --- the store -------------------------------------------------------------------------------
+
+def resolve_uri(uri):
+  """Config ``tracking.uri`` -> a tracking URI (null: sqlite file in the working directory)."""
+  return str(uri) if uri else f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
+
+
+def check_uri(uri, timeout=5.0):
+  """Fails fast, with one line, if the store cannot be reached: before any training."""
+  if uri.startswith(("http://", "https://")):
+    try:
+      with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        response.read()
+    except (urllib.error.URLError, OSError) as error:
+      reason = getattr(error, "reason", error)
+      raise TrackingError(f"tracking.uri {uri}: MLflow server unreachable ({reason})") from None
+  elif uri.startswith("sqlite:///"):
+    folder = pathlib.Path(uri[len("sqlite:///"):]).parent
+    if not folder.is_dir():
+      raise TrackingError(f"tracking.uri {uri}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+      raise TrackingError(f"tracking.uri {uri}: folder {folder} is not writable")
+
+
+def retry(function, *args, attempts=30, **kwargs):
+  """Calls an MLflow function, retrying while the sqlite store is locked by another process."""
+  for attempt in range(attempts):
+    try:
+      return function(*args, **kwargs)
+    except Exception as error:  # MlflowException or sqlalchemy's OperationalError
+      if "database is locked" not in str(error) or attempt == attempts - 1:
+        raise
+      time.sleep(min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random()))
+
+
+def get_or_create_experiment(client, name):
+  experiment = retry(client.get_experiment_by_name, name)
+  if experiment is not None:
+    return experiment.experiment_id
+  try:
+    return retry(client.create_experiment, name)
+  except Exception:  # created meanwhile by a parallel job
+    experiment = retry(client.get_experiment_by_name, name)
+    if experiment is None:
+      raise
+    return experiment.experiment_id
+
+
+# --- what a run records ----------------------------------------------------------------------
+
+def flatten(cfg, prefix=""):
+  """Resolved config -> {"entropy.name": "charm", "trainer.steps": "2000000", ...}."""
+  container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+  flat = {}
+  for key, value in container.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = str(value)
+  return flat
+
+
+def git_commit():
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  try:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def version_tags():
+  from importlib.metadata import version
+  return {"git_commit": git_commit(), "tf_version": version("tensorflow"),
+          "tfc_version": version("tensorflow-compression"),
+          "python_version": sys.version.split()[0]}
+
+
+# --- runs that survive restarts ----------------------------------------------------------------
+
+def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
+  """-> (run_id, resumed). Resumes the run recorded in ``run_dir`` if the store still has it."""
+  import mlflow
+  record = pathlib.Path(run_dir) / RUN_FILE
+  if record.is_file():
+    run_id = json.loads(record.read_text())["run_id"]
+    try:
+      run = retry(client.get_run, run_id)
+    except mlflow.exceptions.MlflowException:
+      run = None
+    if run is not None and run.info.lifecycle_stage == "active":
+      retry(client.update_run, run_id, status="RUNNING")
+      return run_id, True
+    print(f"warning: MLflow run {run_id} from {record} is not in the store; starting a new one",
+          file=sys.stderr)
+  experiment_id = get_or_create_experiment(client, experiment_name)
+  run = retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
+  record.parent.mkdir(parents=True, exist_ok=True)
+  record.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id}))
+  return run.info.run_id, False
+
+
+def sweep_info():
+  """{sweep_id, parent_run_id} when this job is part of a Hydra multirun, else None."""
+  from hydra.core.hydra_config import HydraConfig
+  from hydra.types import RunMode
+  if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    return None
+  path = pathlib.Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
+  if path.is_file():
+    return json.loads(path.read_text())
+  if os.environ.get("CBEXP_SWEEP_ID"):
+    return {"sweep_id": os.environ["CBEXP_SWEEP_ID"],
+            "parent_run_id": os.environ.get("CBEXP_PARENT_RUN_ID")}
+  raise TrackingError(f"multirun job without sweep record {path} (is SweepCallback configured "
+                      f"in hydra.callbacks?)")
+
+
+try:
+  from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+  Callback = object
+
+
+class SweepCallback(Callback):
+  """Creates the sweep's parent MLflow run before the launcher starts any job."""
+
+  def on_multirun_start(self, config, **kwargs):
+    from mlflow.tracking import MlflowClient
+    uri = resolve_uri(config.tracking.uri)
+    try:
+      check_uri(uri)
+    except TrackingError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
+    sweep_dir = pathlib.Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    self._client = client
+    record = sweep_dir / SWEEP_FILE
+    if record.is_file():  # the same sweep directory again: its jobs resume, so does the sweep
+      previous = json.loads(record.read_text())
+      retry(client.update_run, previous["parent_run_id"], status="RUNNING")
+      self._announce(previous["sweep_id"], previous["parent_run_id"], uri, "resumed")
+      return
+    sweep_id = f"{sweep_dir.name}-{uuid.uuid4().hex[:8]}"
+    experiment_id = get_or_create_experiment(client, config.tracking.experiment)
+    overrides = " ".join(config.hydra.overrides.task)
+    parent = retry(client.create_run, experiment_id, run_name=f"sweep {sweep_id}",
+                   tags={"sweep_id": sweep_id, "run_type": "sweep_parent",
+                         "sweep_overrides": overrides, "git_commit": git_commit()})
+    record.write_text(json.dumps(
+        {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "tracking_uri": uri}))
+    self._announce(sweep_id, parent.info.run_id, uri, "new")
+
+  def _announce(self, sweep_id, parent_run_id, uri, state):
+    self._parent_run_id = parent_run_id
+    os.environ["CBEXP_SWEEP_ID"] = sweep_id
+    os.environ["CBEXP_PARENT_RUN_ID"] = parent_run_id
+    print(f"sweep_id {sweep_id} ({state}; MLflow parent run {parent_run_id} in {uri})",
+          file=sys.stderr)
+
+  def on_multirun_end(self, config, **kwargs):
+    if getattr(self, "_parent_run_id", None):
+      retry(self._client.set_terminated, self._parent_run_id, "FINISHED")

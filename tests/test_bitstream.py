@@ -1,0 +1,156 @@
+"""Issue 4: the .cbx container parses only what it wrote; every kind of damage is a clear error."""
+import struct
+import zlib
+
+import pytest
+
+from cbexp import bitstream
+from cbexp.bitstream import FORMAT_VERSION, MAGIC, Bitstream, BitstreamError
+
+FINGERPRINT = "0123456789abcdef0123456789abcdef"
+
+
+def make_stream(strings=(b"zz", b"\x00\x01\x02anchors", b"non-anchors\xff"), name="checkerboard",
+                height=512, width=768):
+  return Bitstream(entropy_model=name, fingerprint=FINGERPRINT, height=height, width=width,
+                   strings=strings)
+
+
+def header_size(stream):
+  return (len(MAGIC) + 2 + len(stream.entropy_model) + 16 + 8 + 1 + 4 * len(stream.strings))
+
+
+def test_round_trip_and_documented_layout():
+  stream = make_stream()
+  data = stream.to_bytes()
+  assert Bitstream.from_bytes(data) == stream
+  # The layout table of the module docstring, field by field.
+  n = len("checkerboard")
+  assert data[:4] == b"\x89CBX" and data[4] == FORMAT_VERSION and data[5] == n
+  assert data[6:6 + n] == b"checkerboard"
+  assert data[6 + n:22 + n] == bytes.fromhex(FINGERPRINT)
+  assert struct.unpack(">II", data[22 + n:30 + n]) == (512, 768)
+  assert data[30 + n] == 3
+  lengths = struct.unpack(">III", data[31 + n:43 + n])
+  assert list(lengths) == [len(s) for s in stream.strings]
+  assert data[43 + n:-4] == b"".join(stream.strings)
+  assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
+  assert len(data) == header_size(stream) + sum(lengths) + 4
+
+
+def test_bpp_counts_the_whole_file():
+  assert bitstream.bits_per_pixel(1000, 10, 20) == 8 * 1000 / 200
+
+
+def test_empty_strings_and_one_pixel_images_round_trip():
+  stream = make_stream(strings=(b"", b"x"), height=1, width=1)
+  assert Bitstream.from_bytes(stream.to_bytes()) == stream
+
+
+def test_empty_file():
+  with pytest.raises(BitstreamError, match="empty file"):
+    Bitstream.from_bytes(b"")
+
+
+def test_every_truncation_is_refused():
+  data = make_stream().to_bytes()
+  for length in range(1, len(data)):
+    with pytest.raises(BitstreamError, match="truncated|corrupted"):
+      Bitstream.from_bytes(data[:length])
+
+
+def test_trailing_bytes_are_refused():
+  with pytest.raises(BitstreamError, match="trailing"):
+    Bitstream.from_bytes(make_stream().to_bytes() + b"\x00")
+
+
+def test_every_single_bit_flip_is_refused():
+  stream = make_stream()
+  data = stream.to_bytes()
+  header = header_size(stream)
+  for position in range(len(data)):
+    for bit in range(8):
+      damaged = bytearray(data)
+      damaged[position] ^= 1 << bit
+      with pytest.raises(BitstreamError):
+        Bitstream.from_bytes(bytes(damaged))
+  # A flip in the payload (or in a header field without structure) is a checksum error.
+  for position in (header + 1, len(data) - 6, header - 30):
+    damaged = bytearray(data)
+    damaged[position] ^= 0x10
+    with pytest.raises(BitstreamError, match="checksum mismatch"):
+      Bitstream.from_bytes(bytes(damaged))
+
+
+def test_wrong_magic():
+  data = make_stream().to_bytes()
+  with pytest.raises(BitstreamError, match="not a .cbx file"):
+    Bitstream.from_bytes(b"\x89PNG" + data[4:])
+  with pytest.raises(BitstreamError, match="not a .cbx file"):
+    Bitstream.from_bytes(b"hello")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 255])
+def test_future_version_is_refused_by_name(version):
+  data = bytearray(make_stream().to_bytes())
+  data[4] = version
+  with pytest.raises(BitstreamError, match=f"format version {version} is newer"):
+    Bitstream.from_bytes(bytes(data))
+
+
+def test_version_zero_is_refused():
+  data = bytearray(make_stream().to_bytes())
+  data[4] = 0
+  with pytest.raises(BitstreamError, match="unknown format version 0"):
+    Bitstream.from_bytes(bytes(data))
+
+
+def test_string_count_change_is_refused():
+  """A consistent-looking header with one string fewer (lengths and CRC recomputed) parses:
+  it is the codec that refuses it against the model (see test_codec)."""
+  stream = make_stream()
+  data = stream.to_bytes()
+  damaged = bytearray(data)
+  count_at = header_size(stream) - 4 * len(stream.strings) - 1
+  damaged[count_at] = 2  # claims 2 strings, CRC not updated
+  with pytest.raises(BitstreamError):
+    Bitstream.from_bytes(bytes(damaged))
+  fewer = make_stream(strings=stream.strings[:2])
+  assert len(Bitstream.from_bytes(fewer.to_bytes()).strings) == 2
+
+
+@pytest.mark.parametrize("field,value", [
+    ("entropy_model", ""), ("entropy_model", "é"), ("fingerprint", "abc"), ("height", 0),
+    ("width", -3), ("strings", ())])
+def test_invalid_fields_are_refused_when_writing(field, value):
+  values = dict(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
+                strings=(b"a",))
+  values[field] = value
+  with pytest.raises(BitstreamError):
+    Bitstream(**values)
+
+
+def test_write_and_read_files(tmp_path):
+  stream = make_stream()
+  path = tmp_path / "image.cbx"
+  size = bitstream.write(path, stream)
+  assert size == path.stat().st_size
+  assert bitstream.read(path) == (stream, size)
+  assert [p.name for p in tmp_path.iterdir()] == ["image.cbx"]  # no temporary left
+  with pytest.raises(BitstreamError, match="no such file"):
+    bitstream.read(tmp_path / "missing.cbx")
+  (tmp_path / "bad.cbx").write_bytes(path.read_bytes()[:-1])
+  with pytest.raises(BitstreamError, match="bad.cbx: truncated"):
+    bitstream.read(tmp_path / "bad.cbx")
+
+
+def test_atomic_write_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+  target = tmp_path / "out.cbx"
+
+  def failing_replace(src, dst):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(bitstream.os, "replace", failing_replace)
+  with pytest.raises(OSError, match="disk full"):
+    bitstream.write(target, make_stream())
+  assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,118 @@
+"""Every config composes: each option of each group, each experiment preset (no TensorFlow)."""
+import pytest
+from omegaconf import OmegaConf
+
+from cbexp.config import CONF_DIR, compose
+from cbexp.run import check_group_overrides
+from cbexp.schedules import ScheduleError, check, first_steps
+from cbexp.tracking import flatten, run_name
+
+GROUPS = ("transform", "entropy", "schedule", "dataset", "trainer", "eval", "tracking")
+RUN_KEYS = ("schedule", "dataset", "trainer", "eval", "tracking", "run_dir")
+
+
+def options(group):
+  return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_config_has_every_group():
+  cfg = compose()
+  for key in GROUPS + ("lmbda", "scale_table", "run_dir"):
+    assert key in cfg, key
+  assert cfg.dataset.name == "default" and cfg.eval.set == "default"  # offline by default
+  assert cfg.schedule.boundaries == [0.9] and cfg.schedule.rates == [1e-4, 1e-5]
+  assert cfg.trainer.steps == 2_000_000 and cfg.trainer.batch_size == 8
+  assert cfg.trainer.patch_size == 256 and cfg.tracking.experiment == "cbexp"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option, monkeypatch, tmp_path):
+  monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
+  extra = [f"{group}.path={tmp_path}"] if (group, option) in (("dataset", "folder"),
+                                                              ("eval", "folder")) else []
+  cfg = compose([f"{group}={option}"] + extra)
+  # Resolving catches broken interpolations; a mandatory value left ??? would raise here.
+  container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+  assert container[group]
+  if group in ("entropy", "schedule", "dataset"):
+    assert container[group]["name"] == option
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_experiment_preset_composes(preset, monkeypatch, tmp_path):
+  monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
+  cfg = compose([f"experiment={preset}"])
+  OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+  if preset.startswith("paper_"):
+    assert cfg.entropy.name == preset[len("paper_"):]
+    assert cfg.transform.num_filters == 192 and cfg.transform.latent_depth == 320
+    assert cfg.dataset.name == "clic" and cfg.eval.set == "kodak"
+    assert cfg.eval.path == str(tmp_path)  # Kodak from $CBEXP_KODAK_DIR
+    assert cfg.trainer.steps == 2_000_000 and cfg.lmbda == 0.01
+    assert cfg.schedule.boundaries == [0.9] and cfg.schedule.rates == [1e-4, 1e-5]
+
+
+def test_quickstart_is_small_and_offline():
+  cfg = compose(["experiment=quickstart"])
+  assert cfg.transform.num_filters == 16 and list(cfg.entropy.hidden_filters) == [16, 16]
+  assert cfg.trainer.patch_size == 64 and cfg.trainer.steps <= 500
+  assert cfg.dataset.source == "skimage" and cfg.eval.source == "skimage"
+  assert cfg.eval.max_images == 3
+
+
+def test_command_line_beats_preset():
+  cfg = compose(["experiment=quickstart", "entropy=charm", "trainer.steps=7"])
+  assert cfg.entropy.name == "charm" and cfg.trainer.steps == 7
+
+
+def test_unknown_group_option_is_one_line():
+  message = check_group_overrides(["entropy=charmm"])
+  assert message == "unknown entropy model 'charmm' (known: " + ", ".join(
+      options("entropy")) + ")"
+  assert "unknown dataset option 'nope'" in check_group_overrides(["dataset=default,nope"])
+  assert check_group_overrides(["-m", "entropy=charm,checkerboard", "lmbda=0.1",
+                                "experiment=quickstart", "hydra/launcher=joblib"]) is None
+
+
+def test_run_names_are_deterministic_and_safe():
+  assert run_name("") == "default"
+  assert run_name("entropy=charm,lmbda=0.01") == "entropy=charm,lmbda=0.01"
+  long = "dataset.path=/a/very/long/" + "x" * 200
+  assert run_name(long) == run_name(long) and len(run_name(long)) < 100
+  assert "/" not in run_name("dataset.path=/data/x") and run_name(long) != run_name(long + "y")
+
+
+def test_schedule_checks():
+  assert first_steps([0.9], 2_000_000) == [1_800_000]
+  check([0.9], [1e-4, 1e-5])
+  with pytest.raises(ScheduleError, match="1 boundaries need 2 rates"):
+    check([0.9], [1e-4])
+  with pytest.raises(ScheduleError, match="increasing fractions"):
+    check([0.9, 0.5], [1, 2, 3])
+
+
+def test_params_are_flattened_with_dots():
+  flat = flatten(compose(["entropy=checkerboard"]))
+  assert flat["entropy.name"] == "checkerboard" and flat["trainer.steps"] == "2000000"
+  assert flat["lmbda"] == "0.01" and flat["schedule.rates"] == "[0.0001, 1e-05]"
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("local_processes", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")])
+def test_launcher_configs_compose(launcher, target):
+  from hydra import compose as hydra_compose, initialize_config_dir
+  with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = hydra_compose("config", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+  assert cfg.hydra.launcher._target_ == target
+  assert "SweepCallback" in cfg.hydra.callbacks.sweep_tracking._target_
+
+
+def test_optuna_sweeper_config_composes():
+  pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                      reason="optional extra: pip install -e '.[optuna]'")
+  from hydra import compose as hydra_compose, initialize_config_dir
+  with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = hydra_compose("config", ["hydra/sweeper=lr_search"], return_hydra_config=True)
+  assert cfg.hydra.sweeper.storage is None and cfg.hydra.sweeper.direction == "minimize"
+  assert cfg.hydra.sweeper.params["eval.objective"] == "rd_loss"

@@ -1,0 +1,148 @@
+"""``python -m cbexp.run`` end to end on a tiny model: killed with SIGKILL after a checkpoint,
+started again with the same command, it finishes in the SAME MLflow run with every training
+step logged exactly once; the run carries the whole MLflow schema, and a real ``mlflow server``
+serves it over HTTP."""
+import glob
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from run_helpers import (PER_IMAGE_COLUMNS, SCHEMA_EVAL, SCHEMA_TAGS, SCHEMA_TRAIN, SCHEMA_VAL,
+                         command, environment, experiment_runs, free_port, run_cbexp,
+                         tiny_run_overrides)
+
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+  """Starts a run, SIGKILLs it once a checkpoint exists, runs the same command again."""
+  tmp_path = tmp_path_factory.mktemp("resume")
+  arguments = tiny_run_overrides(tmp_path, entropy="hyperprior", steps=STEPS)
+  uri = f"sqlite:///{tmp_path}/mlflow.db"
+  process = subprocess.Popen(command(arguments), cwd=tmp_path, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not glob.glob(f"{tmp_path}/outputs/runs/*/checkpoints/ckpt-*.index"):
+    assert process.poll() is None, f"run ended before its first checkpoint: {process.stderr.read()}"
+    assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  (run_dir,) = glob.glob(f"{tmp_path}/outputs/runs/*")
+  run_id = json.loads(open(f"{run_dir}/mlflow_run.json").read())["run_id"]
+  client = MlflowClient(uri)
+  before = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+
+  second = run_cbexp(arguments, cwd=tmp_path)
+  assert second.returncode == 0, second.stderr[-3000:]
+  return {"tmp_path": tmp_path, "uri": uri, "run_id": run_id, "run_dir": run_dir,
+          "before": before, "stderr": second.stderr}
+
+
+def test_resume_continues_the_same_run_and_step(resumed_run):
+  client, runs = experiment_runs(resumed_run["uri"])
+  assert [r.info.run_id for r in runs] == [resumed_run["run_id"]]  # no second run
+  match = re.search(r"resuming from \S+ at step (\d+)", resumed_run["stderr"])
+  assert match, resumed_run["stderr"][-2000:]
+  resumed_at = int(match.group(1))
+  assert 4 <= resumed_at < STEPS and resumed_at % 4 == 0
+  history = client.get_metric_history(resumed_run["run_id"], "train/loss")
+  steps = sorted(m.step for m in history)
+  assert steps == list(range(2, STEPS + 1, 2))  # every logged step once: none lost, none twice
+  values = {m.step: m.value for m in history}
+  assert resumed_run["before"] and all(values[s] == v for s, v in resumed_run["before"].items())
+  assert max(resumed_run["before"]) <= resumed_at
+  assert sorted(m.step for m in client.get_metric_history(resumed_run["run_id"], "val/loss")) \
+      == list(range(4, STEPS + 1, 4))
+
+
+def test_run_logs_the_schema(resumed_run):
+  client = MlflowClient(resumed_run["uri"])
+  run = client.get_run(resumed_run["run_id"])
+  assert run.info.status == "FINISHED"
+  metrics = run.data.metrics
+  for key in SCHEMA_TRAIN + SCHEMA_VAL + SCHEMA_EVAL + ("model/trainable_parameters",):
+    assert key in metrics and math.isfinite(metrics[key]), key
+  assert metrics["eval/num_images"] == 1 and metrics["eval/bpp"] > 0
+  assert 0 < metrics["eval/ms_ssim"] <= 1 and metrics["eval/encode_time_median"] > 0
+  for key in SCHEMA_TAGS:
+    assert run.data.tags.get(key), key
+  assert run.data.tags["entropy"] == "hyperprior" and run.data.tags["transform"] == "tiny"
+  assert run.data.tags["eval_set"] == "folder" and "sweep_id" not in run.data.tags
+  assert run.data.params["trainer.steps"] == str(STEPS)
+  assert run.data.params["entropy.name"] == "hyperprior"
+  assert run.data.params["lmbda"] == "0.01"
+  # the learning rate follows the paper schedule: 1e-4, then 1e-5 from step 0.9 * STEPS
+  lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
+  assert lrs[2] == pytest.approx(1e-4) and lrs[STEPS] == pytest.approx(1e-5)
+
+  artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+  assert {"config.yaml", "eval", "model", "summary.txt"} <= artifacts
+  local = client.download_artifacts(run.info.run_id, "eval/per_image.csv",
+                                    str(resumed_run["tmp_path"] / "download"))
+  table = pd.read_csv(local)
+  assert list(table.columns) == PER_IMAGE_COLUMNS and len(table) == 1
+  assert table.loc[0, "bpp"] == pytest.approx(8 * table.loc[0, "bytes"] / 192 ** 2)
+  assert metrics["eval/bpp"] == pytest.approx(table.loc[0, "bpp"])
+  model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+  assert {"model/config.yaml", "model/weights"} <= model_files
+
+
+def test_same_command_after_completion_does_nothing(resumed_run):
+  again = run_cbexp(tiny_run_overrides(resumed_run["tmp_path"], entropy="hyperprior",
+                                       steps=STEPS), cwd=resumed_run["tmp_path"], timeout=120)
+  assert again.returncode == 0 and "run already complete" in again.stderr
+  assert len(experiment_runs(resumed_run["uri"])[1]) == 1
+
+
+def test_a_real_mlflow_server_serves_the_run(resumed_run):
+  """Starts `mlflow server` on a free localhost port and reads the run over HTTP."""
+  port = free_port()
+  server = subprocess.Popen(
+      [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", resumed_run["uri"], "--host", "127.0.0.1",
+       "--port", str(port), "--workers", "1"],
+      cwd=resumed_run["tmp_path"], env=environment(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL, start_new_session=True)
+  base = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.monotonic() + 120
+    while True:
+      try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+          if response.status == 200:
+            break
+      except OSError:
+        pass
+      assert server.poll() is None, "mlflow server exited"
+      assert time.monotonic() < deadline, "mlflow server did not come up"
+      time.sleep(0.5)
+    with urllib.request.urlopen(
+        f"{base}/api/2.0/mlflow/runs/get?run_id={resumed_run['run_id']}", timeout=30) as response:
+      payload = json.loads(response.read())["run"]
+    served = {m["key"]: m["value"] for m in payload["data"]["metrics"]}
+    stored = MlflowClient(resumed_run["uri"]).get_run(resumed_run["run_id"]).data.metrics
+    for key in SCHEMA_EVAL + SCHEMA_TRAIN:
+      assert served[key] == pytest.approx(stored[key]), key
+    tags = {t["key"]: t["value"] for t in payload["data"]["tags"]}
+    assert tags["entropy"] == "hyperprior"
+    http_client = MlflowClient(base)
+    history = http_client.get_metric_history(resumed_run["run_id"], "train/loss")
+    assert sorted(m.step for m in history) == list(range(2, STEPS + 1, 2))
+  finally:  # the server and its uvicorn worker: the process group this test started
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+      server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      os.killpg(server.pid, signal.SIGKILL)
+      server.wait()

@@ -1,0 +1,60 @@
+"""Bad configuration stops ``python -m cbexp.run`` with one line on stderr and exit status 2,
+before any training (no tracking store, no checkpoint is created)."""
+import pytest
+from run_helpers import free_port, run_cbexp, tiny_run_overrides, write_images
+
+
+def replace(arguments, **values):
+  keys = {f"{k.replace('__', '.')}=" for k in values}
+  kept = [a for a in arguments if not any(a.startswith(k) for k in keys)]
+  return kept + [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
+
+
+def cases(tmp_path):
+  base = tiny_run_overrides(tmp_path)
+  (tmp_path / "empty").mkdir()
+  small = write_images(tmp_path / "small", [(64, 64), (100, 60), (64, 64)])
+  port = free_port()  # nothing listens there
+  return {
+      "unknown entropy": (replace(base, entropy="charmm"), "unknown entropy model 'charmm'"),
+      "folder with no images": (replace(base, dataset__path=tmp_path / "empty"),
+                                "no images found"),
+      "image smaller than the patch": (
+          replace(base, dataset__path=small, trainer__patch_size=128),
+          "image smaller than the 128x128 patch"),
+      "unreachable tracking URI": (replace(base, tracking__uri=f"http://127.0.0.1:{port}"),
+                                   f"tracking.uri http://127.0.0.1:{port}: MLflow server "
+                                   f"unreachable"),
+      "patch not a multiple of 64": (replace(base, trainer__patch_size=100),
+                                     "trainer.patch_size 100: must be a multiple of 64"),
+  }
+
+
+@pytest.mark.parametrize("case", ["unknown entropy", "folder with no images",
+                                  "image smaller than the patch", "unreachable tracking URI",
+                                  "patch not a multiple of 64"])
+def test_bad_config_gives_one_line_before_training(case, tmp_path):
+  arguments, expected = cases(tmp_path)[case]
+  result = run_cbexp(arguments, cwd=tmp_path, timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "mlflow.db").exists()
+  assert not list(tmp_path.glob("outputs/runs/*/checkpoints"))
+
+
+def test_multi_worker_with_several_workers_is_refused(tmp_path):
+  import json
+  import subprocess
+  from run_helpers import command, environment
+  env = environment()
+  env["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                 "task": {"type": "worker", "index": 0}})
+  arguments = tiny_run_overrides(tmp_path) + ["trainer.strategy=multi_worker"]
+  result = subprocess.run(command(arguments), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: trainer.strategy=multi_worker with 2 workers in TF_CONFIG: chief-only checkpoints "
+      "and tracking are not implemented yet (use mirrored on one machine)"]
