@@ -1,0 +1,94 @@
+"""Rate-distortion figures (matplotlib): one line per curve, PNG + PDF, fixed pixel size.
+
+cbexp curves are solid lines with filled markers; published curves are dashed with open markers.
+A curve with a single rate point is drawn as a marker alone, so it is still visible.
+Figures are plain ``matplotlib.figure.Figure`` objects, not pyplot ones: they render with Agg
+(PNG) / the PDF backend whatever the session's GUI backend is, and leave no global state.
+"""
+import pathlib
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from cbexp.analysis.points import curves_of
+
+FIGSIZE = (6.4, 4.8)  # inches
+DPI = 150             # -> PNGs of 960 x 720 pixels (no tight bbox: the size stays fixed)
+PNG_SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+
+QUALITY_LABELS = {
+    "psnr": "PSNR (RGB) [dB]",
+    "ms_ssim_db": "MS-SSIM (RGB) [dB], $-10\\,\\log_{10}(1-\\mathrm{MS\\text{-}SSIM})$",
+}
+MARKERS = "osD^v<>pPX*h"
+
+
+def rd_figure(points, quality="psnr", title=None, xlim=None):
+  """-> a matplotlib Figure of bpp vs ``quality`` for every curve of ``points`` that has it.
+
+  ``xlim`` (bpp range) zooms in; the quality axis then fits the points inside that range."""
+  fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+  ax = fig.subplots()
+  colors = matplotlib.colormaps["tab10"].colors
+  plotted = 0
+  for i, (cid, rows) in enumerate(curves_of(points)):
+    rows = rows[np.isfinite(rows["bpp"].astype(float)) & np.isfinite(rows[quality].astype(float))]
+    if rows.empty:
+      continue
+    published = rows["source"].iloc[0] == "published"
+    label = rows["curve"].iloc[0] if published else f"cbexp: {rows['curve'].iloc[0]}"
+    style = dict(color=colors[i % len(colors)], marker=MARKERS[i % len(MARKERS)], label=label,
+                 markersize=8 if len(rows) == 1 else 5 if published else 6,
+                 markerfacecolor="none" if published else colors[i % len(colors)])
+    if len(rows) == 1:
+      ax.plot(rows["bpp"], rows[quality], linestyle="none", **style)
+    else:
+      ax.plot(rows["bpp"], rows[quality], linestyle="--" if published else "-",
+              linewidth=1.2 if published else 1.8, **style)
+    plotted += 1
+  if xlim is not None:
+    _zoom(ax, points, quality, xlim)
+  ax.set_xlabel("Rate [bits per pixel]")
+  ax.set_ylabel(QUALITY_LABELS[quality])
+  ax.grid(True, which="major", alpha=0.4)
+  ax.grid(True, which="minor", alpha=0.15)
+  ax.minorticks_on()
+  if title:
+    ax.set_title(title)
+  if plotted:
+    ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
+  else:
+    ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center",
+            transform=ax.transAxes)
+  return fig
+
+
+def _zoom(ax, points, quality, xlim):
+  lo, hi = float(xlim[0]), float(xlim[1])
+  ax.set_xlim(lo, hi)
+  inside = points[(points["bpp"] >= lo) & (points["bpp"] <= hi)][quality].astype(float).dropna()
+  if len(inside):
+    margin = max(0.05 * (inside.max() - inside.min()), 0.25)
+    ax.set_ylim(inside.min() - margin, inside.max() + margin)
+
+
+def save_figure(fig, out_dir, stem):
+  """Writes <stem>.png and <stem>.pdf; -> their paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+  for path in paths:
+    fig.savefig(path, dpi=DPI, metadata=_metadata(path))
+  return paths
+
+
+def _metadata(path):
+  # No creation date or software version: the same numbers give the same file.
+  if path.suffix == ".pdf":
+    return {"CreationDate": None, "Producer": None, "Creator": None}
+  return {"Software": None}
+
+
+def has_quality(points, quality):
+  return bool(np.isfinite(points[quality].astype(float)).any())

@@ -1,0 +1,153 @@
+"""Selecting runs from MLflow and turning them into rate-distortion points.
+
+Runs are read with ``mlflow.search_runs`` (one pandas row per run) and selected by experiment
+name, optionally by ``sweep_id``, parent run, tag values and any extra MLflow filter. The names
+read here are the runner's schema (see cbexp.run / the README): tags ``entropy``, ``lmbda``,
+``eval_set``, ``sweep_id``; metrics ``eval/*`` and ``model/*``; params = the flattened config.
+"""
+import os
+import pathlib
+
+import pandas as pd
+
+from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
+
+# points-table column <- MLflow metric
+METRICS = {
+    "bpp": "eval/bpp",
+    "psnr": "eval/psnr",
+    "ms_ssim": "eval/ms_ssim",
+    "ms_ssim_db": "eval/ms_ssim_db",
+    "encode_time_median": "eval/encode_time_median",
+    "decode_time_median": "eval/decode_time_median",
+    "encode_time_mean": "eval/encode_time_mean",
+    "decode_time_mean": "eval/decode_time_mean",
+    "num_images": "eval/num_images",
+    "trainable_parameters": "model/trainable_parameters",
+    "decode_kmac_per_pixel": "model/decode_kmac_per_pixel",
+}
+# The runner tags runs with run_type "train" and sweep parents with "sweep_parent"; analysis runs
+# carry "analysis". Only training runs are rate points.
+RUN_TYPE_TAG = "run_type"
+NOT_RATE_POINTS = ("sweep_parent", "analysis")
+
+
+def default_tracking_uri(cwd=None):
+  """The runner's default store: sqlite file mlflow.db in the working directory."""
+  return f"sqlite:///{pathlib.Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri):
+  """Refuses a sqlite URI whose file does not exist (MLflow would create an empty store)."""
+  if uri.startswith("sqlite:///"):
+    path = pathlib.Path(uri[len("sqlite:///"):])
+    if not path.is_file():
+      raise AnalysisError(f"no MLflow store at {path} (tracking.uri={uri}); run cbexp.run first "
+                          "or point tracking.uri at the store")
+  return uri
+
+
+def _quote(value):
+  return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def build_filter(sweep_id=None, parent_run_id=None, tags=None, extra=None, status="FINISHED"):
+  """-> an MLflow search filter string (clauses AND-ed)."""
+  clauses = []
+  if sweep_id:
+    clauses.append(f"tags.sweep_id = {_quote(sweep_id)}")
+  if parent_run_id:
+    clauses.append(f"tags.mlflow.parentRunId = {_quote(parent_run_id)}")
+  for key, value in (tags or {}).items():
+    clauses.append(f"tags.`{key}` = {_quote(value)}")
+  if status:
+    clauses.append(f"attributes.status = {_quote(status)}")
+  if extra:
+    clauses.append(extra)
+  return " and ".join(clauses)
+
+
+def search_runs(tracking_uri, experiment_name, sweep_id=None, parent_run_id=None, tags=None,
+                extra_filter=None, status="FINISHED"):
+  """-> (runs DataFrame from mlflow.search_runs, the filter used). Sweep parents and analysis
+  runs are dropped."""
+  import mlflow
+  check_tracking_uri(tracking_uri)
+  mlflow.set_tracking_uri(tracking_uri)
+  if mlflow.get_experiment_by_name(experiment_name) is None:
+    raise AnalysisError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}")
+  filter_string = build_filter(sweep_id, parent_run_id, tags, extra_filter, status)
+  try:
+    runs = mlflow.search_runs(experiment_names=[experiment_name], filter_string=filter_string,
+                              output_format="pandas")
+  except mlflow.exceptions.MlflowException as e:
+    raise AnalysisError(f"MLflow rejected the run filter {filter_string!r}: "
+                        f"{str(e).splitlines()[0]}") from None
+  run_type = f"tags.{RUN_TYPE_TAG}"
+  if run_type in runs.columns:
+    runs = runs[~runs[run_type].isin(NOT_RATE_POINTS)]
+  return runs.reset_index(drop=True), filter_string
+
+
+def _column(runs, key):
+  """A config key's values: params.<key> first (the flattened config), then tags.<key>."""
+  for prefix in ("params.", "tags."):
+    if prefix + key in runs.columns:
+      return runs[prefix + key]
+  return None
+
+
+def runs_to_points(runs, group_by=()):
+  """-> (points table, skipped) from a search_runs DataFrame.
+
+  One point per run that has ``eval/bpp`` and ``eval/psnr``; runs without them (sweep parents,
+  runs that stopped before evaluating) are listed in ``skipped`` as (run_id, reason). Curves are
+  the entropy model (tag ``entropy``, else param ``entropy.name``) plus each ``group_by`` key.
+  """
+  if runs.empty:
+    return pd.DataFrame(columns=POINT_COLUMNS), []
+  entropy = _column(runs, "entropy")
+  if entropy is None:
+    entropy = _column(runs, "entropy.name")
+  if entropy is None:
+    raise AnalysisError("the selected runs have no 'entropy' tag nor 'entropy.name' param")
+  group_values = {}
+  for key in group_by:
+    values = _column(runs, key)
+    if values is None:
+      raise AnalysisError(f"group_by key {key!r} is neither a param nor a tag of the selected runs")
+    group_values[key] = values
+  lmbda = _column(runs, "lmbda")
+
+  rows, skipped = [], []
+  for i, run in runs.iterrows():
+    missing = [m for m in ("eval/bpp", "eval/psnr")
+               if pd.isna(run.get(f"metrics.{m}", float("nan")))]
+    if missing:
+      skipped.append((run["run_id"], f"no {' / '.join(missing)} metric"))
+      continue
+    if pd.isna(entropy[i]):
+      skipped.append((run["run_id"], "no entropy tag"))
+      continue
+    label = str(entropy[i])
+    extras = [f"{key}={group_values[key][i]}" for key in group_by]
+    if extras:
+      label += " (" + ", ".join(extras) + ")"
+    row = {"curve": label, "curve_id": label, "entropy": str(entropy[i]), "source": "cbexp",
+           "kind": "measured", "run_id": run["run_id"],
+           "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i])}
+    for column, metric in METRICS.items():
+      row[column] = float(run.get(f"metrics.{metric}", float("nan")))
+    for key in group_by:
+      row[key] = group_values[key][i]
+    rows.append(row)
+  points = pd.DataFrame(rows, columns=POINT_COLUMNS + list(group_by))
+  return points.sort_values(["curve_id", "bpp"], kind="stable").reset_index(drop=True), skipped
+
+
+def eval_sets(runs):
+  """The distinct ``eval_set`` tags of the selected runs (empty if the runner did not set one)."""
+  column = "tags.eval_set"
+  if column not in runs.columns:
+    return set()
+  return set(runs[column].dropna().astype(str))
