@@ -169,7 +169,9 @@ def test_mlflow_run_id_loads_the_runs_model_artifact(tiny, tmp_path):
   tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
   mlflow.set_tracking_uri(tracking_uri)
   try:
-    with mlflow.start_run() as run:
+    # An explicit experiment of this store: other tests may leave an active experiment id behind.
+    experiment_id = mlflow.create_experiment("codec-test")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
       mlflow.log_artifacts(str(tmp_path / "model"), artifact_path="model")
   finally:
     mlflow.set_tracking_uri(None)

@@ -14,7 +14,11 @@ from cbexp import data, training
 from cbexp.config import build_model, compose
 from conftest import PAPER_ENTROPY_MODELS, tiny_overrides
 
-STEPS, PATCH, BATCH, LEARNING_RATE = 300, 128, 4, 1e-3
+# 300 steps at 1e-3, then 100 at 1e-4 so that the predicted scales settle: a short run that ends
+# at a high rate leaves rare symbols far outside their predicted scale, which the range coder's
+# escape code charges less than the Gaussian tail does (seen as gaps of -5%).
+STEPS, PATCH, BATCH = 400, 128, 4
+LEARNING_RATE = tf.keras.optimizers.schedules.PiecewiseConstantDecay([300], [1e-3, 1e-4])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def images():
 @pytest.fixture(scope="module", params=PAPER_ENTROPY_MODELS)
 def trained(request, images):
   held_out, train_paths = images
-  tf.random.set_seed(0)
+  tf.keras.utils.set_random_seed(0)  # python, numpy and TF: independent of the tests run before
   model = build_model(compose(tiny_overrides(request.param)))
   x = tf.cast(data.load_image(held_out[0])[None], tf.float32)
   loss_before = float(model(x, training=False).loss)
