@@ -1,6 +1,6 @@
 """Latency benchmark: ``python -m cbexp.bench [key=value ...]``.
 
-Protocol (see ../notes/readme-bench.md; ELIC supplementary section 2, He et al. 2021):
+Protocol (README "Decoding speed"; as in ELIC supplementary section 2 and He et al. 2021):
 * each entropy model is built at the configuration given (paper configuration by default) with
   fixed-seed weights, or restored from ``model_dir=`` (trained weights: same network work, but
   only trained weights give representative range-coding times: untrained latents are coded
@@ -11,10 +11,14 @@ Protocol (see ../notes/readme-bench.md; ELIC supplementary section 2, He et al. 
   the full decoder (``model.decompress``, bytes in -> uint8 out), and a *staged* decode calling
   the decoder's own stage functions one by one, each timed in isolation on the same tensors:
   range decoding (z and y strings), hyper-synthesis, entropy parameters (with the context model),
-  LRP, synthesis. The staged decode must reproduce the full decoder's y_hat exactly (checked).
-  The per-image figure is the median over repeats;
+  the autoregressive model's serial loop, LRP, synthesis. The staged decode must reproduce the
+  full decoder's y_hat exactly (checked). The per-image figure is the median over repeats;
 * per model: median over images, with the inter-quartile range and min/max; decode speed-up
-  against ChARM computed per image (ChARM time / model time) then summarized the same way.
+  against ChARM computed per image (ChARM time / model time) then summarized the same way;
+* reduced precision (``precision=bfloat16``): the decoded symbols must be those of the float32
+  decoder (y_hat may differ only by the LRP's rounding, where the LRP runs in bfloat16); the
+  CPU's own bfloat16 gain is measured on one plain convolution (``bfloat16_conv_speedup``) and
+  turned into the decode speed-up it predicts (Amdahl's law on the float32 stage times).
 Outputs: ``out`` (one row per model and precision) and ``<out>_per_image.csv``; optional MLflow.
 
 Arguments (``key=value``; lists comma-separated):
@@ -22,7 +26,8 @@ Arguments (``key=value``; lists comma-separated):
   images=<folder>              PNG/JPEG images (default: $CBEXP_KODAK_DIR)
   max_images=N                 only the first N images (sorted by name); 0 = all
   repeats=N                    timed repetitions per image (default 3)
-  precision=float32[,bfloat16] synthesis precision(s) for decoding (float32 is the reference)
+  precision=float32[,bfloat16] decoding precision(s) of the synthesis and, where it feeds no
+                               entropy parameter, the LRP (float32 is the reference)
   out=bench.csv                summary CSV
   mlflow=<tracking uri>        also log one MLflow run per model and precision
   experiment=cbexp-bench       MLflow experiment
@@ -45,7 +50,10 @@ DEFAULTS = dict(entropy="charm,checkerboard,hyperprior", images="", max_images="
                 repeats="3", precision="float32", out="bench.csv", mlflow="",
                 experiment="cbexp-bench", model_dir="", threads="0", seed="0")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-STAGES = ("range_coding", "hyper_synthesis", "entropy_parameters", "lrp", "synthesis")
+# serial_loop: the autoregressive model's per-position loop, where context, g_ep and range
+# decoding alternate inside one graph and cannot be timed apart (zero for the other models).
+STAGES = ("range_coding", "hyper_synthesis", "entropy_parameters", "serial_loop", "lrp",
+          "synthesis")
 UNTRAINED_NOTE = ("untrained weights: network work is that of trained models, but untrained "
                   "latents are large and coded with escape codes, so range-coding times and "
                   "sizes are not representative of trained models")
@@ -115,12 +123,43 @@ def machine_info():
         break
   except OSError:
     pass
+  flags = set()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        flags = set(line.split(":", 1)[1].split())
+        break
+  except OSError:
+    pass
   return {"cpu": cpu, "cpus_available": len(os.sched_getaffinity(0)),
+          # bfloat16 matrix hardware: AVX512-BF16 doubles float32's multiply rate at best;
+          # AMX tiles (Sapphire Rapids and later) give far more.
+          "cpu_avx512_bf16": "avx512_bf16" in flags, "cpu_amx_bf16": "amx_bf16" in flags,
           "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
           "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
           "tf_version": tf.__version__, "tfc_version": version("tensorflow-compression"),
           "load_average_1min": os.getloadavg()[0]}
+
+
+def bfloat16_conv_speedup(repeats=5):
+  """Measured float32 / bfloat16 time of one plain transposed convolution of the largest
+  synthesis layer shape (5x5, 192 -> 192 channels, 128x192 -> 256x384, Kodak): how much faster
+  this CPU multiplies in bfloat16. No decoder stage run in bfloat16 can gain more than this."""
+  import tensorflow as tf
+  rng = tf.random.Generator.from_seed(0)
+  x, kernel = rng.normal([1, 128, 192, 192]), 0.05 * rng.normal([5, 5, 192, 192])
+  times = {}
+  for dtype in (tf.float32, tf.bfloat16):
+    conv = tf.function(lambda x, k: tf.nn.conv2d_transpose(x, k, [1, 256, 384, 192], 2, "SAME"))
+    args = (tf.cast(x, dtype), tf.cast(kernel, dtype))
+    conv(*args).numpy()  # trace and warm up
+    seconds = []
+    for _ in range(repeats):
+      _, elapsed = timed_call(lambda: conv(*args).numpy())
+      seconds.append(elapsed)
+    times[dtype] = np.median(seconds)
+  return times[tf.float32] / times[tf.bfloat16]
 
 
 # --- staged decoding: the decoder's own stage functions, each timed in isolation ------------
@@ -172,6 +211,10 @@ class StagedDecoder:
   def decode_latent(self, z_hat, y_shape):
     raise NotImplementedError
 
+  def mean_and_scale_hyper(self, z_hat):
+    """The two hyper-synthesis paths of the ChARM-style models."""
+    return self.timed("hyper_synthesis", "hs", self.em._hyper_features, z_hat)
+
 
 class HyperpriorStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
@@ -179,7 +222,8 @@ class HyperpriorStages(StagedDecoder):
     hyper = self.timed("hyper_synthesis", "hs", em.hyper_synthesis, z_hat)
     mean, index = self.timed("entropy_parameters", "ep", em.entropy_parameters, hyper)
     y_hat = self.decode_gaussian("rc", 0, index, mean)
-    return self.timed("lrp", "lrp", lambda h, y: y + em._residual(h), hyper, y_hat)
+    return self.timed("lrp", "lrp", lambda h, y: y + em._residual(h, decoding=True), hyper,
+                      y_hat)
 
 
 class CheckerboardStages(StagedDecoder):
@@ -200,7 +244,7 @@ class CheckerboardStages(StagedDecoder):
 
     def lrp_fn(y_a, y_n, hyper):
       y_hat = merge_checkerboard(y_a, y_n)
-      return y_hat + em._residual(hyper, y_hat)
+      return y_hat + em._residual(hyper, y_hat, decoding=True)
 
     return self.timed("lrp", "lrp", lrp_fn, y_hat_a, y_hat_n, hyper_lrp)
 
@@ -208,9 +252,7 @@ class CheckerboardStages(StagedDecoder):
 class CharmStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
     em = self.em
-    hyper_means, hyper_scales = self.timed(
-        "hyper_synthesis", "hs",
-        lambda z: (em.hyper_synthesis_mean(z), em.hyper_synthesis_scale(z)), z_hat)
+    hyper_means, hyper_scales = self.mean_and_scale_hyper(z_hat)
     decoded = []
     for i in range(em.num_slices):
       mean, index, mean_support = self.timed(
@@ -223,16 +265,53 @@ class CharmStages(StagedDecoder):
     return self.tf.concat(decoded, axis=-1)
 
 
+class CharmCheckerboardStages(StagedDecoder):
+  def decode_latent(self, z_hat, y_shape):
+    from cbexp.entropy.layers import merge_checkerboard
+    em = self.em
+    hyper_means, hyper_scales = self.mean_and_scale_hyper(z_hat)
+    decoded = []
+    for i in range(len(em.slices)):
+      features_a, features_n, mean_support = self.timed(
+          "entropy_parameters", ("channel_context", i),
+          lambda hm, hs, dec, i=i: em._channel_features(i, hm, hs, dec),
+          hyper_means, hyper_scales, list(decoded))
+      mean_a, index_a = self.timed("entropy_parameters", ("ep_anchors", i),
+                                   lambda f, i=i: em.entropy_parameters[i](f), features_a)
+      y_hat_a = self.decode_gaussian(("rc", 2 * i), 2 * i, index_a, mean_a)
+      mean_n, index_n = self.timed(
+          "entropy_parameters", ("ep_non_anchors", i),
+          lambda y_a, f, i=i: em._non_anchor_params(i, y_a, f), y_hat_a, features_n)
+      y_hat_n = self.decode_gaussian(("rc", 2 * i + 1), 2 * i + 1, index_n, mean_n)
+      decoded.append(self.timed(
+          "lrp", ("lrp", i),
+          lambda s, y_a, y_n, i=i: em._with_residual(i, s, merge_checkerboard(y_a, y_n)),
+          mean_support, y_hat_a, y_hat_n))
+    return self.tf.concat(decoded, axis=-1)
+
+
+class AutoregressiveStages(StagedDecoder):
+  def decode_latent(self, z_hat, y_shape):
+    em = self.em
+    hyper = self.timed("hyper_synthesis", "hs", em.hyper_synthesis, z_hat)
+    q = self.timed("serial_loop", "serial", em._decode_serial, self.y_string(0), hyper)
+    return self.timed("lrp", "lrp", lambda h, q: q + em._residual(h, decoding=True), hyper, q)
+
+
 def staged_decoder(model):
+  from cbexp.entropy.autoregressive import AutoregressiveEntropyModel
   from cbexp.entropy.charm import CharmEntropyModel
+  from cbexp.entropy.charm_checkerboard import CharmCheckerboardEntropyModel
   from cbexp.entropy.checkerboard import CheckerboardEntropyModel
   from cbexp.entropy.hyperprior import HyperpriorEntropyModel
   for cls, stages in ((CharmEntropyModel, CharmStages),
                       (CheckerboardEntropyModel, CheckerboardStages),
-                      (HyperpriorEntropyModel, HyperpriorStages)):
+                      (HyperpriorEntropyModel, HyperpriorStages),
+                      (CharmCheckerboardEntropyModel, CharmCheckerboardStages),
+                      (AutoregressiveEntropyModel, AutoregressiveStages)):
     if type(model.entropy_model) is cls:
       return stages(model)
-  return None  # other models: full encode/decode times only
+  return None  # a model without a stage list: full encode/decode times only
 
 
 # --- the benchmark ----------------------------------------------------------------------------
@@ -279,7 +358,6 @@ def timed_call(fn, *args):
 def bench_model(subject, images, precisions, repeats, progress):
   """-> list of per-image rows (one per image and precision)."""
   import tensorflow as tf
-  from cbexp.model import padded_size
   model = subject.model
   stages = staged_decoder(model)
   rows, reference = [], {}
@@ -309,7 +387,9 @@ def bench_model(subject, images, precisions, repeats, progress):
             raise RuntimeError(f"{subject.name}: the staged decode does not reproduce the "
                                f"decoder's y_hat: the stage list is out of date")
           staged.append(times)
-      if not np.array_equal(y_hat.numpy(), compressed.y_hat.numpy()):
+      # float32: the decoder reproduces the encoder's y_hat exactly. Reduced precision is
+      # checked against the float32 decoder below (its LRP may round differently).
+      if precision == "float32" and not np.array_equal(y_hat.numpy(), compressed.y_hat.numpy()):
         raise RuntimeError(f"{subject.name}: decoder's y_hat differs from the encoder's")
       h, w = shape
       row = {"entropy": subject.name, "precision": precision, "image": name, "height": h,
@@ -326,8 +406,15 @@ def bench_model(subject, images, precisions, repeats, progress):
         reference[name] = (decoded, y_hat, compressed.strings)
       else:
         ref_decoded, ref_y_hat, _ = reference[name]
-        row["y_hat_identical_to_float32"] = bool(np.array_equal(y_hat.numpy(),
-                                                                ref_y_hat.numpy()))
+        # y_hat differs from float32's only by the LRP's rounding where the LRP runs in
+        # reduced precision (0.5 * tanh(.): far below 0.5); a differently decoded symbol would
+        # move y_hat by about 1. tests/test_bench.py checks the range decoder's outputs exactly.
+        difference = float(np.abs(y_hat.numpy() - ref_y_hat.numpy()).max())
+        if difference >= 0.25:
+          raise RuntimeError(f"{subject.name}, {precision}, {name}: y_hat differs from the "
+                             f"float32 decoder's by {difference}: decoded symbols differ")
+        row["y_hat_max_abs_diff_vs_float32"] = difference
+        row["y_hat_identical_to_float32"] = difference == 0
         row["psnr_vs_float32_db"] = psnr(ref_decoded, decoded)
         row["max_abs_diff_vs_float32"] = int(tf.reduce_max(tf.abs(
             tf.cast(decoded, tf.int32) - tf.cast(ref_decoded, tf.int32))))
@@ -378,6 +465,17 @@ def summarize(per_image, subjects, info):
                                 & (frame.precision == "float32")].set_index("image").psnr[
                                     group.index]).mean())
         row["y_hat_identical_to_float32"] = bool(group.y_hat_identical_to_float32.all())
+        row["y_hat_max_abs_diff_vs_float32"] = group.y_hat_max_abs_diff_vs_float32.max()
+        conv_speedup = info.get("bfloat16_conv_speedup")
+        f32 = frame[(frame.entropy == subject.name) & (frame.precision == "float32")]
+        if conv_speedup and "stage_synthesis_s" in f32 and f32.stage_synthesis_s.notna().all():
+          # Amdahl: the float32 decode with its reduced-precision stages (the synthesis, and
+          # the LRP where it is outside the entropy loop) made conv_speedup times faster.
+          f32 = f32.set_index("image").loc[group.index]
+          reduced = f32.stage_synthesis_s + (f32.stage_lrp_s if getattr(
+              model.entropy_model, "lrp_outside_entropy_loop", False) else 0.)
+          predicted = f32.decode_s / (f32.decode_s - reduced * (1 - 1 / conv_speedup))
+          row["speedup_vs_float32_amdahl_median"] = float(predicted.median())
       row["bpp_mean"] = group.bpp.mean()
       row["psnr_mean"] = group.psnr.mean()
       h, w = int(group.height.iloc[0]), int(group.width.iloc[0])
@@ -413,7 +511,8 @@ def print_summary(summary):
   columns = ["entropy", "precision", "num_images", "trainable_parameters", "encode_s_median",
              "decode_s_median", "decode_s_q1", "decode_s_q3", "stage_sum_s_median",
              "decode_over_stage_sum_median", "speedup_vs_charm_median", "speedup_vs_charm_q1",
-             "speedup_vs_charm_q3", "speedup_vs_float32_median", "psnr_change_db_mean",
+             "speedup_vs_charm_q3", "speedup_vs_float32_median",
+             "speedup_vs_float32_amdahl_median", "psnr_change_db_mean",
              "psnr_vs_float32_db_min", "decode_kmac_per_pixel_total"]
   shown = summary[[c for c in columns if c in summary]]
   print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -424,6 +523,12 @@ def print_summary(summary):
   print(f"machine: {row.cpu}, {row.cpus_available} CPUs, intra-op threads "
         f"{row.intra_op_threads} (0 = TF default), TF {row.tf_version}, oneDNN {row.onednn}, "
         f"1-min load average at start {row.load_average_1min:.2f}")
+  if "bfloat16_conv_speedup" in row and np.isfinite(row.bfloat16_conv_speedup):
+    print(f"bfloat16 on this CPU (AVX512-BF16 {row.cpu_avx512_bf16}, AMX {row.cpu_amx_bf16}): "
+          f"the largest synthesis convolution alone runs {row.bfloat16_conv_speedup:.2f}x "
+          f"faster than in float32; speedup_vs_float32_amdahl is the decode speed-up predicted "
+          f"if every reduced-precision stage gained exactly that (Amdahl's law; the entropy "
+          f"decoding stays float32)")
 
 
 def main(argv=None):
@@ -437,6 +542,8 @@ def main(argv=None):
     if args["threads"]:
       tf.config.threading.set_intra_op_parallelism_threads(args["threads"])
     info = machine_info()
+    if set(args["precision"]) - {"float32"}:
+      info["bfloat16_conv_speedup"] = bfloat16_conv_speedup()
     subjects = build_subjects(args, overrides)
     per_image = []
     total = len(subjects) * len(images) * len(args["precision"])

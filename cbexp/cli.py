@@ -1,5 +1,9 @@
 """Shared command-line plumbing: bad input ends in one clear line on stderr and a non-zero exit,
-not a traceback (set CBEXP_DEBUG=1 to see the traceback)."""
+not a traceback (set CBEXP_DEBUG=1 to see the traceback).
+
+``run_cli``: key=value commands built on Hydra (cbexp.summary; cbexp.run and cbexp.analysis go
+through Hydra's own entry point). ``run_argparse_cli`` + ``one_line_parser``: the argparse
+commands (cbexp.codec, cbexp.export)."""
 import os
 import sys
 
@@ -31,3 +35,51 @@ def run_cli(body, argv):
     print(f"error: {describe(error)}", file=sys.stderr)
     return 2
   return 0
+
+
+def _one_line(error):
+  lines = str(error).strip().splitlines()
+  return lines[0].strip() if lines else error.__class__.__name__
+
+
+def _quiet_libraries():
+  """Keeps stderr for our one-line errors: TensorFlow's C++ and Python logs, absl, warnings."""
+  import logging
+  import warnings
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # before TensorFlow loads (its imports are lazy)
+  warnings.filterwarnings("ignore")
+  logging.getLogger("tensorflow").setLevel(logging.ERROR)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
+def run_argparse_cli(parser, body, argv, intermixed=False):
+  """For argparse commands (codec, export): parses ``argv`` and runs ``body(args)``; any error
+  -> one line on stderr, exit 1 (argparse's own usage errors: exit 2).
+  ``intermixed``: positional arguments may follow options (``--from X out=...``)."""
+  debug = bool(os.environ.get("CBEXP_DEBUG"))
+  if not debug:
+    _quiet_libraries()
+  args = (parser.parse_intermixed_args if intermixed else parser.parse_args)(argv)
+  try:
+    body(args)
+  except KeyboardInterrupt:
+    print(f"{parser.prog}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as error:  # noqa: BLE001 - the CLI contract: one line, no traceback
+    if debug:
+      raise
+    kind = "" if isinstance(error, (ValueError, OSError)) else f"{error.__class__.__name__}: "
+    print(f"{parser.prog}: error: {kind}{_one_line(error)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def one_line_parser(**kwargs):
+  import argparse
+
+  class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the usage too; one line is the contract
+      self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+  return OneLineParser(**kwargs)

@@ -15,14 +15,14 @@ renamed at the end). Set CBEXP_DEBUG=1 to get tracebacks instead.
 """
 import dataclasses
 import math
-import os
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 from cbexp.bitstream import Bitstream, bits_per_pixel
+from cbexp.cli import one_line_parser, run_argparse_cli
+
 
 # The largest image coded by default: 2**24 pixels (e.g. 4096 x 4096). Measured with the paper
 # ChARM model (peak RSS, 768x512 vs 1536x1024): decoding needs about 1.9 KB per pixel on top of
@@ -122,14 +122,25 @@ def check_model_path(spec):
                      "model directory with config.yaml)")
 
 
-def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS):
-  """An export folder, a model directory or ``runs:/<run id>`` -> ``Codec``."""
+def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision=None):
+  """An export folder, a model directory or ``runs:/<run id>`` -> ``Codec``. ``precision``:
+  the decoding precision (cbexp.precision; None: the export's, or float32); an export's is
+  fixed when it is exported."""
   from cbexp import export
+  from cbexp.precision import check_precision
   check_model_path(spec)
+  if precision is not None:
+    check_precision(precision)
   if export.is_saved_model(spec):
     module = export.load(spec)
+    exported = module.decode_precision.numpy().decode()
+    if precision is not None and precision != exported:
+      raise CodecError(f"{spec}: this export decodes in {exported}; --precision {precision} "
+                       f"needs a new export (python -m cbexp.export --precision {precision}) "
+                       f"or the model directory")
   else:
     model, cfg = export.load_trained(spec, tracking_uri)
+    model.set_decode_precision(precision or "float32")
     module = export.codec_module(model, cfg)
   return Codec(module, spec, max_pixels)
 
@@ -266,54 +277,7 @@ def _format_row(r):
                      f"{r.decode_s:.3f}")
 
 
-# --- command line --------------------------------------------------------------------------
-def _one_line(error):
-  lines = str(error).strip().splitlines()
-  return lines[0].strip() if lines else error.__class__.__name__
-
-
-def _quiet_libraries():
-  """Keeps stderr for our one-line errors: TensorFlow's C++ and Python logs, absl, warnings."""
-  import logging
-  import warnings
-  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # before TensorFlow loads (its imports are lazy)
-  warnings.filterwarnings("ignore")
-  logging.getLogger("tensorflow").setLevel(logging.ERROR)
-  logging.getLogger("absl").setLevel(logging.ERROR)
-  logging.getLogger("mlflow").setLevel(logging.ERROR)
-
-
-def run_cli(parser, body, argv, intermixed=False):
-  """Parses ``argv`` and runs ``body(args)``; any error -> one line on stderr, exit 1.
-  ``intermixed``: positional arguments may follow options (``--from X out=...``)."""
-  debug = bool(os.environ.get("CBEXP_DEBUG"))
-  if not debug:
-    _quiet_libraries()
-  args = (parser.parse_intermixed_args if intermixed else parser.parse_args)(argv)
-  try:
-    body(args)
-  except KeyboardInterrupt:
-    print(f"{parser.prog}: interrupted", file=sys.stderr)
-    return 130
-  except Exception as error:  # noqa: BLE001 - the CLI contract: one line, no traceback
-    if debug:
-      raise
-    kind = "" if isinstance(error, (ValueError, OSError)) else f"{error.__class__.__name__}: "
-    print(f"{parser.prog}: error: {kind}{_one_line(error)}", file=sys.stderr)
-    return 1
-  return 0
-
-
-def one_line_parser(**kwargs):
-  import argparse
-
-  class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the usage too; one line is the contract
-      self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-  return OneLineParser(**kwargs)
-
-
+# --- command line (one-line errors: cbexp.cli) ---------------------------------------------
 def _add_model_arguments(parser):
   parser.add_argument("--model", required=True,
                       help="an export folder, a model directory or runs:/<mlflow run id>")
@@ -321,6 +285,10 @@ def _add_model_arguments(parser):
                       "$MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
   parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                       help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
+  parser.add_argument("--precision", choices=("float32", "bfloat16"),  # cbexp.precision
+                      help="decoding precision: float32 (the reference) or bfloat16 (synthesis "
+                           "and, where safe, LRP; same streams, slightly different images; "
+                           "default: the export's, float32 for model directories)")
 
 
 def _check_output(path, suffixes=None):
@@ -346,7 +314,7 @@ def compress_command(args):
   _check_not_same(args.input, output)
   check_model_path(args.model)
   width, height, mode = describe_image_file(args.input, args.max_pixels)
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
   image = load_image(args.input)
   start = time.perf_counter()
   stream = codec.encode(image)
@@ -362,7 +330,7 @@ def decompress_command(args):
   _check_not_same(args.input, output)
   check_model_path(args.model)
   stream, size = bitstream.read(args.input)  # the file is checked before the model loads
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
   start = time.perf_counter()
   image = codec.decode(stream)
   elapsed = time.perf_counter() - start
@@ -377,7 +345,7 @@ def eval_command(args):
   paths = list_images(args.folder)
   if args.csv:
     csv_path = _check_output(args.csv, (".csv",))
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
   print(f"{codec.entropy_model} model {codec.fingerprint} from {codec.source}: "
         f"{len(paths)} images, times in seconds after a warm-up per image shape")
   print(_ROW.format("image", "size", "bytes", "bpp", "psnr", "ms_ssim", "ms_ssim_db",
@@ -417,7 +385,7 @@ def main(argv=None):
   evaluate_.add_argument("--csv", help="also write the per-image table to this CSV file")
   evaluate_.add_argument("--no-warmup", action="store_true", help="time the first calls too")
   evaluate_.set_defaults(run=eval_command)
-  return run_cli(parser, lambda args: args.run(args), argv)
+  return run_argparse_cli(parser, lambda args: args.run(args), argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ every position the implementation actually computes:
   runs its entropy-parameter network on the anchors (hyper part of the first layer only: the
   anchors' context is exactly zero and is not computed) and then on the non-anchors;
 * the checkerboard context convolution as the implementation computes it: a plain 5x5
-  convolution of the masked kernel at every latent position (masked taps are multiplied too).
+  convolution of the masked kernel at every latent position (masked taps are multiplied too);
+  charm_checkerboard: the same per slice, on the slice's channels;
+* the serial (autoregressive) decoder as its loop computes it: per row, the context of the two
+  rows above (2x5 taps) for the whole row, and its product with g_ep's context weights; per
+  position, the two left taps folded into g_ep's first layer (2M x 3M) and g_ep's other layers;
+  once per image, that folding ([2M, 2M] x [2M, 3M]); g_ep's hyper part at every position at once.
 
 Biases, activations other than GDN, tanh, rounding and range coding are not counted.
 Per pixel means per pixel of the (padded) image, as in He et al. and ELIC.
@@ -79,7 +84,9 @@ def conv_macs(layer, positions):
 
 def _entropy_macs(entropy_model, latent_hw, z_hw):
   """{stage: MACs} of the entropy model's decoder (== the encoder's work on the same stages)."""
+  from cbexp.entropy.autoregressive import AutoregressiveEntropyModel
   from cbexp.entropy.charm import CharmEntropyModel
+  from cbexp.entropy.charm_checkerboard import CharmCheckerboardEntropyModel
   from cbexp.entropy.checkerboard import CheckerboardEntropyModel
   from cbexp.entropy.hyperprior import HyperpriorEntropyModel
   if hasattr(entropy_model, "decode_macs"):  # hook for models defined elsewhere
@@ -102,6 +109,32 @@ def _entropy_macs(entropy_model, latent_hw, z_hw):
     macs["entropy_parameters"] = (
         entropy_parameters_macs(entropy_model.entropy_parameters, half, with_context=False)
         + entropy_parameters_macs(entropy_model.entropy_parameters, half, with_context=True))
+    macs["lrp"] = sequential_macs(entropy_model.lrp, *latent_hw)[0]
+  elif isinstance(entropy_model, CharmCheckerboardEntropyModel):
+    half = positions // 2
+    for transform in (entropy_model.hyper_synthesis_mean, entropy_model.hyper_synthesis_scale):
+      macs["hyper_synthesis"] += sequential_macs(transform, *z_hw)[0]
+    for i in range(len(entropy_model.slices)):
+      macs["entropy_parameters"] += (
+          sequential_macs(entropy_model.cc_mean[i], *latent_hw)[0]
+          + sequential_macs(entropy_model.cc_scale[i], *latent_hw)[0]
+          + entropy_parameters_macs(entropy_model.entropy_parameters[i], half, False)
+          + entropy_parameters_macs(entropy_model.entropy_parameters[i], half, True))
+      macs["context"] += conv_macs(entropy_model.context_models[i], positions)
+      macs["lrp"] += sequential_macs(entropy_model.lrp[i], *latent_hw)[0]
+  elif isinstance(entropy_model, AutoregressiveEntropyModel):
+    macs["hyper_synthesis"] = sequential_macs(entropy_model.hyper_synthesis, *z_hw)[0]
+    net = entropy_model.entropy_parameters
+    depth = entropy_model.latent_depth
+    _, _, c_in, c_context = (int(d) for d in entropy_model.context_model.kernel.shape)
+    width_0 = int(net.from_context.kernel.shape[1])
+    # rows above: 2x5 taps for every position; the left taps folded into g_ep (once per image)
+    macs["context"] = positions * 10 * c_in * c_context + 2 * depth * c_context * width_0
+    macs["entropy_parameters"] = (
+        dense_macs(net.from_hyper, positions)      # hyper part, all positions at once
+        + dense_macs(net.from_context, positions)  # (context of the rows above) x weights, per row
+        + positions * 2 * depth * width_0          # the folded left taps, per position
+        + sum(dense_macs(layer, positions) for layer in net.hidden + [net.out]))
     macs["lrp"] = sequential_macs(entropy_model.lrp, *latent_hw)[0]
   elif isinstance(entropy_model, HyperpriorEntropyModel):
     macs["hyper_synthesis"] = sequential_macs(entropy_model.hyper_synthesis, *z_hw)[0]

@@ -275,7 +275,7 @@ def _raise_config_error(error):
 
 
 def main(argv=None):
-  from cbexp.codec import one_line_parser, run_cli
+  from cbexp.cli import one_line_parser, run_argparse_cli
   parser = one_line_parser(
       prog="python -m cbexp.export",
       description="Export a model (untrained from config overrides, or trained with --from) "
@@ -288,6 +288,10 @@ def main(argv=None):
   parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ "
                       "(default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
   parser.add_argument("--seed", type=int, help="random seed for an untrained model's weights")
+  parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                      help="decoding precision baked into the export (cbexp.precision): "
+                           "bfloat16 runs the synthesis, and the LRP where safe, in bfloat16; "
+                           "the streams are the same")
 
   def body(args):
     outs = [a for a in args.args if a.startswith("out=")]
@@ -307,11 +311,12 @@ def main(argv=None):
         model, cfg = build_untrained(overrides, args.seed)
       except Exception as error:
         _raise_config_error(error)
+    model.set_decode_precision(args.precision)
     module = save(model, cfg, out)
     print(f"exported {cfg.entropy.name} model (fingerprint {module.fingerprint.numpy().decode()},"
           f" {'trained, from ' + args.source if args.source else 'untrained'}) to {out}")
 
-  return run_cli(parser, body, argv, intermixed=True)
+  return run_argparse_cli(parser, body, argv, intermixed=True)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ class CompressionModel(tf.keras.Model):
     # In float32 the output is bit-identical to self.synthesis, without recomputing the RDFT
     # kernel parameterization on every call.
     self._low_precision_synthesis = LowPrecisionSynthesis(self.synthesis, precision)
+    self.entropy_model.set_decode_precision(precision)  # its LRP, where that is safe
     self._decompress_graph = tf.function(self._decompress_padded, input_signature=[
         tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
         tf.TensorSpec([2], tf.int32)])

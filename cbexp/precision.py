@@ -57,16 +57,22 @@ class MaterializedTransform:
   @staticmethod
   def _materialize_conv(layer, dtype):
     # The configurations the ms2020 transforms use, computed by tfc with EXPLICIT padding:
-    # correlation + downsampling (g_a, h_a) or transposed convolution + upsampling (g_s).
+    # correlation + downsampling (g_a, h_a), transposed convolution + upsampling (g_s), or a
+    # stride-1 convolution (the slice transforms, LRP), which tfc computes as a correlation with
+    # the spatially flipped kernel: so do we.
     down = layer.corr and all(s == 1 for s in layer.strides_up)
+    flipped = (not layer.corr and all(s == 1 for s in layer.strides_up)
+               and all(s == 1 for s in layer.strides_down))
     up = (not layer.corr and tuple(layer.strides_down) == (1, 1)
           and any(s > 1 for s in layer.strides_up)
           and all(k // 2 + s <= k for k, s in zip(layer.kernel_support, layer.strides_up)))
-    if (not (down or up) or layer.padding != "same_zeros" or not layer.use_explicit
+    if (not (down or up or flipped) or layer.padding != "same_zeros" or not layer.use_explicit
         or layer.channel_separable or layer.data_format != "channels_last"
         or any(k % 2 == 0 for k in layer.kernel_support)):
       raise ValueError(f"materialized transform: layer {layer.name} is neither a 'same_zeros' "
-                       f"downsampling correlation nor an upsampling transposed convolution")
+                       f"downsampling correlation, a stride-1 convolution nor an upsampling "
+                       f"transposed convolution")
+    kernel = layer.kernel[::-1, ::-1] if flipped else layer.kernel
     activation, gdn = layer.activation, None
     if activation is tf.keras.activations.linear:
       activation = None
@@ -84,7 +90,7 @@ class MaterializedTransform:
     elif isinstance(activation, tf.keras.layers.Layer):
       raise ValueError(f"materialized transform: layer {layer.name}: unsupported activation "
                        f"layer {type(activation).__name__}")
-    return dict(layer=layer, dtype=dtype, up=up, kernel=tf.cast(layer.kernel, dtype),
+    return dict(layer=layer, dtype=dtype, up=up, kernel=tf.cast(kernel, dtype),
                 bias=tf.cast(layer.bias, dtype) if layer.use_bias else None,
                 activation=activation, gdn=gdn)
 

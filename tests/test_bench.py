@@ -50,7 +50,10 @@ def test_bench_command_writes_csvs(image_folder, tmp_path, capsys):
                  "trainable_parameters", "decode_kmac_per_pixel_total"]:
     assert (summary[column] > 0).all(), column
   for stage in bench.STAGES:
-    assert (per_image[f"stage_{stage}_s"] > 0).all(), stage
+    if stage == "serial_loop":  # the autoregressive model's stage only
+      assert (per_image[f"stage_{stage}_s"] == 0).all()
+    else:
+      assert (per_image[f"stage_{stage}_s"] > 0).all(), stage
   # the stage sum is the sum of the stages of one staged decode (medians over 1 repeat)
   stages = per_image[[f"stage_{s}_s" for s in bench.STAGES]].sum(axis=1)
   np.testing.assert_allclose(per_image.stage_sum_s, stages, rtol=1e-9)
@@ -60,6 +63,55 @@ def test_bench_command_writes_csvs(image_folder, tmp_path, capsys):
   assert summary.decode_kmac_per_pixel_total.iloc[0] > summary.decode_kmac_per_pixel_total.iloc[1]
   assert summary.cpu.notna().all() and (summary.tf_version == tf.__version__).all()
   assert "untrained weights" in capsys.readouterr().out
+
+
+def test_bench_stages_of_the_issue_7_models_and_bfloat16_columns(image_folder, tmp_path,
+                                                                 capsys):
+  out = tmp_path / "bench.csv"
+  code = bench.main(["entropy=autoregressive,charm_checkerboard", f"images={image_folder}",
+                     "repeats=1", "precision=float32,bfloat16", f"out={out}"] + TINY)
+  assert code == 0
+  summary = pd.read_csv(out).set_index(["entropy", "precision"])
+  per_image = pd.read_csv(tmp_path / "bench_per_image.csv")
+  assert len(summary) == 4 and len(per_image) == 8
+  # the staged decode ran (and reproduced the decoder's y_hat, else bench raises)
+  assert (summary.decode_over_stage_sum_median > 0).all()
+  rows = per_image.set_index("entropy")
+  assert (rows.loc["autoregressive", "stage_serial_loop_s"] > 0).all()
+  assert (rows.loc["autoregressive", "stage_entropy_parameters_s"] == 0).all()
+  assert (rows.loc["charm_checkerboard", "stage_serial_loop_s"] == 0).all()
+  for stage in ("range_coding", "entropy_parameters"):
+    assert (rows.loc["charm_checkerboard", f"stage_{stage}_s"] > 0).all()
+  # bfloat16: LRP in bf16 only where it feeds no entropy parameter (autoregressive: yes; with
+  # these untrained tiny weights its output can be exactly 0 either way)
+  bf16 = summary.xs("bfloat16", level="precision")
+  assert 0 <= bf16.loc["autoregressive", "y_hat_max_abs_diff_vs_float32"] < 0.05
+  assert bf16.loc["charm_checkerboard", "y_hat_max_abs_diff_vs_float32"] == 0
+  assert (bf16.speedup_vs_float32_amdahl_median > 1).all()
+  assert (summary.bfloat16_conv_speedup > 0).all()
+  assert "bfloat16 on this CPU" in capsys.readouterr().out
+
+
+def test_bench_bfloat16_on_a_model_directory_with_a_live_lrp(image_folder, tmp_path, capsys):
+  """model_dir= and bfloat16 with an LRP whose output is not zero (random biases), so that the
+  bfloat16 LRP really changes y_hat: the bench checks symbols against the float32 decoder, not
+  y_hat against the encoder's."""
+  from cbexp.model_io import save_model_dir
+  overrides = ["entropy=checkerboard"] + TINY
+  model = tiny("checkerboard")
+  rng = np.random.default_rng(0)
+  for variable in model.entropy_model.trainable_variables:
+    if "bias" in variable.name:
+      variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+  save_model_dir(model, compose(overrides), tmp_path / "model")
+  out = tmp_path / "bench.csv"
+  assert bench.main([f"model_dir={tmp_path / 'model'}", f"images={image_folder}", "repeats=1",
+                     "precision=float32,bfloat16", f"out={out}"]) == 0
+  summary = pd.read_csv(out).set_index("precision")
+  assert bool(summary.loc["float32", "trained_weights"])
+  assert 0 < summary.loc["bfloat16", "y_hat_max_abs_diff_vs_float32"] < 0.05
+  assert not summary.loc["bfloat16", "y_hat_identical_to_float32"]
+  assert summary.loc["bfloat16", "psnr_vs_float32_db_min"] > 40
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -88,34 +140,74 @@ def test_float32_decode_matches_tfc_synthesis(entropy):
   np.testing.assert_array_equal(image.numpy(), reference.numpy())
 
 
-def test_bfloat16_synthesis_same_strings_small_psnr_change():
-  model = tiny("checkerboard")
+def _range_decoder_outputs(model, compressed, monkeypatch):
+  """Every tensor the y range decoder returns during one decode (run eagerly, spied)."""
+  from cbexp.model import padded_size
+  gaussian, outputs = model.entropy_model.gaussian, []
+  original = gaussian.decompress
+
+  def spy(*args):
+    result = original(*args)
+    outputs.append(result.numpy())
+    return result
+
+  monkeypatch.setattr(gaussian, "decompress", spy)
+  padded = [padded_size(n) for n in compressed.image_shape]
+  model._decompress_padded(tf.constant(compressed.strings), tf.constant(padded))  # eager
+  monkeypatch.undo()
+  return outputs
+
+
+@pytest.mark.parametrize("entropy", ["checkerboard", "hyperprior", "charm"])
+def test_bfloat16_decoding_same_symbols_small_psnr_change(entropy, monkeypatch):
+  model = tiny(entropy)
+  # Untrained tiny models can have all-zero hyper features and zero biases, and so an LRP that
+  # outputs exactly 0 in any precision: random biases make the LRP's precision visible.
+  rng = np.random.default_rng(0)
+  for variable in model.entropy_model.trainable_variables:
+    if "bias" in variable.name:
+      variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+  model.build_coders()
   image = smooth_image(128, 192)
   compressed = model.compress(image)
   reference, y_ref = model.decompress(compressed, return_latent=True)
+  symbols_ref = _range_decoder_outputs(model, compressed, monkeypatch)
   model.set_decode_precision("bfloat16")
   assert model.compress(image).strings == compressed.strings  # the encoder is untouched
   decoded, y_hat = model.decompress(compressed, return_latent=True)
-  np.testing.assert_array_equal(y_hat.numpy(), y_ref.numpy())  # the entropy decoding is exact
+  # The entropy decoding is exact: every range-decoded tensor (q + mean) is bit-identical.
+  symbols = _range_decoder_outputs(model, compressed, monkeypatch)
+  assert len(symbols) == len(symbols_ref) == model.entropy_model.num_strings
+  for a, b in zip(symbols, symbols_ref):
+    np.testing.assert_array_equal(a, b)
+  lrp_difference = float(np.abs(y_hat.numpy() - y_ref.numpy()).max())
+  if model.entropy_model.lrp_outside_entropy_loop:
+    assert 0 < lrp_difference < 0.05  # the LRP ran in bfloat16: 0.5 * tanh(.) rounding only
+  else:  # ChARM: the LRP conditions later slices, so it stays float32 and y_hat is exact
+    assert lrp_difference == 0
   assert not np.array_equal(decoded.numpy(), reference.numpy())  # bf16 really ran
   psnr = lambda a, b: float(tf.image.psnr(tf.cast(a, tf.float32), tf.cast(b, tf.float32), 255.))
   assert psnr(decoded, reference) > 45.
   assert abs(psnr(image, decoded) - psnr(image, reference)) < 0.05
   # back to float32: the reference again, and the option is validated
   model.set_decode_precision("float32")
-  np.testing.assert_array_equal(model.decompress(compressed).numpy(), reference.numpy())
+  decoded, y_hat = model.decompress(compressed, return_latent=True)
+  np.testing.assert_array_equal(decoded.numpy(), reference.numpy())
+  np.testing.assert_array_equal(y_hat.numpy(), y_ref.numpy())
   with pytest.raises(ValueError, match="precision must be one of"):
     model.set_decode_precision("float16")
 
 
 def test_materialized_transforms_are_bit_identical():
-  """g_a, h_a, g_s with kernels computed once give exactly tfc's outputs."""
+  """g_a, h_a, g_s and the LRP (stride-1: tfc flips the kernel) with kernels computed once
+  give exactly tfc's outputs."""
   from cbexp.precision import MaterializedTransform
   model = tiny("hyperprior")
   x = tf.constant(smooth_image(64, 128)[None], tf.float32)
   y = model.analysis(x)
+  hyper = model.entropy_model.hyper_synthesis(tf.round(model.hyper_analysis(y)))
   for transform, inputs in ((model.analysis, x), (model.hyper_analysis, y),
-                            (model.synthesis, y)):
+                            (model.synthesis, y), (model.entropy_model.lrp, hyper)):
     np.testing.assert_array_equal(MaterializedTransform(transform)(inputs).numpy(),
                                   transform(inputs).numpy())
 

@@ -102,6 +102,33 @@ def tiny_files(model_factory, tmp_path_factory):
   return folder, stream
 
 
+def test_bfloat16_decoding_option(tiny_files, tmp_path):
+  """--precision bfloat16: same stream, a slightly different image; an export keeps its own
+  precision and refuses another one in one line."""
+  from PIL import Image
+  folder, stream = tiny_files
+  decoded = {}
+  for precision in ("float32", "bfloat16"):
+    result = run_codec("decompress", "--model", folder / "model", "--precision", precision,
+                       folder / "good.cbx", f"{precision}.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    decoded[precision] = np.asarray(Image.open(tmp_path / f"{precision}.png"))
+  assert not np.array_equal(decoded["float32"], decoded["bfloat16"])  # bf16 really ran
+  assert float(tf.image.psnr(decoded["float32"], decoded["bfloat16"], 255)) > 40.
+  exported = subprocess.run([sys.executable, "-m", "cbexp.export", "--from", folder / "model",
+                             f"out={tmp_path / 'bf16_export'}", "--precision", "bfloat16"],
+                            capture_output=True, text=True, timeout=900)
+  assert exported.returncode == 0, exported.stderr
+  result = run_codec("decompress", "--model", tmp_path / "bf16_export", folder / "good.cbx",
+                     "export.png", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "export.png")),
+                                decoded["bfloat16"])
+  result = run_codec("decompress", "--model", tmp_path / "bf16_export", "--precision", "float32",
+                     folder / "good.cbx", "refused.png", cwd=tmp_path)
+  assert_refused(result, tmp_path / "refused.png", "this export decodes in bfloat16")
+
+
 def test_decoding_with_other_weights_is_refused(tiny_files, tmp_path):
   folder, stream = tiny_files
   result = run_codec("decompress", "--model", folder / "other_model", folder / "good.cbx",

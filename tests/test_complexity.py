@@ -102,3 +102,38 @@ def test_checkerboard_like_for_like_switches_are_counted():
   non_anchors = 16 * (80 * 120 + 80 * 120 + 120 * 80 + 80 * 80)
   assert got["entropy_parameters"] == pytest.approx(kmac(anchors + non_anchors))
   assert got["lrp"] == pytest.approx(kmac(slice_transform(80, 40)))
+
+
+def test_issue_7_models_decode_counts():
+  # charm_checkerboard, tiny slices [2, 2, 4, 8, 24] (the paper's [16, 16, 32, 64, 192] scaled to
+  # 40 channels), every earlier slice as support: per slice d, channel context (two slice
+  # transforms on concat[hyper, support] -> d), g_ep d->3d->2d->2d (+2d context) on 16 anchors and
+  # 16 non-anchors, a masked 5x5 d->2d context at all 32 positions, LRP on concat[hyper, support,
+  # y_hat_i].
+  got = decode_kmac_per_pixel(tiny("charm_checkerboard"), height=64, width=128)
+  slices = [2, 2, 4, 8, 24]
+  channel, context, params, lrp = 0, 0, 0, 0
+  for i, d in enumerate(slices):
+    support = sum(slices[:i])
+    channel += 2 * slice_transform(40 + support, d)
+    params += (16 * (2 * d * 3 * d + 3 * d * 2 * d + 2 * d * 2 * d)
+               + 16 * (2 * d * 3 * d + 2 * d * 3 * d + 3 * d * 2 * d + 2 * d * 2 * d))
+    context += LATENT * 25 * d * 2 * d
+    lrp += slice_transform(40 + support + d, d)
+  assert got["hyper_synthesis"] == pytest.approx(kmac(2 * HYPER_SYNTHESIS))
+  assert got["entropy_parameters"] == pytest.approx(kmac(channel + params))
+  assert got["context"] == pytest.approx(kmac(context))
+  assert got["lrp"] == pytest.approx(kmac(lrp))
+
+  # autoregressive (M = 40): rows above 2x5 taps 40->80 at every position, plus folding the two
+  # left taps into g_ep's first layer once ([80, 80] x [80, 120]); g_ep: hyper 40->120 and
+  # row context 80->120 at every position, the folded left taps 80->120 per position, then
+  # 120->80->80.
+  got = decode_kmac_per_pixel(tiny("autoregressive"), height=64, width=128)
+  assert got["context"] == pytest.approx(kmac(LATENT * 10 * 40 * 80 + 80 * 80 * 120))
+  assert got["entropy_parameters"] == pytest.approx(
+      kmac(LATENT * (40 * 120 + 80 * 120 + 80 * 120 + 120 * 80 + 80 * 80)))
+  assert got["lrp"] == pytest.approx(kmac(slice_transform(40, 40)))
+  assert got["total"] == pytest.approx(sum(got[s] for s in ("hyper_synthesis", "context",
+                                                            "entropy_parameters", "lrp",
+                                                            "synthesis")))

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cbexp.entropy import layers
-from conftest import ENTROPY_MODELS, PAPER_ENTROPY_MODELS, tiny_overrides
+from conftest import ENTROPY_MODELS, PAPER_ENTROPY_MODELS, assert_round_trip, tiny_overrides
 
 
 # --- the checkerboard partition ------------------------------------------------------------
@@ -80,27 +80,17 @@ def test_checkerboard_decodes_in_exactly_two_passes(model_factory, monkeypatch):
 
 
 # --- round trips ---------------------------------------------------------------------------
-def _assert_round_trip(model, image):
-  compressed = model.compress(image)
-  decoded, y_hat = model.decompress(compressed, return_latent=True)
-  assert decoded.shape == image.shape and decoded.dtype == tf.uint8
-  # The decoder reproduces the encoder's quantized latents exactly, every element.
-  np.testing.assert_array_equal(y_hat.numpy(), compressed.y_hat.numpy())
-  assert len(compressed.strings) == 1 + model.entropy_model.num_strings
-  return compressed
-
-
 @pytest.mark.parametrize("entropy", ENTROPY_MODELS)
 @pytest.mark.parametrize("size", [(97, 131), (1, 1), (64, 64), (70, 200)])
 def test_round_trip_tiny_odd_sizes(model_factory, entropy, size):
   rng = np.random.default_rng(sum(size))
   image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-  _assert_round_trip(model_factory(tiny_overrides(entropy)), image)
+  assert_round_trip(model_factory(tiny_overrides(entropy)), image)
 
 
 @pytest.mark.parametrize("entropy", ENTROPY_MODELS)
 def test_round_trip_tiny_kodak(model_factory, kodak_image, entropy):
-  _assert_round_trip(model_factory(tiny_overrides(entropy)), kodak_image)
+  assert_round_trip(model_factory(tiny_overrides(entropy)), kodak_image)
 
 
 @pytest.mark.slow
@@ -108,7 +98,34 @@ def test_round_trip_tiny_kodak(model_factory, kodak_image, entropy):
 def test_round_trip_paper_configuration_kodak(model_factory, kodak_image, entropy):
   model = model_factory([f"entropy={entropy}"])
   assert model.latent_depth == 320  # the paper configuration is the default
-  _assert_round_trip(model, kodak_image)
+  assert_round_trip(model, kodak_image)
+
+
+# --- the range coder's own model (diagnostic) ----------------------------------------------
+def test_table_bits_is_the_size_of_the_strings_and_bounds_outliers():
+  from cbexp.entropy.base import GaussianConditional
+  gaussian = GaussianConditional()
+  gaussian.build_coder()
+  rng = np.random.default_rng(0)
+  shape = [3, 16, 16, 8]
+  index = tf.constant(rng.uniform(-2, 66, shape), tf.float32)  # also out of the table's range
+  loc = tf.constant(rng.normal(0, 3, shape), tf.float32)
+  y = (loc + gaussian._scale_fn(gaussian.coded_indexes(index))
+       * tf.constant(rng.normal(size=shape), tf.float32)).numpy()
+  y[0, 0, 0, :4] += [40, -40, 3, -1000]  # escape codes, both signs; one absurd outlier
+  y[1, 2, 3, 0] += 5
+  strings = gaussian.compress(y, index, loc).numpy()
+  costs = gaussian.symbol_bits(y, index, loc)
+  table = gaussian.table_bits(y, index, loc)
+  assert costs["overflow"][0].sum() >= 4 and costs["overflow"][1].sum() >= 1
+  for string, bits in zip(strings, table):
+    assert abs(8 * len(string) - bits) < 16  # the coder's model, up to its termination bytes
+  # The Gaussian information content is what the estimate sums ...
+  estimate = gaussian.rate(y, index, loc, training=False).numpy()
+  np.testing.assert_allclose(costs["gaussian"].reshape(3, -1).sum(-1), estimate, rtol=1e-5)
+  # ... and is unbounded: the -1000 outlier alone costs millions of bits there, a few dozen in
+  # the strings (escape symbol + Elias gamma + sign).
+  assert estimate[0] > 1e6 and table[0] < 2 * table[2]
 
 
 def test_compress_before_coders_are_built_says_what_to_do():

@@ -99,6 +99,7 @@ class QuantizedMeanGaussian(tf.Module):
 
 class AutoregressiveEntropyModel(EntropyModel):
   num_strings = 1
+  lrp_outside_entropy_loop = True  # LRP sees the hyper features only
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
@@ -120,8 +121,9 @@ class AutoregressiveEntropyModel(EntropyModel):
     super().build_coders()
     self.quantized_mean.build_coder()
 
-  def _residual(self, hyper):
-    return 0.5 * tf.math.tanh(self.lrp(hyper))
+  def _residual(self, hyper, decoding=False):
+    lrp = self.decoding_lrp() if decoding else self.lrp
+    return 0.5 * tf.math.tanh(lrp(hyper))
 
   # --- training / estimation: the masked convolution in parallel ---------------------------
   def call(self, y, z_hat, training):
@@ -201,6 +203,10 @@ class AutoregressiveEntropyModel(EntropyModel):
 
   def decompress(self, strings, z_hat, y_shape):
     hyper = self.hyper_synthesis(z_hat)
+    return self._decode_serial(strings[0], hyper) + self._residual(hyper, decoding=True)
+
+  def _decode_serial(self, string, hyper):
+    """The sequential part of decoding: every position's context, g_ep and range decoding."""
     coder = self.quantized_mean.coder
     depth = self.latent_depth
 
@@ -209,10 +215,9 @@ class AutoregressiveEntropyModel(EntropyModel):
       q = tf.cast(symbols + tf.gather(coder.cdf_offset, flat), tf.float32) + integer
       return handle, q
 
-    handle = gen_ops.create_range_decoder(tf.convert_to_tensor(strings[0], tf.string), coder.cdf)
+    handle = gen_ops.create_range_decoder(tf.convert_to_tensor(string, tf.string), coder.cdf)
     handle, q = self._serial(hyper, decode, handle)
     complete = gen_ops.entropy_decode_finalize(handle)
     with tf.control_dependencies([tf.debugging.assert_equal(
         complete, True, message="autoregressive: corrupt or truncated string")]):
-      q = tf.identity(q)
-    return q + self._residual(hyper)
+      return tf.identity(q)

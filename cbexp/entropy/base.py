@@ -19,6 +19,7 @@ and one file ``conf/entropy/<name>.yaml`` whose ``_target_`` names the class. No
 """
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -85,6 +86,70 @@ class GaussianConditional(tf.Module):
   def decompress(self, strings, scale_indexes, loc):
     return self.coder.decompress(strings, self.coded_indexes(scale_indexes), loc=loc)
 
+  # --- diagnostics: the range coder's own model ------------------------------------------------
+  def _coder_rows(self):
+    """The coder's CDF table as a padded matrix: row r is the quantized CDF of scale index r
+    (``cdf[r, :lengths[r]]``, 0 ... 2**precision, the last interval being the escape symbol),
+    parsed like tfc's range coder (``range_coder_kernels.cc``, ScanCDF)."""
+    if getattr(self, "_rows", None) is None:
+      flat = self.coder.cdf.numpy()
+      rows, start = [], 0
+      while start < len(flat):
+        precision = abs(int(flat[start]))
+        end = start + 1 + int(np.argmax(flat[start + 1:] == 1 << precision))  # first 2**p
+        rows.append((precision, flat[start + 1:end + 1]))
+        start = end + 1
+        while start < len(flat) and flat[start] == 1 << precision:  # trailing padding
+          start += 1
+      if len(rows) != self.num_scales or len({p for p, _ in rows}) != 1:
+        raise RuntimeError(f"unexpected range-coding table layout ({len(rows)} rows)")
+      lengths = np.array([len(c) for _, c in rows])
+      cdf = np.zeros([len(rows), lengths.max()], np.int64)
+      for r, (_, c) in enumerate(rows):
+        cdf[r, :len(c)] = c
+      self._rows = (rows[0][0], cdf, lengths, self.coder.cdf_offset.numpy())
+    return self._rows
+
+  def symbol_bits(self, y, scale_indexes, loc):
+    """Per-element costs of coding y, as numpy arrays of y's shape, for diagnosing gaps between
+    the Gaussian estimate and the real strings:
+
+    * ``table``: bits under the range coder's own model, i.e. its quantized CDF tables
+      (``range_coder_precision`` bits, so no in-table symbol costs more than that) plus, for a
+      symbol outside its table, the escape symbol and tfc's overflow code (Elias gamma of the
+      excess and a sign bit: 2 * (floor(log2 gamma) + 1) bits at 1 bit each).
+    * ``gaussian``: the information content under the continuous Gaussian, what
+      ``rate(..., training=False)`` sums (unbounded for outliers of a small scale).
+    * ``overflow``: whether the symbol went through the escape code.
+    * ``table_probability``: the probability the coder's table gives the symbol (escape
+      symbol's for overflows).
+    The symbols are tfc's: round(y - loc) minus the table offset of the coded index.
+    """
+    precision, cdf, lengths, offsets = self._coder_rows()
+    index = tf.cast(self.coded_indexes(scale_indexes), tf.int32).numpy()
+    value = tf.round(tf.convert_to_tensor(y - loc, tf.float32)).numpy()
+    symbol = value.astype(np.int64) - offsets[index]
+    escape = lengths[index] - 2  # symbols 0 .. escape - 1 are in the table
+    overflow = (symbol < 0) | (symbol >= escape)
+    coded = np.where(overflow, escape, symbol)
+    rows = cdf[index]
+    mass = (np.take_along_axis(rows, (coded + 1)[..., None], -1)[..., 0]
+            - np.take_along_axis(rows, coded[..., None], -1)[..., 0])
+    gamma = np.where(symbol < 0, -symbol, symbol - escape + 1)
+    gamma_bits = 2 * (np.floor(np.log2(np.maximum(gamma, 1))) + 1)
+    table = precision - np.log2(mass) + np.where(overflow, gamma_bits, 0.)
+    scale = self._scale_fn(tf.cast(index, tf.float32))
+    gaussian = -tfc.NoisyNormal(loc=0., scale=scale).log_prob(value).numpy() / np.log(2.)
+    return {"table": table, "gaussian": gaussian, "overflow": overflow,
+            "table_probability": mass / 2. ** precision}
+
+  def table_bits(self, y, scale_indexes, loc):
+    """Bits per image of y under the range coder's own model (its quantized tables and escape
+    code, see ``symbol_bits``): what the real strings cost up to the coder's few bytes of
+    termination. For diagnosing gaps between the Gaussian estimate and the real strings."""
+    return self.symbol_bits(y, scale_indexes, loc)["table"].reshape(
+        [np.shape(y)[0], -1]).sum(-1)
+
 
 class EntropyModel(tf.keras.layers.Layer):
   """Base class: codes y given z_hat. See the module docstring for the contract."""
@@ -99,6 +164,24 @@ class EntropyModel(tf.keras.layers.Layer):
 
   def build_coders(self):
     self.gaussian.build_coder()
+
+  #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
+  #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run
+  #: it in reduced precision without changing a decoded symbol. False for the ChARM-style models,
+  #: where each slice's LRP output conditions the later slices.
+  lrp_outside_entropy_loop = False
+
+  def set_decode_precision(self, precision):
+    """Decoder-side precision of the LRP (``self.lrp``) when ``lrp_outside_entropy_loop``;
+    ``CompressionModel.set_decode_precision`` calls it. float32 is the layer itself."""
+    from cbexp.precision import MaterializedTransform, check_precision
+    reduced = check_precision(precision) != "float32" and self.lrp_outside_entropy_loop
+    # A plain object (kernels snapshot): no checkpoint dependency. Rebuilt by build_coders.
+    self._decoding_lrp = MaterializedTransform(self.lrp, precision) if reduced else None
+
+  def decoding_lrp(self):
+    """The LRP the decoder uses: ``self.lrp`` or its reduced-precision snapshot."""
+    return getattr(self, "_decoding_lrp", None) or self.lrp
 
   def parameter_groups(self):
     """{component name: list of layers}; used by ``cbexp.summary`` for the breakdown.

@@ -7,6 +7,9 @@ features and on the first min(i, max_support_slices) decoded slices:
   index = cc_scale_i(concat[hyper_scales, support])      (a scale *index*, not a scale)
   y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
 One string per slice, decoded slice by slice.
+
+``ChannelSlices`` holds what ChARM and charm_checkerboard share: the two hyper-synthesis paths,
+the channel context's inputs (hyper features + support slices) and the LRP.
 """
 import tensorflow as tf
 
@@ -14,7 +17,36 @@ from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
 
-class CharmEntropyModel(EntropyModel):
+class ChannelSlices:
+  """Mixin for the channel-slice entropy models (ChARM, charm_checkerboard). The model creates
+  its hyper-synthesis paths with ``_make_hyper_paths`` (before its per-slice layers, to keep the
+  weights' order), its per-slice ``lrp`` list, and sets ``max_support_slices``."""
+
+  def _make_hyper_paths(self, hyper_synthesis_filters, latent_depth):
+    self.hyper_synthesis_mean = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
+    self.hyper_synthesis_scale = HyperSynthesisTransform(
+        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+
+  def _hyper_features(self, z_hat):
+    return self.hyper_synthesis_mean(z_hat), self.hyper_synthesis_scale(z_hat)
+
+  def _support(self, decoded):
+    # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
+    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
+
+  def _channel_context_inputs(self, hyper_means, hyper_scales, decoded):
+    """-> (mean support, scale support): each hyper path with the support slices."""
+    support = self._support(decoded)
+    return (tf.concat([hyper_means] + support, axis=-1),
+            tf.concat([hyper_scales] + support, axis=-1))
+
+  def _with_residual(self, i, mean_support, y_hat_slice):
+    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
+    return y_hat_slice + 0.5 * tf.math.tanh(residual)
+
+
+class CharmEntropyModel(ChannelSlices, EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), num_slices=10, max_support_slices=5, name="charm"):
@@ -26,10 +58,7 @@ class CharmEntropyModel(EntropyModel):
     self.num_strings = self.num_slices
     self.max_support_slices = int(max_support_slices)
     slice_depth = latent_depth // num_slices
-    self.hyper_synthesis_mean = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
-    self.hyper_synthesis_scale = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+    self._make_hyper_paths(hyper_synthesis_filters, latent_depth)
     self.cc_mean = [SliceTransform(hidden_filters, slice_depth, name=f"cc_mean_{i}")
                     for i in range(num_slices)]
     self.cc_scale = [SliceTransform(hidden_filters, slice_depth, name=f"cc_scale_{i}")
@@ -41,24 +70,12 @@ class CharmEntropyModel(EntropyModel):
     return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
             "slice_mean_scale": self.cc_mean + self.cc_scale, "lrp": self.lrp}
 
-  def _support(self, decoded):
-    # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
-    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
-
   def _slice_params(self, i, hyper_means, hyper_scales, decoded):
-    support = self._support(decoded)
-    mean_support = tf.concat([hyper_means] + support, axis=-1)
-    mean = self.cc_mean[i](mean_support)
-    scale_index = self.cc_scale[i](tf.concat([hyper_scales] + support, axis=-1))
-    return mean, scale_index, mean_support
-
-  def _with_residual(self, i, mean_support, y_hat_slice):
-    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
-    return y_hat_slice + 0.5 * tf.math.tanh(residual)
+    mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
+    return self.cc_mean[i](mean_support), self.cc_scale[i](scale_support), mean_support
 
   def call(self, y, z_hat, training):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
     decoded, bits = [], 0.
     for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
       mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
@@ -67,8 +84,7 @@ class CharmEntropyModel(EntropyModel):
     return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
 
   def compress(self, y, z_hat):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
     decoded, strings = [], []
     for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
       mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
@@ -77,8 +93,7 @@ class CharmEntropyModel(EntropyModel):
     return strings, tf.concat(decoded, axis=-1)
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
     decoded = []
     for i in range(self.num_slices):
       mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)

@@ -17,9 +17,10 @@ like the checkerboard model. Two strings per slice: anchors, non-anchors.
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.charm import ChannelSlices
 from cbexp.entropy.layers import (EntropyParameters, MaskedConv2D, checkerboard_context_mask,
                                   merge_checkerboard, split_checkerboard)
-from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.transforms import SliceTransform
 
 
 def resolve_slices(slices, latent_depth):
@@ -38,7 +39,7 @@ def resolve_slices(slices, latent_depth):
   return scaled
 
 
-class CharmCheckerboardEntropyModel(EntropyModel):
+class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                slices=(16, 16, 32, 64, 192), max_support_slices=-1, hidden_filters=(224, 128),
@@ -47,10 +48,7 @@ class CharmCheckerboardEntropyModel(EntropyModel):
     self.slices = resolve_slices(slices, self.latent_depth)
     self.num_strings = 2 * len(self.slices)
     self.max_support_slices = int(max_support_slices)
-    self.hyper_synthesis_mean = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
-    self.hyper_synthesis_scale = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+    self._make_hyper_paths(hyper_synthesis_filters, latent_depth)
     self.cc_mean, self.cc_scale, self.context_models, self.entropy_parameters, self.lrp = \
         [], [], [], [], []
     for i, depth in enumerate(self.slices):
@@ -70,16 +68,11 @@ class CharmCheckerboardEntropyModel(EntropyModel):
             "context_model": self.context_models,
             "entropy_parameters": self.entropy_parameters, "lrp": self.lrp}
 
-  def _support(self, decoded):
-    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
-
   # Shared by training, compress and decompress (same ops, same shapes).
   def _channel_features(self, i, hyper_means, hyper_scales, decoded):
     """-> (anchor features, non-anchor features, LRP's mean support)."""
-    support = self._support(decoded)
-    mean_support = tf.concat([hyper_means] + support, axis=-1)
-    features = tf.concat([self.cc_mean[i](mean_support),
-                          self.cc_scale[i](tf.concat([hyper_scales] + support, axis=-1))], -1)
+    mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
+    features = tf.concat([self.cc_mean[i](mean_support), self.cc_scale[i](scale_support)], -1)
     features_a, features_n = split_checkerboard(features)
     return features_a, features_n, mean_support
 
@@ -88,13 +81,8 @@ class CharmCheckerboardEntropyModel(EntropyModel):
     _, context_n = split_checkerboard(context)
     return self.entropy_parameters[i](features_n, context_n)
 
-  def _with_residual(self, i, mean_support, y_hat_slice):
-    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
-    return y_hat_slice + 0.5 * tf.math.tanh(residual)
-
   def call(self, y, z_hat, training):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
     decoded, bits = [], 0.
     for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
       features_a, features_n, mean_support = self._channel_features(
@@ -109,26 +97,36 @@ class CharmCheckerboardEntropyModel(EntropyModel):
       decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
     return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
 
-  def compress(self, y, z_hat):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
-    decoded, strings = [], []
+  def _encode(self, y, z_hat, code):
+    """compress's loop, with ``code(y_pass, index, mean)`` applied to each pass (anchors, then
+    non-anchors, slice by slice). -> (list of code's results, y_hat)."""
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
+    decoded, coded = [], []
     for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
       features_a, features_n, mean_support = self._channel_features(
           i, hyper_means, hyper_scales, decoded)
       y_a, y_n = split_checkerboard(y_slice)
       mean_a, index_a = self.entropy_parameters[i](features_a)
-      strings.append(self.gaussian.compress(y_a, index_a, mean_a))
+      coded.append(code(y_a, index_a, mean_a))
       y_hat_a = tf.round(y_a - mean_a) + mean_a
       mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
-      strings.append(self.gaussian.compress(y_n, index_n, mean_n))
+      coded.append(code(y_n, index_n, mean_n))
       y_hat_n = tf.round(y_n - mean_n) + mean_n
       decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
-    return strings, tf.concat(decoded, axis=-1)
+    return coded, tf.concat(decoded, axis=-1)
+
+  def compress(self, y, z_hat):
+    return self._encode(y, z_hat, self.gaussian.compress)
+
+  def coding_costs(self, y, z_hat):
+    """Diagnostic (eager): ``GaussianConditional.symbol_bits`` of each string's symbols, in
+    string order (slice 0 anchors, slice 0 non-anchors, slice 1 anchors, ...), with exactly the
+    means and indexes ``compress`` codes them with: the range coder's own table cost next to
+    the Gaussian estimate, per string."""
+    return self._encode(y, z_hat, self.gaussian.symbol_bits)[0]
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper_means = self.hyper_synthesis_mean(z_hat)
-    hyper_scales = self.hyper_synthesis_scale(z_hat)
+    hyper_means, hyper_scales = self._hyper_features(z_hat)
     decoded = []
     for i in range(len(self.slices)):
       features_a, features_n, mean_support = self._channel_features(

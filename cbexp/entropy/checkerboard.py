@@ -24,6 +24,7 @@ from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
 class CheckerboardEntropyModel(EntropyModel):
   num_strings = 2  # anchors, non-anchors
+  lrp_outside_entropy_loop = True  # LRP sees the hyper features (and y_hat), nothing sees LRP
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
@@ -64,10 +65,11 @@ class CheckerboardEntropyModel(EntropyModel):
     _, context_non_anchors = split_checkerboard(context)
     return self.entropy_parameters(hyper_non_anchors, context_non_anchors)
 
-  def _residual(self, hyper, y_hat):
+  def _residual(self, hyper, y_hat, decoding=False):
     """LRP from the hyper features, and from y_hat (without residual) if lrp_on_y_hat."""
     lrp_input = tf.concat([hyper, y_hat], axis=-1) if self.lrp_on_y_hat else hyper
-    return 0.5 * tf.math.tanh(self.lrp(lrp_input))
+    lrp = self.decoding_lrp() if decoding else self.lrp
+    return 0.5 * tf.math.tanh(lrp(lrp_input))
 
   def call(self, y, z_hat, training):
     hyper, hyper_lrp = self._hyper(z_hat)
@@ -105,4 +107,4 @@ class CheckerboardEntropyModel(EntropyModel):
     mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
     y_hat_n = self.gaussian.decompress(strings[1], index_n, mean_n)  # pass 2
     y_hat = merge_checkerboard(y_hat_a, y_hat_n)
-    return y_hat + self._residual(hyper_lrp, y_hat)
+    return y_hat + self._residual(hyper_lrp, y_hat, decoding=True)

@@ -13,6 +13,7 @@ from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
 class HyperpriorEntropyModel(EntropyModel):
   num_strings = 1
+  lrp_outside_entropy_loop = True  # LRP sees the hyper features only
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), name="hyperprior"):
@@ -26,8 +27,9 @@ class HyperpriorEntropyModel(EntropyModel):
     return {"hyper_synthesis": [self.hyper_synthesis],
             "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
 
-  def _residual(self, hyper):
-    return 0.5 * tf.math.tanh(self.lrp(hyper))
+  def _residual(self, hyper, decoding=False):
+    lrp = self.decoding_lrp() if decoding else self.lrp
+    return 0.5 * tf.math.tanh(lrp(hyper))
 
   def call(self, y, z_hat, training):
     hyper = self.hyper_synthesis(z_hat)
@@ -46,4 +48,5 @@ class HyperpriorEntropyModel(EntropyModel):
   def decompress(self, strings, z_hat, y_shape):
     hyper = self.hyper_synthesis(z_hat)
     mean, scale_index = self.entropy_parameters(hyper)
-    return self.gaussian.decompress(strings[0], scale_index, mean) + self._residual(hyper)
+    y_hat = self.gaussian.decompress(strings[0], scale_index, mean)
+    return y_hat + self._residual(hyper, decoding=True)
