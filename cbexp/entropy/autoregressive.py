@@ -121,10 +121,6 @@ class AutoregressiveEntropyModel(EntropyModel):
     super().build_coders()
     self.quantized_mean.build_coder()
 
-  def _residual(self, hyper, decoding=False):
-    lrp = self.decoding_lrp() if decoding else self.lrp
-    return 0.5 * tf.math.tanh(lrp(hyper))
-
   # --- training / estimation: the masked convolution in parallel ---------------------------
   def call(self, y, z_hat, training):
     hyper = self.hyper_synthesis(z_hat)

@@ -183,6 +183,11 @@ class EntropyModel(tf.keras.layers.Layer):
     """The LRP the decoder uses: ``self.lrp`` or its reduced-precision snapshot."""
     return getattr(self, "_decoding_lrp", None) or self.lrp
 
+  def _residual(self, lrp_input, decoding=False):
+    """0.5 * tanh(lrp(lrp_input)) for the models with one LRP (``decoding``: the decoder's)."""
+    lrp = self.decoding_lrp() if decoding else self.lrp
+    return 0.5 * tf.math.tanh(lrp(lrp_input))
+
   def parameter_groups(self):
     """{component name: list of layers}; used by ``cbexp.summary`` for the breakdown.
     Names starting with ``hyper_synthesis`` count as hyper transforms."""

@@ -68,8 +68,7 @@ class CheckerboardEntropyModel(EntropyModel):
   def _residual(self, hyper, y_hat, decoding=False):
     """LRP from the hyper features, and from y_hat (without residual) if lrp_on_y_hat."""
     lrp_input = tf.concat([hyper, y_hat], axis=-1) if self.lrp_on_y_hat else hyper
-    lrp = self.decoding_lrp() if decoding else self.lrp
-    return 0.5 * tf.math.tanh(lrp(lrp_input))
+    return super()._residual(lrp_input, decoding)
 
   def call(self, y, z_hat, training):
     hyper, hyper_lrp = self._hyper(z_hat)

@@ -27,10 +27,6 @@ class HyperpriorEntropyModel(EntropyModel):
     return {"hyper_synthesis": [self.hyper_synthesis],
             "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
 
-  def _residual(self, hyper, decoding=False):
-    lrp = self.decoding_lrp() if decoding else self.lrp
-    return 0.5 * tf.math.tanh(lrp(hyper))
-
   def call(self, y, z_hat, training):
     hyper = self.hyper_synthesis(z_hat)
     mean, scale_index = self.entropy_parameters(hyper)
