@@ -32,7 +32,9 @@ def resumed_run(tmp_path_factory):
   process = subprocess.Popen(command(arguments), cwd=tmp_path, env=environment(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 600
-  while not glob.glob(f"{tmp_path}/outputs/runs/*/checkpoints/ckpt-*.index"):
+  # The manager's state file names a checkpoint only once its data and index are written; the
+  # .index file alone appears earlier, and a kill right then leaves nothing to resume from.
+  while not glob.glob(f"{tmp_path}/outputs/runs/*/checkpoints/checkpoint"):
     assert process.poll() is None, f"run ended before its first checkpoint: {process.stderr.read()}"
     assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
     time.sleep(0.05)
