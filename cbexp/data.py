@@ -98,17 +98,26 @@ def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True):
 
 # --- dataset and eval-set configs (conf/dataset/, conf/eval/) -> image lists and pipelines -------
 
-def config_image_paths(source, path, what="dataset"):
+def config_image_paths(source, path, what="dataset", files=None):
   """The image files a ``dataset``/``eval`` config names: ``skimage`` (the offline default) or
-  a folder/glob (``path``; Kodak's config fills it from $CBEXP_KODAK_DIR)."""
+  a folder/glob (``path``; Kodak's config fills it from $CBEXP_KODAK_DIR), optionally only the
+  named ``files`` of it (a fixed train/test split of one folder, e.g. Kodak 1-12 / 13-24)."""
   if source == "skimage":
     return default_image_paths()
-  if source == "folder":
-    if not path:
-      raise DataError(f"{what}.path is not set (for Kodak: set CBEXP_KODAK_DIR or {what}.path; "
-                      f"python -m cbexp.datasets download-kodak <dir> fetches it)")
-    return list_images(os.path.expanduser(str(path)))
-  raise DataError(f"{what}.source: unknown source {source!r} (skimage, folder or tfds)")
+  if source != "folder":
+    raise DataError(f"{what}.source: unknown source {source!r} (skimage, folder or tfds)")
+  if not path:
+    raise DataError(f"{what}.path is not set (for Kodak: set CBEXP_KODAK_DIR or {what}.path; "
+                    f"python -m cbexp.datasets download-kodak <dir> fetches it)")
+  paths = list_images(os.path.expanduser(str(path)))
+  if not files:
+    return paths
+  by_name = {os.path.basename(p): p for p in paths}
+  missing = [name for name in files if name not in by_name]
+  if missing:
+    raise DataError(f"{what}.files: {missing[0]} is not in {path}"
+                    + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+  return [by_name[name] for name in files]
 
 
 def split_train_val(paths, val_images):

@@ -1,20 +1,25 @@
-"""Evaluation with real bitstreams: compress and decompress each image with the model's range
-coders, then measure what came out.
+"""Evaluation with real bitstreams, and the one definition of every quality and rate metric.
 
-``evaluate(model, paths)`` -> ``(per_image, summary)``:
+Each image goes through a real ``.cbx`` byte string (``Codec.encode`` -> ``Bitstream.to_bytes``
+-> ``Bitstream.from_bytes`` -> ``Codec.decode``), the same path as ``python -m cbexp.codec``.
+``cbexp.run``'s final evaluation, ``cbexp.codec eval``, the analysis and the CompressAI JSON all
+read the numbers defined here:
 
-* ``per_image``: a pandas DataFrame, one row per image, columns ``image, height, width, bytes,
-  bpp, bpp_estimated, psnr, ms_ssim, ms_ssim_db, encode_s, decode_s``. ``bpp`` is
-  8 * (bytes of all strings) / (height * width) of the unpadded image; ``bpp_estimated`` is the
-  model's own estimate for the same quantized latents (the gap is the cost of range coding and
-  of quantized scale indexes); PSNR is over RGB on the 0..255 scale, MS-SSIM with tf.image's
-  defaults (NaN for images too small for its five scales, under 161 pixels a side).
-* ``summary``: means over images (``bpp, bpp_estimated, psnr, ms_ssim, ms_ssim_db``), median
-  and mean encode/decode seconds per image and ``num_images``. ``cbexp.run`` logs it under
-  ``eval/``.
+* ``bpp``: 8 x (bytes of the whole ``.cbx`` file, header and checksum included) / (height x
+  width of the unpadded image): what a user stores. ``bpp_estimated`` (runs only): the model's
+  own estimate for the same quantized latents.
+* ``psnr``: over RGB on the 0..255 scale (``tf.image.psnr``), per image; a set's PSNR is the
+  mean of the per-image values (as published Kodak numbers are).
+* ``ms_ssim``: ``tf.image.ssim_multiscale`` with its defaults, per image (NaN for images with a
+  side under 161 pixels, too small for its five scales); a set's MS-SSIM is the mean over images.
+* ``ms_ssim_db``: -10 log10(1 - MS-SSIM). A set's value is the dB of its *mean* MS-SSIM (not the
+  mean of per-image dB): the dB axis is only a display of MS-SSIM, as in CompressAI's plots.
+* times: encode (network + range coding + packing) and decode (parsing + range decoding +
+  network) separately, after one untimed warm-up per image shape (tracing); a set reports the
+  median and the mean over images.
 
-Timing: each new image shape is coded once untimed first (``warmup``), so that tracing
-``tf.function``s is not counted; encode and decode are timed separately.
+``evaluate(codec, paths)`` -> ``(per_image, summary)``: a DataFrame with ``COLUMNS`` and
+``summarize(per_image)``.
 """
 import math
 import os
@@ -22,9 +27,8 @@ import time
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
-from cbexp.data import load_image
+from cbexp.bitstream import bits_per_pixel  # whole file: header and checksum included
 
 COLUMNS = ("image", "height", "width", "bytes", "bpp", "bpp_estimated", "psnr", "ms_ssim",
            "ms_ssim_db", "encode_s", "decode_s")
@@ -34,12 +38,16 @@ MS_SSIM_MIN_SIZE = 161
 
 
 def ms_ssim_db(ms_ssim):
-  """-10 log10(1 - MS-SSIM), the usual way to plot MS-SSIM."""
-  return -10.0 * math.log10(1.0 - ms_ssim) if ms_ssim < 1.0 else math.inf
+  """-10 log10(1 - MS-SSIM) (numbers or arrays); +inf at MS-SSIM 1, NaN stays NaN."""
+  values = np.asarray(ms_ssim, dtype=float)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    db = -10.0 * np.log10(1.0 - values)
+  return float(db) if db.ndim == 0 else db
 
 
 def quality(original, decoded):
-  """PSNR (dB, RGB, 0..255) and MS-SSIM of two uint8 [H, W, 3] images."""
+  """(PSNR in dB, MS-SSIM) of two uint8 [H, W, 3] images (RGB, 0..255)."""
+  import tensorflow as tf
   x = tf.cast(original, tf.float32)
   x_hat = tf.cast(decoded, tf.float32)
   psnr = float(tf.image.psnr(x, x_hat, max_val=255.0))
@@ -48,35 +56,37 @@ def quality(original, decoded):
   return psnr, float(tf.image.ssim_multiscale(x, x_hat, max_val=255.0))
 
 
-def evaluate_image(model, image, name="image"):
-  """One row of the per-image table for a uint8 image (coders must be built)."""
+def evaluate_image(codec, image, name="image", estimate_bits=None):
+  """One row of the per-image table: ``image`` (uint8) through a real ``.cbx`` byte string."""
+  from cbexp.bitstream import Bitstream
   height, width = image.shape[:2]
   start = time.perf_counter()
-  compressed = model.compress(image)
+  data = codec.encode(image).to_bytes()
   encode_s = time.perf_counter() - start
   start = time.perf_counter()
-  decoded = model.decompress(compressed)
-  decoded = decoded.numpy() if hasattr(decoded, "numpy") else np.asarray(decoded)
+  decoded = codec.decode(Bitstream.from_bytes(data))
   decode_s = time.perf_counter() - start
   psnr, ms_ssim = quality(image, decoded)
-  estimated = model.estimate_bits(image)
-  num_pixels = height * width
-  return {"image": name, "height": height, "width": width, "bytes": compressed.num_bytes,
-          "bpp": 8.0 * compressed.num_bytes / num_pixels,
-          "bpp_estimated": (estimated["y"] + estimated["z"]) / num_pixels,
-          "psnr": psnr, "ms_ssim": ms_ssim,
-          "ms_ssim_db": ms_ssim_db(ms_ssim) if not math.isnan(ms_ssim) else math.nan,
+  estimated = math.nan
+  if estimate_bits is not None:
+    bits = estimate_bits(image)
+    estimated = (bits["y"] + bits["z"]) / (height * width)
+  return {"image": name, "height": height, "width": width, "bytes": len(data),
+          "bpp": bits_per_pixel(len(data), height, width), "bpp_estimated": estimated,
+          "psnr": psnr, "ms_ssim": ms_ssim, "ms_ssim_db": ms_ssim_db(ms_ssim),
           "encode_s": encode_s, "decode_s": decode_s}
 
 
 def summarize(per_image):
-  """Means of the quality and rate columns, median/mean of the times."""
+  """The set's numbers: means over images (MS-SSIM dB of the mean MS-SSIM; images without
+  MS-SSIM left out of it), median and mean times, ``num_images``."""
+  ms_ssim = float(per_image["ms_ssim"].mean())  # pandas skips NaN
   return {
       "bpp": float(per_image["bpp"].mean()),
       "bpp_estimated": float(per_image["bpp_estimated"].mean()),
       "psnr": float(per_image["psnr"].mean()),
-      "ms_ssim": float(per_image["ms_ssim"].mean()),
-      "ms_ssim_db": float(per_image["ms_ssim_db"].mean()),
+      "ms_ssim": ms_ssim,
+      "ms_ssim_db": ms_ssim_db(ms_ssim),
       "encode_time_median": float(per_image["encode_s"].median()),
       "decode_time_median": float(per_image["decode_s"].median()),
       "encode_time_mean": float(per_image["encode_s"].mean()),
@@ -85,18 +95,22 @@ def summarize(per_image):
   }
 
 
-def evaluate(model, paths, warmup=True, progress=True):
-  """Codes every image in ``paths`` for real. -> (per-image DataFrame, summary dict)."""
-  from tqdm import tqdm
+def evaluate(codec, paths, warmup=True, progress=None, estimate_bits=None):
+  """Codes every image in ``paths`` for real with ``codec`` (``cbexp.codec.Codec``).
+
+  ``progress(row)`` is called after each image; ``estimate_bits(image) -> {"y", "z"}`` (a
+  model's ``estimate_bits``) fills ``bpp_estimated``. -> (per-image DataFrame, summary dict)."""
+  from cbexp.data import load_image
   if not paths:
     raise ValueError("evaluate: no images given")
-  model.z_coder  # raises a clear error if the range-coding tables are not built
   rows, warmed_up = [], set()
-  for path in tqdm(paths, desc="evaluate", unit="image", disable=not progress):
-    image = load_image(path)
+  for path in paths:
+    image = codec.check_image(load_image(path))
     if warmup and image.shape not in warmed_up:
-      model.decompress(model.compress(image))
+      codec.decode(codec.encode(image))
       warmed_up.add(image.shape)
-    rows.append(evaluate_image(model, image, name=os.path.basename(str(path))))
+    rows.append(evaluate_image(codec, image, os.path.basename(str(path)), estimate_bits))
+    if progress:
+      progress(rows[-1])
   per_image = pd.DataFrame(rows, columns=list(COLUMNS))
   return per_image, summarize(per_image)

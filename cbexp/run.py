@@ -102,10 +102,12 @@ def validate(cfg):
     except ImportError as error:
       raise ConfigError(f"dataset {dataset.name}: tensorflow-datasets missing ({error})") from None
   else:
-    paths = data.config_image_paths(dataset.source, dataset.path, "dataset")
+    paths = data.config_image_paths(dataset.source, dataset.path, "dataset",
+                                    dataset.get("files"))
     plan["train"], plan["val"] = data.split_train_val(paths, dataset.val_images)
     data.check_image_sizes(paths, trainer.patch_size)
-  eval_paths = data.config_image_paths(cfg.eval.source, cfg.eval.path, "eval")
+  eval_paths = data.config_image_paths(cfg.eval.source, cfg.eval.path, "eval",
+                                       cfg.eval.get("files"))
   if cfg.eval.max_images:
     eval_paths = eval_paths[:cfg.eval.max_images]
   plan["eval"] = eval_paths
@@ -207,6 +209,9 @@ def train_and_evaluate(cfg: DictConfig):
         f"run dir {run_dir}", file=sys.stderr)
 
   trainer = cfg.trainer
+  # Before TensorFlow's first op: thread counts cannot change once its runtime has started.
+  training.configure_threads(trainer.threads)
+  training.seed_everything(trainer.seed, trainer.deterministic)
   strategy = training.make_strategy(trainer.strategy)
   tracking.retry(client.set_tag, run_id, "replicas", str(strategy.num_replicas_in_sync))
   with strategy.scope():
@@ -221,6 +226,9 @@ def train_and_evaluate(cfg: DictConfig):
   start = int(optimizer.iterations.numpy())
   if start:
     print(f"resuming from {manager.latest_checkpoint} at step {start}", file=sys.stderr)
+    # New training noise after a resume (the crops below move on the same way): the weights and
+    # the optimizer come from the checkpoint, the noise sequence restarts from seed + step.
+    training.seed_everything(trainer.seed + start)
 
   if cfg.dataset.source == "tfds":
     train_data = data.tfds_random_crops(cfg.dataset.tfds_name, cfg.dataset.train_split,
@@ -282,9 +290,20 @@ def train_and_evaluate(cfg: DictConfig):
 def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
   """Final evaluation with real range coding, the model directory and the model's size and
   complexity, all logged to the run. Returns the evaluation summary (plus ``rd_loss``)."""
-  from cbexp import evaluate, model_io
+  from tqdm import tqdm
+
+  from cbexp import evaluate, export, model_io
+  from cbexp.codec import Codec
   model.build_coders()
-  per_image, summary = evaluate.evaluate(model, eval_paths, warmup=cfg.eval.warmup)
+  # The very functions an export stores, through real .cbx bytes: the numbers of
+  # `python -m cbexp.codec eval` on the saved model directory (one evaluation path).
+  codec = Codec(export.codec_module(model, cfg), f"run {run_id}")
+  progress = tqdm(total=len(eval_paths), desc="evaluate", unit="image",
+                  disable=not sys.stderr.isatty())
+  per_image, summary = evaluate.evaluate(codec, eval_paths, warmup=cfg.eval.warmup,
+                                         progress=lambda row: progress.update(1),
+                                         estimate_bits=model.estimate_bits)
+  progress.close()
   eval_dir = run_dir / "eval"
   eval_dir.mkdir(exist_ok=True)
   per_image.to_csv(eval_dir / "per_image.csv", index=False)

@@ -31,6 +31,27 @@ def fit(model, dataset, steps, learning_rate=1e-4, on_step=None):
   return history
 
 
+# --- repeatability (cbexp.run) ------------------------------------------------------------------
+
+def configure_threads(threads):
+  """Intra- and inter-op thread counts (None: TensorFlow's default, every core). Float sums,
+  hence trained weights, depend on the thread count; must run before TensorFlow's first op."""
+  if threads:
+    tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+    tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+
+
+def seed_everything(seed, op_determinism=False):
+  """Seeds Python, NumPy and TensorFlow's global generator (``tf.keras.utils.set_random_seed``:
+  ``tf.random.set_seed`` alone does not make Keras initialisers repeatable across processes).
+  Weight initialisation and tfc's training noise draw from these; the crop sampler takes its own
+  seed. ``op_determinism`` also makes TensorFlow choose deterministic kernels (slower; needed
+  on GPUs, whose reductions are otherwise unordered)."""
+  tf.keras.utils.set_random_seed(int(seed))
+  if op_determinism:
+    tf.config.experimental.enable_op_determinism()
+
+
 # --- distributed training (cbexp.run) ------------------------------------------------------------
 
 STRATEGIES = ("default", "mirrored", "multi_worker")

@@ -6,11 +6,11 @@
 ``python -m cbexp.analysis`` (conf/analysis.yaml) runs the whole thing; ``report`` writes files.
 """
 from cbexp.analysis.bd import anchor_map, bd_pair, bd_table
-from cbexp.analysis.points import AnalysisError, ms_ssim_to_db
+from cbexp.analysis.points import AnalysisError
 from cbexp.analysis.reference import published_points
 from cbexp.analysis.runs import default_tracking_uri, runs_to_points, search_runs
 from cbexp.analysis.tables import comparison_table, compressai_results, to_markdown
 
 __all__ = ["AnalysisError", "anchor_map", "bd_pair", "bd_table", "comparison_table",
-           "compressai_results", "default_tracking_uri", "ms_ssim_to_db", "published_points",
+           "compressai_results", "default_tracking_uri", "published_points",
            "runs_to_points", "search_runs", "to_markdown"]

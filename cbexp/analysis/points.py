@@ -3,7 +3,6 @@
 Runs from MLflow (``cbexp.analysis.runs``) and published curves (``cbexp.analysis.reference``)
 both become this table, so BD-rate, tables, figures and JSON never care where a point came from.
 """
-import numpy as np
 import pandas as pd
 
 
@@ -33,13 +32,6 @@ POINT_COLUMNS = [
     "trainable_parameters",
     "decode_kmac_per_pixel",
 ]
-
-
-def ms_ssim_to_db(ms_ssim):
-  """-10 log10(1 - MS-SSIM), the usual way to spread MS-SSIM near 1 over a readable axis."""
-  ms_ssim = np.asarray(ms_ssim, dtype=float)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return -10.0 * np.log10(1.0 - ms_ssim)
 
 
 def empty_points():

@@ -9,7 +9,8 @@ import json
 
 import pandas as pd
 
-from cbexp.analysis.points import POINT_COLUMNS, AnalysisError, ms_ssim_to_db
+from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
+from cbexp.evaluate import ms_ssim_db
 
 REFERENCE_FILE = "published_kodak.json"
 
@@ -41,7 +42,7 @@ def published_points(ids):
     for bpp, psnr, ms_ssim in zip(c["bpp"], c["psnr"], msssim):
       rows.append({"curve": c["label"], "curve_id": curve_id, "entropy": c["family"],
                    "source": "published", "kind": c["kind"], "bpp": bpp, "psnr": psnr,
-                   "ms_ssim": ms_ssim, "ms_ssim_db": float(ms_ssim_to_db(ms_ssim))})
+                   "ms_ssim": ms_ssim, "ms_ssim_db": ms_ssim_db(ms_ssim)})
   return pd.DataFrame(rows).reindex(columns=POINT_COLUMNS)
 
 

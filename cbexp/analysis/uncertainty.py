@@ -1,0 +1,191 @@
+"""Seeds and images: mean RD curves with their spread, and bootstrap intervals for BD values.
+
+Published comparisons give one number per pair of models; the run-to-run noise behind it (another
+seed, other test images) is rarely reported. Here a curve's point at one lambda is the mean over
+its *seeds* (runs that differ only in ``trainer.seed``) of each run's mean over the evaluation
+*images*. Its uncertainty comes from resampling both:
+
+* images: one bootstrap draw of image indices, shared by every curve (all runs code the same
+  images, so the draw is paired across models);
+* seeds: an independent draw per curve (each curve's seeds are separate trainings).
+
+``scipy.stats.bootstrap`` does the resampling (percentile intervals; ``paired=False`` resamples
+each sample on its own), with the image indices and each curve's seed indices as its samples. A
+sample with a single observation cannot be resampled (one seed: only images are), and the table
+says so: every interval names how many seeds and images it rests on.
+
+The per-image numbers are each run's ``eval/per_image.csv`` artifact (``cbexp.evaluate``), so the
+curve means computed here are exactly the runs' ``eval/*`` metrics averaged over seeds.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from cbexp.analysis.bd import bd_pair
+from cbexp.analysis.points import AnalysisError
+from cbexp.evaluate import ms_ssim_db
+
+PER_IMAGE_ARTIFACT = "eval/per_image.csv"
+QUALITIES = ("psnr", "ms_ssim")
+
+
+def load_per_image(run_ids, tracking_uri):
+  """-> {run_id: per-image DataFrame} for the runs whose ``eval/per_image.csv`` can be read."""
+  import mlflow
+  tables = {}
+  for run_id in run_ids:
+    try:
+      path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PER_IMAGE_ARTIFACT,
+                                                 tracking_uri=tracking_uri)
+      tables[run_id] = pd.read_csv(path)
+    except Exception:  # an old run, a run logged elsewhere: no interval for its curve
+      continue
+  return tables
+
+
+class CurveSamples:
+  """One curve's per-image values as arrays [lambda, seed, image] (bpp, psnr, ms_ssim)."""
+
+  def __init__(self, curve_id, lmbdas, seeds, images, values):
+    self.curve_id, self.lmbdas, self.seeds, self.images = curve_id, lmbdas, seeds, images
+    self.values = values  # {"bpp": array, "psnr": array, "ms_ssim": array}
+
+  def mean_curve(self, image_index=None, seed_index=None, quality="psnr"):
+    """-> (bpp, quality) per lambda: the mean over the chosen seeds of the mean over the chosen
+    images (indices may repeat: bootstrap draws). MS-SSIM in dB is that of the mean MS-SSIM."""
+    def mean(array):
+      if seed_index is not None:
+        array = array[:, seed_index, :]
+      if image_index is not None:
+        array = array[:, :, image_index]
+      return array.mean(axis=(1, 2))
+    rate = mean(self.values["bpp"])
+    if quality == "ms_ssim_db":
+      return rate, ms_ssim_db(mean(self.values["ms_ssim"]))
+    return rate, mean(self.values[quality])
+
+
+def curve_samples(points_per_run, per_image):
+  """-> {curve_id: CurveSamples} for the curves whose runs all have per-image tables over the same
+  images and the same seeds at every lambda; the others are left out (no interval)."""
+  samples = {}
+  for curve_id, runs in points_per_run.groupby("curve_id", sort=False):
+    if not all(rid in per_image for rid in runs["run_id"]):
+      continue
+    lmbdas = sorted(runs["lmbda"].unique())
+    seeds = sorted(runs["seed"].unique(), key=str)
+    images = None
+    values = {k: np.full((len(lmbdas), len(seeds), 0), np.nan) for k in ("bpp",) + QUALITIES}
+    grid = {}
+    complete = True
+    for run in runs.itertuples():
+      table = per_image[run.run_id].sort_values("image")
+      names = tuple(table["image"])
+      if images is None:
+        images = names
+      if names != images or (run.lmbda, run.seed) in grid:
+        complete = False  # other images, or the same seed twice at one lambda
+        break
+      grid[(run.lmbda, run.seed)] = table
+    if not complete or len(grid) != len(lmbdas) * len(seeds):
+      continue
+    for key in values:
+      values[key] = np.array([[grid[(l, s)][key].to_numpy(dtype=float) for s in seeds]
+                              for l in lmbdas])
+    samples[curve_id] = CurveSamples(curve_id, lmbdas, seeds, list(images), values)
+  return samples
+
+
+def _bd_of(test, anchor, image_index, test_seeds, anchor_seeds, quality):
+  rate_t, quality_t = test.mean_curve(image_index, test_seeds, quality)
+  rate_a, quality_a = anchor.mean_curve(image_index, anchor_seeds, quality)
+  try:
+    return np.array(bd_pair(rate_a, quality_a, rate_t, quality_t, "pchip"))
+  except ValueError:  # a resampled curve the interpolation rejects (two equal qualities)
+    return np.array([np.nan, np.nan])
+
+
+def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, seed=0):
+  """Bootstrap interval of (BD-rate %, BD-quality dB) of ``test`` against ``anchor`` (pchip).
+
+  -> dict(bd_rate, bd_quality (point estimates on all data), bd_rate_low/high,
+  bd_quality_low/high, seeds_test, seeds_anchor, images, resampled (what was resampled))."""
+  import scipy.stats
+  if test.images != anchor.images:
+    raise AnalysisError(f"{test.curve_id} and {anchor.curve_id} were evaluated on different "
+                        f"images: no paired bootstrap")
+  n_images = len(test.images)
+  estimate = _bd_of(test, anchor, None, None, None, quality)
+  result = {"bd_rate": estimate[0], "bd_quality": estimate[1],
+            "seeds_test": len(test.seeds), "seeds_anchor": len(anchor.seeds),
+            "images": n_images, "resamples": resamples}
+  # scipy resamples every sample independently (paired=False); a sample needs >= 2 values.
+  samples, roles = [], []
+  for role, size in (("images", n_images), ("test seeds", len(test.seeds)),
+                     ("anchor seeds", len(anchor.seeds))):
+    if size >= 2:
+      samples.append(np.arange(size))
+      roles.append(role)
+  result["resampled"] = ", ".join(roles) or "nothing (one image, one seed)"
+
+  def statistic(*drawn):
+    drawn = dict(zip(roles, drawn))
+    return _bd_of(test, anchor, drawn.get("images"), drawn.get("test seeds"),
+                  drawn.get("anchor seeds"), quality)
+
+  low = high = np.array([np.nan, np.nan])
+  if samples and np.all(np.isfinite(estimate)):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # degenerate draws: NaN interval, reported as n/a
+      interval = scipy.stats.bootstrap(tuple(samples), statistic, vectorized=False,
+                                       paired=False, n_resamples=resamples,
+                                       confidence_level=confidence, method="percentile",
+                                       random_state=np.random.default_rng(seed))
+    low, high = interval.confidence_interval.low, interval.confidence_interval.high
+  result.update(bd_rate_low=low[0], bd_rate_high=high[0], bd_quality_low=low[1],
+                bd_quality_high=high[1])
+  return result
+
+
+def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resamples=1000,
+                     seed=0):
+  """Adds the bootstrap interval, seeds and images to each row of a BD table (bd.bd_table)."""
+  short = "psnr" if quality == "psnr" else "msssim"
+  columns = {"seeds": [], "anchor_seeds": [], "images": [], "bd_rate_pchip_ci_low": [],
+             "bd_rate_pchip_ci_high": [], f"bd_{short}_pchip_ci_low": [],
+             f"bd_{short}_pchip_ci_high": [], "resampled": []}
+  for row in bd.itertuples():
+    test, anchor = samples.get(row.curve), samples.get(anchors.get(row.curve))
+    if test is None or anchor is None or np.isnan(getattr(row, "bd_rate_pchip_pct", np.nan)):
+      for values in columns.values():
+        values.append(np.nan if values is not columns["resampled"] else
+                      "no interval (no per-image results for this pair)")
+      continue
+    r = bd_interval(test, anchor, quality, confidence, resamples, seed)
+    for key, value in (("seeds", r["seeds_test"]), ("anchor_seeds", r["seeds_anchor"]),
+                       ("images", r["images"]), ("bd_rate_pchip_ci_low", r["bd_rate_low"]),
+                       ("bd_rate_pchip_ci_high", r["bd_rate_high"]),
+                       (f"bd_{short}_pchip_ci_low", r["bd_quality_low"]),
+                       (f"bd_{short}_pchip_ci_high", r["bd_quality_high"]),
+                       ("resampled", r["resampled"])):
+      columns[key].append(value)
+  table = bd.copy()
+  for key, values in columns.items():
+    table[key] = values
+  return table
+
+
+def seed_noise_table(samples, quality="psnr"):
+  """Run-to-run noise: for every curve with several seeds, the BD-rate and BD-quality of each
+  seed's curve against the first seed's, on all images. Compare with the BD between models."""
+  rows = []
+  for curve_id, s in samples.items():
+    if len(s.seeds) < 2:
+      continue
+    for j in range(1, len(s.seeds)):
+      r = _bd_of(s, s, None, [j], [0], quality)
+      rows.append({"curve": curve_id, "seed": s.seeds[j], "against_seed": s.seeds[0],
+                   "images": len(s.images), "bd_rate_pchip_pct": r[0],
+                   f"bd_{'psnr' if quality == 'psnr' else 'msssim'}_pchip_db": r[1]})
+  return pd.DataFrame(rows)
