@@ -24,10 +24,16 @@ QUALITY_LABELS = {
 MARKERS = "osD^v<>pPX*h"
 
 
-def rd_figure(points, quality="psnr", title=None, xlim=None):
+SPREAD = {"psnr": "psnr_sd", "ms_ssim_db": "ms_ssim_db_sd"}
+
+
+def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
   """-> a matplotlib Figure of bpp vs ``quality`` for every curve of ``points`` that has it.
 
-  ``xlim`` (bpp range) zooms in; the quality axis then fits the points inside that range."""
+  Points that average several seeds get error bars of +-1 standard deviation over the seeds on
+  both axes. ``xlim`` (bpp range) zooms in; the quality axis then fits the points inside that
+  range. ``caption``: a line under the axes (which images the models trained and were tested
+  on)."""
   fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
   ax = fig.subplots()
   colors = matplotlib.colormaps["tab10"].colors
@@ -46,6 +52,11 @@ def rd_figure(points, quality="psnr", title=None, xlim=None):
     else:
       ax.plot(rows["bpp"], rows[quality], linestyle="--" if published else "-",
               linewidth=1.2 if published else 1.8, **style)
+    spread = rows.get(SPREAD[quality])
+    if spread is not None and np.isfinite(spread.astype(float)).any():
+      ax.errorbar(rows["bpp"], rows[quality], xerr=rows["bpp_sd"].astype(float).fillna(0),
+                  yerr=spread.astype(float).fillna(0), fmt="none", ecolor=style["color"],
+                  elinewidth=1.0, capsize=2.5)
     plotted += 1
   if xlim is not None:
     _zoom(ax, points, quality, xlim)
@@ -55,7 +66,9 @@ def rd_figure(points, quality="psnr", title=None, xlim=None):
   ax.grid(True, which="minor", alpha=0.15)
   ax.minorticks_on()
   if title:
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
+  if caption:
+    fig.text(0.01, 0.005, caption, fontsize="x-small", ha="left", va="bottom", wrap=True)
   if plotted:
     ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
   else:

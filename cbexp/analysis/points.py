@@ -31,6 +31,13 @@ POINT_COLUMNS = [
     "num_images",
     "trainable_parameters",
     "decode_kmac_per_pixel",
+    "train_set",    # the run's training set (tag dataset) and evaluation set (tag eval_set):
+    "eval_set",     #   every table and figure says which images the numbers rest on
+    "seed",         # a run's trainer.seed; after averaging over seeds: the seeds, "0,1"
+    "seeds",        # how many runs (seeds) the point averages (1 for a single run)
+    "bpp_sd",       # standard deviation over those seeds (NaN for one seed)
+    "psnr_sd",
+    "ms_ssim_db_sd",
 ]
 
 

@@ -1,13 +1,21 @@
 """From runs (or published numbers) to the files of an analysis directory, and back to MLflow.
 
-    <out>/rd_points.csv              every rate point (one per run), with its run id and metrics
-    <out>/rd_psnr.{png,pdf}          bpp vs PSNR, published reference curves overlaid on Kodak
+    <out>/rd_runs.csv                every run used: one rate point per run, with its seed
+    <out>/rd_points.csv              the curves: one point per (curve, lambda), the mean over the
+                                     runs that differ only in their seed, with the spread
+    <out>/rd_psnr.{png,pdf}          bpp vs PSNR (mean curves, +-1 sd over seeds), published
+                                     reference curves overlaid on Kodak
     <out>/rd_msssim.{png,pdf}        bpp vs MS-SSIM in dB
-    <out>/bd_psnr.{csv,md}           BD-rate / BD-PSNR against the anchor (pchip and akima)
+    <out>/bd_psnr.{csv,md}           BD-rate / BD-PSNR against the anchor (pchip and akima), with
+                                     bootstrap intervals over images and seeds, and caveats
     <out>/bd_msssim.{csv,md}         the same on MS-SSIM (dB)
+    <out>/seed_noise.{csv,md}        BD between seeds of one model: the run-to-run noise
     <out>/comparison.{csv,md}        parameters, kMAC/pixel, median times, speed-ups, BD vs anchor
     <out>/compressai/<curve>.json    CompressAI results schema, one file per curve
-    <out>/report.md                  what was selected and all the tables
+    <out>/report.md                  what was selected, every caveat and all the tables
+
+``out`` defaults to ``analysis/<sweep id>`` (or ``analysis/<experiment>-<time>``); the MLflow
+analysis run (a child of the sweep's parent run, tagged ``sweep_id``) gets exactly these files.
 """
 import datetime
 import json
@@ -16,12 +24,39 @@ import pathlib
 import pandas as pd
 
 from cbexp.analysis import bd as bd_lib
-from cbexp.analysis import figures, reference, runs as runs_lib, tables
+from cbexp.analysis import figures, reference, runs as runs_lib, tables, uncertainty
 from cbexp.analysis.points import AnalysisError, slug
 
 
-def write_tables(points, out, anchor, methods, min_overlap, group_by):
-  """BD tables (PSNR, and MS-SSIM dB where measured) and the comparison table -> {name: table}."""
+class Outputs:
+  """The files one analysis writes (and later logs to MLflow: only these, never older files)."""
+
+  def __init__(self, folder):
+    self.folder = pathlib.Path(folder)
+    self.folder.mkdir(parents=True, exist_ok=True)
+    self.paths = []
+
+  def text(self, name, text):
+    path = self.folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    self.paths.append(path)
+    return path
+
+  def table(self, name, table):
+    """<name>.csv and <name>.md."""
+    tables.to_csv(table, self.folder / f"{name}.csv")
+    self.paths.append(self.folder / f"{name}.csv")
+    self.text(f"{name}.md", tables.to_markdown(table))
+
+  def add(self, paths):
+    self.paths += [pathlib.Path(p) for p in paths]
+
+
+def write_tables(points, outputs, anchor, methods, min_overlap, group_by, samples=None,
+                 bootstrap=None):
+  """BD tables (PSNR, and MS-SSIM dB where measured) with bootstrap intervals where per-image
+  results exist (``samples``), and the comparison table -> {name: table}."""
   written = {}
   for quality, name in (("psnr", "bd_psnr"), ("ms_ssim_db", "bd_msssim")):
     measured = points.dropna(subset=[quality])
@@ -34,33 +69,103 @@ def write_tables(points, out, anchor, methods, min_overlap, group_by):
         raise
       print(f"note: no {name} table: the anchor {anchor!r} has no {quality} values")
       continue
-    tables.to_csv(table, out / f"{name}.csv")
-    (out / f"{name}.md").write_text(tables.to_markdown(table))
+    if samples:
+      anchors = dict(zip(table["curve"], table["anchor"]))
+      table = uncertainty.interval_columns(table, samples, anchors, quality,
+                                           bootstrap.confidence, bootstrap.resamples,
+                                           bootstrap.seed)
+    outputs.table(name, table)
     written[name] = table
   if (points["source"] == "cbexp").any():
     anchor_of = bd_lib.anchor_map(points, anchor, group_by)
     table = tables.comparison_table(points, anchor_of, written.get("bd_psnr"))
-    tables.to_csv(table, out / "comparison.csv")
-    (out / "comparison.md").write_text(tables.to_markdown(table))
+    outputs.table("comparison", table)
     written["comparison"] = table
   return written
 
 
-def write_figures(points, out, title, stems=None, xlim=None):
+def write_figures(points, outputs, title, stems=None, xlim=None, caption=None):
   stems = stems or {"psnr": "rd_psnr", "ms_ssim_db": "rd_msssim"}
   paths = []
   for quality, stem in stems.items():
     if quality == "psnr" or figures.has_quality(points, quality):
-      figure = figures.rd_figure(points, quality, title, xlim)
-      paths += figures.save_figure(figure, out, stem)
+      figure = figures.rd_figure(points, quality, title, xlim, caption)
+      paths += figures.save_figure(figure, outputs.folder, stem)
+  outputs.add(paths)
   return paths
 
 
-def write_report(out, heading, lines, written):
+def write_report(outputs, heading, lines, written):
   text = [f"# {heading}", ""] + lines + [""]
   for name, table in written.items():
     text += [f"## {name}", "", tables.to_markdown(table)]
-  (out / "report.md").write_text("\n".join(text))
+  outputs.text("report.md", "\n".join(text))
+
+
+def resolve_anchor(points, anchor):
+  """``auto``: ChARM when the runs have it, else the hyperprior, else the first curve (sorted).
+  -> (anchor, a line saying which and why)."""
+  if anchor != "auto":
+    return anchor, f"- anchor: `{anchor}`"
+  ours = points[points["source"] == "cbexp"]
+  for candidate in ("charm", "hyperprior"):
+    if (ours["entropy"] == candidate).any():
+      return candidate, f"- anchor: `{candidate}` (anchor=auto)"
+  fallback = sorted(ours["curve_id"])[0]
+  return fallback, (f"- anchor: `{fallback}` (anchor=auto: no charm or hyperprior curve among "
+                    f"the runs, so the first curve; BD values are against it)")
+
+
+def default_out(cfg):
+  """Each analysis its own folder: analysis/<sweep id>, else analysis/<experiment>-<time>."""
+  if cfg.out:
+    return pathlib.Path(cfg.out)
+  if cfg.sweep_id:
+    return pathlib.Path("analysis") / slug(cfg.sweep_id)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  return pathlib.Path("analysis") / f"{slug(cfg.experiment_name)}-{stamp}"
+
+
+def bd_summary_lines(table, quality="psnr"):
+  """One line per compared curve: BD-rate and BD-quality (pchip) with their bootstrap interval,
+  what they rest on, and every caveat of the row (the console, report.md and the notebook)."""
+  short = bd_lib.QUALITY_SHORT[quality]
+  unit = "PSNR" if quality == "psnr" else "MS-SSIM"
+  lines = []
+  for row in table.to_dict("records"):
+    rate, delta = row.get("bd_rate_pchip_pct"), row.get(f"bd_{short}_pchip_db")
+    head = f"{row['curve']} vs {row['anchor']}:"
+    if rate is None or pd.isna(rate):
+      lines.append(f"{head} no BD value ({row['note']})")
+      continue
+    text = f"{head} BD-rate {rate:+.2f}%"
+    low, high = row.get("bd_rate_pchip_ci_low"), row.get("bd_rate_pchip_ci_high")
+    if low is not None and pd.notna(low):
+      text += f" [{low:+.2f}, {high:+.2f}]"
+    text += f", BD-{unit} {delta:+.3f} dB"
+    low, high = row.get(f"bd_{short}_pchip_ci_low"), row.get(f"bd_{short}_pchip_ci_high")
+    if low is not None and pd.notna(low):
+      text += f" [{low:+.3f}, {high:+.3f}]"
+    text += " (pchip"
+    if row.get("images") is not None and pd.notna(row.get("images")):
+      text += (f"; 95% bootstrap interval over {int(row['images'])} images and "
+               f"{int(row['seeds'])}+{int(row['anchor_seeds'])} seeds")
+    elif row.get("source") == "cbexp":
+      text += "; no interval: no per-image results"
+    text += ")"
+    if isinstance(row.get("note"), str) and row["note"]:
+      text += f"; caveat: {row['note']}"
+    lines.append(text)
+  return lines
+
+
+def sweep_parent(runs, sweep_id):
+  """The sweep's parent run id (the analysis run becomes its child), or None."""
+  column = "tags.mlflow.parentRunId"
+  if not sweep_id or column not in runs.columns:
+    return None
+  parents = set(runs[column].dropna())
+  return parents.pop() if len(parents) == 1 else None
 
 
 def analyze_runs(cfg, cwd=None):
@@ -72,15 +177,22 @@ def analyze_runs(cfg, cwd=None):
   runs, filter_string = runs_lib.search_runs(uri, cfg.experiment_name, cfg.sweep_id,
                                              cfg.parent_run_id, tags, cfg.filter, cfg.status)
   group_by = list(cfg.group_by or [])
-  points, skipped = runs_lib.runs_to_points(runs, group_by)
-  if points.empty:
+  per_run, skipped = runs_lib.runs_to_points(runs, group_by)
+  if per_run.empty:
     raise AnalysisError(f"no runs with eval/bpp and eval/psnr in experiment {cfg.experiment_name!r}"
                         f" matching {filter_string!r} ({len(runs)} runs matched, "
                         f"{len(skipped)} without evaluation)")
+  points, seed_notes = uncertainty.average_seeds(per_run, runs)
+  anchor, anchor_line = resolve_anchor(points, cfg.anchor)
+  samples, per_image = {}, {}
+  if cfg.bootstrap.resamples:
+    per_image = uncertainty.load_per_image(per_run["run_id"], uri)
+    samples = uncertainty.curve_samples(per_run, per_image)
   eval_sets = runs_lib.eval_sets(runs)
+  train_sets = sorted(set(per_run["train_set"]))
   overlay = cfg.reference.overlay
   if overlay == "auto":
-    overlay = eval_sets == {"kodak"}
+    overlay = bool(eval_sets) and all(s.startswith("kodak") for s in eval_sets)
   elif not isinstance(overlay, bool):
     raise AnalysisError(f"reference.overlay must be auto, true or false, not {overlay!r}")
   all_points = points
@@ -88,74 +200,107 @@ def analyze_runs(cfg, cwd=None):
     all_points = pd.concat([points, reference.published_points(list(cfg.reference.curves))],
                            ignore_index=True)
 
-  out = pathlib.Path(cfg.out)
-  out.mkdir(parents=True, exist_ok=True)
-  all_points.to_csv(out / "rd_points.csv", index=False)
-  written = write_tables(all_points, out, cfg.anchor, list(cfg.bd.methods), cfg.bd.min_overlap,
-                         group_by)
+  outputs = Outputs(default_out(cfg))
+  per_run.to_csv(outputs.folder / "rd_runs.csv", index=False)
+  all_points.to_csv(outputs.folder / "rd_points.csv", index=False)
+  outputs.add([outputs.folder / "rd_runs.csv", outputs.folder / "rd_points.csv"])
+  written = write_tables(all_points, outputs, anchor, list(cfg.bd.methods), cfg.bd.min_overlap,
+                         group_by, samples, cfg.bootstrap)
+  noise = uncertainty.seed_noise_table(samples)
+  if not noise.empty:
+    outputs.table("seed_noise", noise)
+    written["seed_noise"] = noise
+  sets_line = (f"trained on {', '.join(train_sets)}; evaluated on "
+               f"{', '.join(sorted(eval_sets)) or 'n/a'}")
+  if set(train_sets) & eval_sets:  # e.g. the quickstart: the same bundled photos
+    sets_line += (" (evaluation images the models also trained on: the numbers show that "
+                  "the pipeline works, not how good the models are)")
   title = cfg.title or cfg.experiment_name + (f" / sweep {cfg.sweep_id}" if cfg.sweep_id else "")
-  figure_paths = write_figures(all_points, out, title, xlim=cfg.xlim)
+  seeds = sorted(set(points["seeds"]))
+  caption = sets_line + (f"; mean of {'/'.join(map(str, seeds))} seeds per point, bars: "
+                         f"\u00b11 sd over seeds" if max(seeds) > 1 else "")
+  figure_paths = write_figures(all_points, outputs, title, xlim=cfg.xlim, caption=caption)
 
   meta = {"source": "cbexp", "experiment": cfg.experiment_name, "sweep_id": cfg.sweep_id,
-          "dataset": ",".join(sorted(eval_sets)) or None,
+          "dataset": ",".join(sorted(eval_sets)) or None, "train_set": ",".join(train_sets),
+          "bpp": "whole .cbx file (header and checksum included) / pixels, mean over images",
+          "ms-ssim-rgb": "mean MS-SSIM over images (dB, where shown: of this mean)",
           "timing": "mean seconds per image (eval/encode_time_mean, eval/decode_time_mean)",
           "date": datetime.date.today().isoformat()}
-  (out / "compressai").mkdir(exist_ok=True)
   for cid in dict.fromkeys(points["curve_id"]):
-    results = tables.compressai_results(points, cid, f"cbexp {cid}, from MLflow runs", meta)
-    (out / "compressai" / f"{slug(cid)}.json").write_text(json.dumps(results, indent=2))
+    seeds_of = sorted(set(points.loc[points["curve_id"] == cid, "seeds"]))
+    results = tables.compressai_results(
+        points, cid, f"cbexp {cid}, from MLflow runs ({sets_line}; mean over "
+        f"{'/'.join(map(str, seeds_of))} seed(s) per point)", meta)
+    outputs.text(f"compressai/{slug(cid)}.json", json.dumps(results, indent=2))
 
   lines = [f"- tracking URI: `{uri}`", f"- experiment: `{cfg.experiment_name}`",
-           f"- run filter: `{filter_string}`", f"- runs used: {len(points)}",
-           f"- evaluation sets: {sorted(eval_sets) or 'not tagged'}",
+           f"- run filter: `{filter_string}`",
+           f"- runs used: {len(per_run)}, in {len(points)} rate points "
+           f"(runs that differ only in `trainer.seed` are averaged)",
+           f"- images: {sets_line}",
            f"- published reference curves overlaid: "
-           f"{list(cfg.reference.curves) if overlay else 'no (evaluation set is not Kodak)'}",
-           f"- anchor: `{cfg.anchor}`"]
+           f"{list(cfg.reference.curves) if overlay else 'no (evaluation set is not Kodak)'}"
+           + (" (published: all 24 Kodak images; cbexp: the sets above)" if overlay else ""),
+           anchor_line]
+  if samples:
+    lines.append(f"- intervals: {cfg.bootstrap.confidence:.0%} percentile bootstrap "
+                 f"({cfg.bootstrap.resamples} resamples, scipy.stats.bootstrap) over the "
+                 f"evaluation images (paired across models) and each curve's seeds")
+  elif cfg.bootstrap.resamples:
+    lines.append("- intervals: none (" + (
+        "no curve has one run per lambda and seed over the same images" if per_image else
+        "no run has an eval/per_image.csv artifact") + ")")
   lines += [f"- skipped run `{rid}`: {why}" for rid, why in skipped]
-  repeated = points.groupby(["curve", "lmbda"]).size()
-  lines += [f"- warning: curve `{curve}` has {n} runs at lmbda {lmbda:g} (all are used; "
-            f"select one sweep with sweep_id=...)"
-            for (curve, lmbda), n in repeated.items() if n > 1]
-  write_report(out, "cbexp analysis", lines, written)
+  lines += [f"- warning: {note}" for note in seed_notes]
+  for name, quality in (("bd_psnr", "psnr"), ("bd_msssim", "ms_ssim_db")):
+    if name in written:
+      lines += [f"- {name}: {line}" for line in bd_summary_lines(written[name], quality)
+                if " vs " in line]
+  write_report(outputs, "cbexp analysis", lines, written)
   for line in lines:
     print(line)
 
   run_id = None
   if cfg.log_to_mlflow:
-    run_id = log_analysis_run(uri, cfg.experiment_name, out, written, {
+    parent = cfg.parent_run_id or sweep_parent(runs, cfg.sweep_id)
+    run_id = log_analysis_run(uri, cfg.experiment_name, outputs, written, {
         runs_lib.RUN_TYPE_TAG: "analysis", "analysis.filter": filter_string,
-        "analysis.num_runs": str(len(points)), "analysis.anchor": cfg.anchor,
-        **({"analysis.sweep_id": cfg.sweep_id} if cfg.sweep_id else {}),
-        **({"mlflow.parentRunId": cfg.parent_run_id} if cfg.parent_run_id else {})})
-  return {"out": out, "points": all_points, "tables": written, "skipped": skipped,
-          "figures": figure_paths, "analysis_run_id": run_id}
+        "analysis.num_runs": str(len(per_run)), "analysis.anchor": anchor,
+        **({"analysis.sweep_id": cfg.sweep_id, "sweep_id": cfg.sweep_id}
+           if cfg.sweep_id else {}),
+        **({"mlflow.parentRunId": parent} if parent else {})})
+  return {"out": outputs.folder, "points": all_points, "per_run": per_run, "tables": written,
+          "skipped": skipped, "figures": figure_paths, "analysis_run_id": run_id}
 
 
 def analyze_published(cfg):
   """The published-study comparison from the bundled numbers alone (no runs, no MLflow)."""
   ids = list(cfg.published.curves)
   points = reference.published_points(ids)
-  out = pathlib.Path(cfg.out)
-  out.mkdir(parents=True, exist_ok=True)
-  points.to_csv(out / "rd_points.csv", index=False)
-  written = write_tables(points, out, cfg.published.anchor, list(cfg.bd.methods),
+  outputs = Outputs(cfg.out or "analysis/published")
+  points.to_csv(outputs.folder / "rd_points.csv", index=False)
+  outputs.add([outputs.folder / "rd_points.csv"])
+  written = write_tables(points, outputs, cfg.published.anchor, list(cfg.bd.methods),
                          cfg.bd.min_overlap, [])
   title = cfg.title or "Published results on Kodak (24 images)"
-  figure_paths = write_figures(points, out, title,
+  figure_paths = write_figures(points, outputs, title,
                                {"psnr": "published_rd", "ms_ssim_db": "published_rd_msssim"},
                                cfg.published.xlim)
   lines = [f"- `{i}`: {name} (source: {source})" for i, (name, source)
            in reference.sources(ids).items()]
   lines.append(f"- anchor: `{cfg.published.anchor}`")
-  write_report(out, "Published results on Kodak", lines, written)
+  lines += [f"- bd_psnr: {line}" for line in bd_summary_lines(written["bd_psnr"])]
+  write_report(outputs, "Published results on Kodak", lines, written)
   for line in lines:
     print(line)
-  return {"out": out, "points": points, "tables": written, "figures": figure_paths}
+  return {"out": outputs.folder, "points": points, "tables": written, "figures": figure_paths}
 
 
-def log_analysis_run(tracking_uri, experiment_name, out, written, tags):
-  """Logs the analysis directory as artifacts of a new run named "analysis"; -> its run id.
-  BD values and speed-ups are logged as metrics too (metric names carry the curve)."""
+def log_analysis_run(tracking_uri, experiment_name, outputs, written, tags):
+  """Logs the files this analysis wrote (``outputs``) as artifacts of a new run named
+  "analysis"; -> its run id. BD values and speed-ups are logged as metrics too (metric names
+  carry the curve)."""
   from mlflow.tracking import MlflowClient
   client = MlflowClient(tracking_uri)
   experiment = client.get_experiment_by_name(experiment_name)
@@ -165,13 +310,15 @@ def log_analysis_run(tracking_uri, experiment_name, out, written, tags):
     for name in ("bd_psnr", "bd_msssim"):
       for row in written.get(name, pd.DataFrame()).to_dict("records"):
         for column, value in row.items():
-          if column.startswith("bd_") and pd.notna(value):
+          if column.startswith("bd_") and isinstance(value, float) and pd.notna(value):
             client.log_metric(run_id, f"{name}/{slug(row['curve'])}/{column}", float(value))
     for row in written.get("comparison", pd.DataFrame()).to_dict("records"):
       for column in ("decode_speedup_vs_anchor", "encode_speedup_vs_anchor"):
         if pd.notna(row[column]):
           client.log_metric(run_id, f"comparison/{slug(row['curve'])}/{column}", float(row[column]))
-    client.log_artifacts(run_id, str(out))
+    for path in outputs.paths:
+      folder = path.parent.relative_to(outputs.folder).as_posix()
+      client.log_artifact(run_id, str(path), None if folder == "." else folder)
   except Exception:
     client.set_terminated(run_id, "FAILED")
     raise

@@ -97,6 +97,10 @@ def _column(runs, key):
   return None
 
 
+def _tag(values, i):
+  return "n/a" if values is None or pd.isna(values[i]) else str(values[i])
+
+
 def runs_to_points(runs, group_by=()):
   """-> (points table, skipped) from a search_runs DataFrame.
 
@@ -118,6 +122,8 @@ def runs_to_points(runs, group_by=()):
       raise AnalysisError(f"group_by key {key!r} is neither a param nor a tag of the selected runs")
     group_values[key] = values
   lmbda = _column(runs, "lmbda")
+  seed = _column(runs, "trainer.seed")
+  train_set, eval_set = (runs.get(f"tags.{tag}") for tag in ("dataset", "eval_set"))
 
   rows, skipped = [], []
   for i, run in runs.iterrows():
@@ -135,7 +141,9 @@ def runs_to_points(runs, group_by=()):
       label += " (" + ", ".join(extras) + ")"
     row = {"curve": label, "curve_id": label, "entropy": str(entropy[i]), "source": "cbexp",
            "kind": "measured", "run_id": run["run_id"],
-           "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i])}
+           "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i]),
+           "seed": "n/a" if seed is None or pd.isna(seed[i]) else str(seed[i]), "seeds": 1,
+           "train_set": _tag(train_set, i), "eval_set": _tag(eval_set, i)}
     for column, metric in METRICS.items():
       row[column] = float(run.get(f"metrics.{metric}", float("nan")))
     for key in group_by:

@@ -37,12 +37,17 @@ def comparison_table(points, anchor_of, bd=None):
         "anchor": anchor_of.get(cid) or "",
         "rate_points": len(r),
         "lmbdas": " ".join(f"{v:g}" for v in sorted(r["lmbda"].dropna().unique())),
+        "seeds_per_point": _single(r["seeds"]),
+        "images": _single(r["num_images"]),
+        "train_set": "/".join(sorted(set(r["train_set"].astype(str)))),
+        "eval_set": "/".join(sorted(set(r["eval_set"].astype(str)))),
         "trainable_parameters": _single(r["trainable_parameters"]),
         "decode_kmac_per_pixel": _single(r["decode_kmac_per_pixel"]),
         "encode_time_median_s": float(np.median(r["encode_time_median"])),
         "decode_time_median_s": float(np.median(r["decode_time_median"])),
     })
   table = pd.DataFrame(rows, columns=["curve", "entropy", "anchor", "rate_points", "lmbdas",
+                                      "seeds_per_point", "images", "train_set", "eval_set",
                                       "trainable_parameters", "decode_kmac_per_pixel",
                                       "encode_time_median_s", "decode_time_median_s"])
   times = table.set_index("curve")
@@ -53,10 +58,15 @@ def comparison_table(points, anchor_of, bd=None):
         for c, a in zip(table["curve"], table["anchor"])]
   if bd is not None:
     by_curve = bd.set_index("curve")
-    for column in ("bd_rate_pchip_pct", "bd_psnr_pchip_db"):
+    for column in ("bd_rate_pchip_pct", "bd_rate_pchip_ci_low", "bd_rate_pchip_ci_high",
+                   "bd_psnr_pchip_db"):
       if column in by_curve.columns:
         table[column] = [0.0 if c == a else by_curve[column].get(c, np.nan)
                          for c, a in zip(table["curve"], table["anchor"])]
+    # The BD caveats (overlap, non-monotone curves) travel with the numbers.
+    table["note"] = ["" if c == a else by_curve["note"].get(c, "") if "note" in by_curve else ""
+                     for c, a in zip(table["curve"], table["anchor"])]
+    table["note"] = table["note"].fillna("")
   return table
 
 

@@ -30,8 +30,64 @@ PER_IMAGE_ARTIFACT = "eval/per_image.csv"
 QUALITIES = ("psnr", "ms_ssim")
 
 
+# Params that differ between runs of one experiment without making them different experiments.
+NOT_A_CONDITION = ("trainer.seed", "run_dir", "tracking.uri", "tracking.experiment")
+MEAN_COLUMNS = ("bpp", "psnr", "ms_ssim", "encode_time_mean", "decode_time_mean")
+MEDIAN_COLUMNS = ("encode_time_median", "decode_time_median")
+
+
+def average_seeds(per_run, runs=None):
+  """Per-run points -> one point per (curve, lambda): the mean over the runs that differ only in
+  their seed (MS-SSIM dB of the mean MS-SSIM; times: median of the runs' medians), with
+  ``seeds`` and the spread over seeds (``*_sd``). -> (points, notes): a note for every group
+  whose runs differ in more than the seed (``runs``: the search_runs frame, for their params) or
+  repeat a seed."""
+  if per_run.empty:
+    return per_run.copy(), []
+  params = [c for c in (runs.columns if runs is not None else [])
+            if c.startswith("params.") and c[len("params."):] not in NOT_A_CONDITION]
+  by_run = runs.set_index("run_id") if runs is not None else None
+  rows, notes = [], []
+  for (curve_id, lmbda), group in per_run.groupby(["curve_id", "lmbda"], sort=False,
+                                                    dropna=False):
+    row = group.iloc[0].to_dict()
+    seeds = [str(s) for s in group["seed"]]
+    if len(group) > 1:
+      if len(set(seeds)) < len(seeds):
+        notes.append(f"curve `{row['curve']}` has {len(group)} runs at lmbda {lmbda:g} with "
+                     f"seeds {', '.join(seeds)}: a seed is repeated (two sweeps? select one "
+                     f"with sweep_id=...); all are averaged")
+      if by_run is not None and params:
+        conditions = by_run.loc[list(group["run_id"]), params]
+        differing = [c[len("params."):] for c in params
+                     if conditions[c].astype(str).nunique() > 1]
+        if differing:
+          notes.append(f"curve `{row['curve']}` at lmbda {lmbda:g}: its runs differ in more than "
+                       f"the seed ({', '.join(differing[:5])}); they are averaged as seeds "
+                       f"(split them with group_by=[{differing[0]}])")
+    for column in MEAN_COLUMNS:
+      row[column] = float(group[column].mean())
+    for column in MEDIAN_COLUMNS:
+      row[column] = float(group[column].median())
+    row["ms_ssim_db"] = ms_ssim_db(row["ms_ssim"])
+    spread = len(group) > 1
+    row["bpp_sd"] = float(group["bpp"].std()) if spread else np.nan
+    row["psnr_sd"] = float(group["psnr"].std()) if spread else np.nan
+    row["ms_ssim_db_sd"] = float(ms_ssim_db(group["ms_ssim"].to_numpy()).std(ddof=1)) \
+        if spread else np.nan
+    row["seeds"] = len(group)
+    row["seed"] = ",".join(seeds)
+    row["run_id"] = ",".join(group["run_id"])
+    images = set(group["num_images"].dropna())
+    row["num_images"] = images.pop() if len(images) == 1 else np.nan
+    rows.append(row)
+  return pd.DataFrame(rows, columns=per_run.columns), notes
+
+
 def load_per_image(run_ids, tracking_uri):
   """-> {run_id: per-image DataFrame} for the runs whose ``eval/per_image.csv`` can be read."""
+  import os
+  os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
   import mlflow
   tables = {}
   for run_id in run_ids:
