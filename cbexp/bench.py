@@ -63,6 +63,21 @@ class BenchError(ValueError):
   pass
 
 
+def split_existing_paths(text):
+  """A comma-separated list of folders whose names may contain commas themselves (Hydra's sweep
+  job folders do: ``3_entropy=charm,lmbda=0.01``): pieces are joined back while the joined path
+  does not exist but a longer one does."""
+  pieces, paths = [p for p in text.split(",")], []
+  while pieces:
+    path = pieces.pop(0)
+    while not os.path.isdir(path) and pieces and any(
+        os.path.isdir(",".join([path] + pieces[:n])) for n in range(1, len(pieces) + 1)):
+      path += "," + pieces.pop(0)
+    if path:
+      paths.append(path)
+  return paths
+
+
 def parse_args(argv):
   args, overrides = dict(DEFAULTS), []
   for token in argv:
@@ -85,7 +100,7 @@ def parse_args(argv):
     raise BenchError(f"repeats must be >= 1, got {args['repeats']}")
   args["entropy"] = [e for e in args["entropy"].split(",") if e]
   args["precision"] = [p for p in args["precision"].split(",") if p]
-  args["model_dir"] = [d for d in args["model_dir"].split(",") if d]
+  args["model_dir"] = split_existing_paths(args["model_dir"])
   from cbexp.precision import PRECISIONS
   for p in args["precision"]:
     if p not in PRECISIONS:
@@ -535,12 +550,12 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, overrides = parse_args(argv)
-    images = load_images(args["images"], args["max_images"])
     import tensorflow as tf
     from tqdm import tqdm
     tf.get_logger().setLevel("ERROR")  # retracing notices: one trace per orientation is wanted
-    if args["threads"]:
+    if args["threads"]:  # before the first op (decoding the images): fixed once TF has started
       tf.config.threading.set_intra_op_parallelism_threads(args["threads"])
+    images = load_images(args["images"], args["max_images"])
     info = machine_info()
     if set(args["precision"]) - {"float32"}:
       info["bfloat16_conv_speedup"] = bfloat16_conv_speedup()

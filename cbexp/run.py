@@ -39,6 +39,35 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
 
 
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or weights: the run stops and keeps its last (finite) checkpoint."""
+
+
+def check_numbers(cfg):
+  """Types and ranges of the numeric settings, before anything is built (``lmbda=abc`` or
+  ``trainer.steps=0`` must not reach TensorFlow)."""
+  def number(key, value, integer=False, positive=True, optional=False):
+    if optional and value is None:
+      return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+      raise ConfigError(f"{key}={value!r}: must be {'an integer' if integer else 'a number'}")
+    if positive and value <= 0:
+      raise ConfigError(f"{key}={value!r}: must be positive")
+  number("lmbda", cfg.lmbda)
+  for key in ("steps", "batch_size", "patch_size", "log_every", "val_every", "checkpoint_every",
+              "max_checkpoints"):
+    number(f"trainer.{key}", cfg.trainer[key], integer=True)
+  number("trainer.seed", cfg.trainer.seed, integer=True, positive=False)
+  if cfg.trainer.seed < 0:
+    raise ConfigError(f"trainer.seed={cfg.trainer.seed}: must be 0 or more")
+  number("trainer.threads", cfg.trainer.get("threads"), integer=True, optional=True)
+  for key, value in cfg.transform.items():
+    values = list(value) if OmegaConf.is_list(value) else [value]
+    for item in values:
+      number(f"transform.{key}", item, integer=True)
+
+
 # --- validation: everything that can be checked before training ----------------------------------
 
 def check_group_overrides(arguments):
@@ -68,9 +97,8 @@ def validate(cfg):
   if cfg.entropy.name not in known_entropy:
     raise ConfigError(f"entropy.name: unknown entropy model '{cfg.entropy.name}' "
                       f"(known: {', '.join(known_entropy)})")
+  check_numbers(cfg)
   trainer = cfg.trainer
-  if trainer.steps < 1 or trainer.batch_size < 1:
-    raise ConfigError("trainer.steps and trainer.batch_size must be positive")
   if trainer.patch_size < 64 or trainer.patch_size % 64:
     raise ConfigError(f"trainer.patch_size {trainer.patch_size}: must be a multiple of 64 "
                       f"(the transforms downsample by 64 in all)")
@@ -179,12 +207,7 @@ def train_and_evaluate(cfg: DictConfig):
     return objective_value(cfg, done["eval"])
   run_dir.mkdir(parents=True, exist_ok=True)
 
-  import tensorflow as tf
   from mlflow.tracking import MlflowClient
-  from tqdm import tqdm
-
-  from cbexp import data, schedules, training
-  from cbexp.config import build_model
 
   # Tracking first: a store that fails must fail before hours of training.
   client = MlflowClient(tracking_uri=plan["uri"])
@@ -208,6 +231,28 @@ def train_and_evaluate(cfg: DictConfig):
   print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
         f"run dir {run_dir}", file=sys.stderr)
 
+  try:
+    return train_logged_run(cfg, plan, run_dir, client, run_id)
+  except BaseException as error:  # a failed or interrupted run must not stay RUNNING
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    try:
+      tracking.retry(client.set_terminated, run_id, status)
+      if not isinstance(error, (TrainingDiverged, ValueError)):  # those end in one line
+        print(f"MLflow run {run_id} marked {status}; the same command resumes it from its last "
+              f"checkpoint", file=sys.stderr)
+    except Exception:  # the store itself may be what failed
+      pass
+    raise
+
+
+def train_logged_run(cfg, plan, run_dir, client, run_id):
+  """Training, evaluation and saving of a run whose MLflow run exists. -> the job's value."""
+  import tensorflow as tf
+  from tqdm import tqdm
+
+  from cbexp import data, schedules, training
+  from cbexp.config import build_model
+  complete = run_dir / COMPLETE_FILE
   trainer = cfg.trainer
   # Before TensorFlow's first op: thread counts cannot change once its runtime has started.
   training.configure_threads(trainer.threads)
@@ -258,6 +303,11 @@ def train_and_evaluate(cfg: DictConfig):
             mininterval=1.0 if sys.stderr.isatty() else 15.0) as progress:
     for step in range(start, trainer.steps):
       values = train_step(next(batches))
+      if not math.isfinite(float(values["loss"])):
+        raise TrainingDiverged(
+            f"non-finite training loss at step {step + 1}: training stopped; the last checkpoint "
+            f"({manager.latest_checkpoint or 'none yet'}) holds finite weights (a lower learning "
+            f"rate, e.g. schedule.scale=0.1, may help)")
       for key in totals:
         totals[key] += float(values[key])
       count += 1
@@ -275,6 +325,10 @@ def train_and_evaluate(cfg: DictConfig):
         validate_now(done)
       if done % trainer.checkpoint_every == 0 or done == trainer.steps:
         metrics.flush()  # before the checkpoint: a crash in between repeats steps, loses none
+        if not training.all_finite(model.trainable_variables):  # never save non-finite weights
+          raise TrainingDiverged(f"non-finite weights after step {done}: not checkpointed; the "
+                                 f"last checkpoint ({manager.latest_checkpoint or 'none yet'}) "
+                                 f"is kept")
         manager.save(checkpoint_number=done)
       progress.update(1)
   metrics.flush()
@@ -355,11 +409,18 @@ def run_job(cfg):
   try:
     return train_and_evaluate(cfg)
   except (ConfigError, DataError, ScheduleError, tracking.TrackingError,
-          MissingMandatoryValue) as error:
+          MissingMandatoryValue, TrainingDiverged) as error:
     if os.environ.get("CBEXP_DEBUG"):
       raise
-    print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+    line = str(error).strip().splitlines()[0]
+    print(f"error: {line}", file=sys.stderr)
+    if tracking.sweep_info_or_none() is not None:
+      raise JobFailed(line) from None  # the sweep's other jobs go on; its summary counts this
     sys.exit(2)
+
+
+class JobFailed(RuntimeError):
+  """A sweep job stopped by bad input (its one-line error is already printed)."""
 
 
 def main():
@@ -367,7 +428,10 @@ def main():
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     sys.exit(2)
-  hydra_main()
+  try:
+    hydra_main()
+  finally:
+    tracking.print_sweep_summary()  # after a multirun (no-op otherwise), failed jobs included
 
 
 if __name__ == "__main__":

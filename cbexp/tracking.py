@@ -153,6 +153,14 @@ def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
   return run.info.run_id, False
 
 
+def sweep_info_or_none():
+  """sweep_info(), or None outside a multirun and when the record is missing."""
+  try:
+    return sweep_info()
+  except Exception:
+    return None
+
+
 def sweep_info():
   """{sweep_id, parent_run_id} when this job is part of a Hydra multirun, else None."""
   from hydra.core.hydra_config import HydraConfig
@@ -190,6 +198,8 @@ class SweepCallback(Callback):
     sweep_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     self._client = client
+    self._experiment = config.tracking.experiment
+    self._sweep_dir = sweep_dir
     record = sweep_dir / SWEEP_FILE
     if record.is_file():  # the same sweep directory again: its jobs resume, so does the sweep
       previous = json.loads(record.read_text())
@@ -208,11 +218,44 @@ class SweepCallback(Callback):
 
   def _announce(self, sweep_id, parent_run_id, uri, state):
     self._parent_run_id = parent_run_id
+    CURRENT_SWEEP.update(sweep_id=sweep_id, parent_run_id=parent_run_id, uri=uri,
+                         experiment=str(self._experiment), sweep_dir=str(self._sweep_dir))
     os.environ["CBEXP_SWEEP_ID"] = sweep_id
     os.environ["CBEXP_PARENT_RUN_ID"] = parent_run_id
     print(f"sweep_id {sweep_id} ({state}; MLflow parent run {parent_run_id} in {uri})",
           file=sys.stderr)
 
   def on_multirun_end(self, config, **kwargs):
-    if getattr(self, "_parent_run_id", None):
-      retry(self._client.set_terminated, self._parent_run_id, "FINISHED")
+    pass  # print_sweep_summary ends the parent run, also when a job failed (Hydra then raises)
+
+
+# The sweep started by this process (SweepCallback), for the summary at its end.
+CURRENT_SWEEP = {}
+
+
+def print_sweep_summary():
+  """After a multirun (also one whose jobs failed): jobs finished and failed, the sweep id and
+  the analysis command to run next; ends the parent run (FAILED if a job did not finish).
+
+  Jobs are the sweep directory's job folders (Hydra writes ``.hydra/`` in each): finished ones
+  hold ``complete.json`` (cbexp.run). A job that failed before its MLflow run existed (bad
+  input) is counted too."""
+  if not CURRENT_SWEEP:
+    return
+  from mlflow.tracking import MlflowClient
+  sweep = dict(CURRENT_SWEEP)
+  CURRENT_SWEEP.clear()
+  jobs = [d for d in pathlib.Path(sweep["sweep_dir"]).iterdir() if (d / ".hydra").is_dir()]
+  finished = sum((d / "complete.json").is_file() for d in jobs)
+  counts = f"{len(jobs)} jobs: {finished} finished, {len(jobs) - finished} failed or stopped"
+  try:
+    client = MlflowClient(tracking_uri=sweep["uri"])
+    retry(client.set_terminated, sweep["parent_run_id"],
+          "FINISHED" if finished == len(jobs) else "FAILED")
+  except Exception as error:  # the summary must not hide what happened in the sweep
+    counts += f" (parent run not updated: {str(error).splitlines()[0]})"
+  default = f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
+  uri = "" if sweep["uri"] == default else f" tracking.uri={sweep['uri']}"
+  print(f"sweep {sweep['sweep_id']} ended: {counts} (in {sweep['sweep_dir']}; MLflow parent "
+        f"run {sweep['parent_run_id']} in {sweep['uri']})\n"
+        f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}{uri}", file=sys.stderr)

@@ -93,6 +93,11 @@ def make_distributed_train_step(model, optimizer, strategy):
   return train_step
 
 
+def all_finite(variables):
+  """True when every value of every variable is finite (checked before each checkpoint)."""
+  return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+
+
 def evaluate_batch(model, x):
   """Loss terms of the forward pass with ``training=False`` (validation)."""
   out = model(x, training=False)

@@ -15,8 +15,9 @@
 #
 # Killed? Run it again: the sweep directory is fixed, so finished jobs are skipped and the others
 # resume from their last checkpoint. Variables: PYTHON, OUT, SWEEP_DIR, STEPS, LAMBDAS, SEEDS,
-# JOBS (parallel jobs; threads per job = trainer.threads), BENCH_REPEATS, TRACKING (e.g.
-# "tracking.uri=sqlite:////tmp/study.db"). CI runs a two-step version (tests/test_laptop_study.py).
+# JOBS (parallel jobs; threads per job = trainer.threads), BENCH_REPEATS, BENCH_MAX_IMAGES,
+# TRACKING (e.g. "tracking.uri=sqlite:////tmp/study.db"), EXTRA (more overrides for every job).
+# CI runs a two-step version (tests/test_laptop_study.py).
 set -euo pipefail
 : "${CBEXP_KODAK_DIR:?set CBEXP_KODAK_DIR to the Kodak folder (python -m cbexp.datasets download-kodak <dir>)}"
 PYTHON="${PYTHON:-python}"
@@ -28,11 +29,12 @@ SEEDS="${SEEDS:-0,1}"
 JOBS="${JOBS:-2}"
 BENCH_REPEATS="${BENCH_REPEATS:-3}"
 BENCH_LMBDA="${BENCH_LMBDA:-0.013}"
+BENCH_MAX_IMAGES="${BENCH_MAX_IMAGES:-0}"  # 0: all 24 Kodak images
 START=$(date +%s)
 mkdir -p "$OUT"
 
 COMMON=(experiment=laptop trainer.steps="$STEPS" lmbda="$LAMBDAS" hydra/launcher=local_processes
-        hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$SWEEP_DIR" ${TRACKING:-})
+        hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$SWEEP_DIR" ${TRACKING:-} ${EXTRA:-})
 # ChARM first: the longest jobs start first, so the two lanes end together.
 "$PYTHON" -m cbexp.run -m entropy=charm,checkerboard,hyperprior trainer.seed="$SEEDS" "${COMMON[@]}"
 # The same sweep directory: the same sweep id and parent run.
@@ -55,7 +57,7 @@ print(",".join(found[name] for name in ("charm", "checkerboard", "hyperprior", "
 PY
 )
 "$PYTHON" -m cbexp.bench model_dir="$MODELS" images="$CBEXP_KODAK_DIR" repeats="$BENCH_REPEATS" \
-  threads=2 out="$OUT/bench.csv"
+  max_images="$BENCH_MAX_IMAGES" threads=2 out="$OUT/bench.csv"
 END=$(date +%s)
 
 "$PYTHON" - "$OUT/study.json" "$SWEEP_ID" "$START" "$TRAINED" "$END" "$*" <<'PY'
@@ -78,5 +80,5 @@ PY
 
 # Last: RD curves, BD-rates with intervals, the comparison table (reads the runs from MLflow).
 "$PYTHON" -m cbexp.analysis sweep_id="$SWEEP_ID" anchor=charm out="$OUT" \
-  title="Laptop study: tiny ms2020, trained on Kodak 1-12, tested on Kodak 13-24" ${TRACKING:-}
+  "title='Laptop study: tiny ms2020 models, 1500 steps'" xlim=[0,1] ${TRACKING:-}
 

@@ -450,7 +450,7 @@ def test_notebook_regenerates_the_figures_from_mlflow(synthetic_store, tmp_path)
   notebook = nbformat.read(REPO / "notebooks" / "rd_curves.ipynb", as_version=4)
   assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
       "commit the notebook without outputs"
-  env = {"CBEXP_TRACKING_URI": synthetic_store["uri"], "CBEXP_EXPERIMENT": EXPERIMENT,
+  env = {"MLFLOW_TRACKING_URI": synthetic_store["uri"], "CBEXP_EXPERIMENT": EXPERIMENT,
          "CBEXP_SWEEP_ID": SWEEP, "CBEXP_ANALYSIS_OUT": str(tmp_path / "out")}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
@@ -470,4 +470,4 @@ def test_notebook_regenerates_the_figures_from_mlflow(synthetic_store, tmp_path)
   assert len(images) >= 2
   text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                  for cell in notebook.cells for o in cell.get("outputs", []))
-  assert "checkerboard vs charm: BD-rate +10.00% (pchip)" in text
+  assert "checkerboard vs charm: BD-rate +10.00%" in text and "(pchip" in text

@@ -60,7 +60,55 @@ def sweep(tmp_path_factory):
   analysis = run("cbexp.analysis", f"tracking.uri={uri}", "experiment_name=cbexp",
                  f"sweep_id={record['sweep_id']}", f"out={out}", cwd=folder)
   assert analysis.returncode == 0, analysis.stderr[-3000:]
-  return {"uri": uri, "out": out, "sweep_id": record["sweep_id"]}
+  return {"uri": uri, "out": out, "sweep_id": record["sweep_id"], "record": record,
+          "sweep_stderr": result.stderr, "analysis_stdout": analysis.stdout}
+
+
+def test_the_sweep_ends_with_a_summary_and_the_next_command(sweep):
+  lines = sweep["sweep_stderr"].strip().splitlines()
+  jobs = len(ENTROPY_MODELS) * len(LMBDAS)
+  assert lines[-2].startswith(f"sweep {sweep['sweep_id']} ended: {jobs} jobs: {jobs} finished, "
+                              f"0 failed or stopped"), lines[-2:]
+  assert lines[-1] == f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']} " \
+                      f"tracking.uri={sweep['uri']}"
+  from mlflow.tracking import MlflowClient
+  parent = MlflowClient(sweep["uri"]).get_run(sweep["record"]["parent_run_id"])
+  assert parent.info.status == "FINISHED"
+
+
+def test_the_analysis_run_is_a_child_of_the_sweep(sweep):
+  from mlflow.tracking import MlflowClient
+  client = MlflowClient(sweep["uri"])
+  run_id = sweep["analysis_stdout"].strip().splitlines()[-1].split()[-1]
+  run = client.get_run(run_id)
+  assert run.data.tags["mlflow.parentRunId"] == sweep["record"]["parent_run_id"]
+  assert run.data.tags["sweep_id"] == sweep["sweep_id"]
+  # it logged what it wrote, and only that
+  logged = {a.path for a in client.list_artifacts(run_id)}
+  written = {p.name for p in sweep["out"].iterdir()}
+  assert logged == written
+
+
+def test_a_failed_job_is_counted_and_the_sweep_goes_on(tmp_path):
+  """One job with bad input (a patch size that is not a multiple of 64) fails with its one-line
+  error; the other job runs; the summary counts both."""
+  train = write_images(tmp_path / "train", [(96, 96), (80, 128)], seed=0)
+  evaluation = write_images(tmp_path / "eval", [(64, 64)], seed=1)
+  uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+  result = run("cbexp.run", "-m", "transform=tiny", "entropy=hyperprior",
+               "entropy.hidden_filters=[16,16]", "dataset=folder", f"dataset.path={train}",
+               "dataset.val_images=0", "eval=folder", f"eval.path={evaluation}", "trainer=tiny",
+               "trainer.steps=2", "trainer.batch_size=1", "trainer.log_every=1",
+               "trainer.val_every=2", "trainer.checkpoint_every=2", "trainer.patch_size=100,64",
+               f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+  assert result.returncode != 0
+  assert "error: trainer.patch_size 100: must be a multiple of 64" in result.stderr
+  summary = [line for line in result.stderr.splitlines() if " ended: " in line]
+  assert len(summary) == 1 and "2 jobs: 1 finished, 1 failed or stopped" in summary[0], \
+      result.stderr[-2000:]
+  record = json.loads((tmp_path / "sweep" / "mlflow_sweep.json").read_text())
+  from mlflow.tracking import MlflowClient
+  assert MlflowClient(uri).get_run(record["parent_run_id"]).info.status == "FAILED"
 
 
 def test_a_real_sweep_gives_the_figures_and_tables(sweep):

@@ -27,12 +27,21 @@ def cases(tmp_path):
                                    f"unreachable"),
       "patch not a multiple of 64": (replace(base, trainer__patch_size=100),
                                      "trainer.patch_size 100: must be a multiple of 64"),
+      "lmbda not a number": (replace(base, lmbda="abc"), "lmbda='abc': must be a number"),
+      "negative lmbda": (replace(base, lmbda=-1), "lmbda=-1: must be positive"),
+      "zero lmbda": (replace(base, lmbda=0), "lmbda=0: must be positive"),
+      "steps not an integer": (replace(base, trainer__steps="abc"),
+                               "trainer.steps='abc': must be an integer"),
+      "zero filters": (replace(base, transform__num_filters=0),
+                       "transform.num_filters=0: must be positive"),
   }
 
 
 @pytest.mark.parametrize("case", ["unknown entropy", "folder with no images",
                                   "image smaller than the patch", "unreachable tracking URI",
-                                  "patch not a multiple of 64"])
+                                  "patch not a multiple of 64", "lmbda not a number",
+                                  "negative lmbda", "zero lmbda", "steps not an integer",
+                                  "zero filters"])
 def test_bad_config_gives_one_line_before_training(case, tmp_path):
   arguments, expected = cases(tmp_path)[case]
   result = run_cbexp(arguments, cwd=tmp_path, timeout=300)
@@ -58,3 +67,29 @@ def test_multi_worker_with_several_workers_is_refused(tmp_path):
   assert result.stderr.strip().splitlines() == [
       "error: trainer.strategy=multi_worker with 2 workers in TF_CONFIG: chief-only checkpoints "
       "and tracking are not implemented yet (use mirrored on one machine)"]
+
+
+def test_a_diverging_run_stops_is_marked_failed_and_keeps_its_finite_checkpoint(tmp_path):
+  """A learning rate of 1e12: the loss goes non-finite; the run stops with one line, its MLflow
+  run is FAILED, no non-finite value was logged and every kept checkpoint is finite."""
+  import math
+  import numpy as np
+  import tensorflow as tf
+  from run_helpers import experiment_runs
+  arguments = tiny_run_overrides(tmp_path, steps=40, checkpoint_every=2) + [
+      "schedule=constant", "schedule.rates=[1e12]"]
+  result = run_cbexp(arguments, cwd=tmp_path, timeout=600)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert any(line.startswith("error: non-finite") for line in lines), lines[-3:]
+  client, (run,) = experiment_runs(f"sqlite:///{tmp_path}/mlflow.db")
+  assert run.info.status == "FAILED"
+  for key in ("train/loss", "train/psnr"):
+    assert all(math.isfinite(m.value) for m in client.get_metric_history(run.info.run_id, key))
+  for index in tmp_path.glob("outputs/runs/*/checkpoints/ckpt-*.index"):
+    reader = tf.train.load_checkpoint(str(index)[:-len(".index")])
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if np.issubdtype(np.asarray(value).dtype, np.floating):
+        assert np.isfinite(value).all(), name

@@ -66,11 +66,13 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
   ax.grid(True, which="minor", alpha=0.15)
   ax.minorticks_on()
   if title:
-    ax.set_title(title, fontsize="medium")
-  if caption:
-    fig.text(0.01, 0.005, caption, fontsize="x-small", ha="left", va="bottom", wrap=True)
+    ax.set_title(title)
+  if caption:  # inside the axes, top left: the corner RD curves leave empty
+    ax.text(0.01, 0.99, caption, transform=ax.transAxes, fontsize="x-small", ha="left",
+            va="top", wrap=True, bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
   if plotted:
-    ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
+    only_published = (points["source"] == "published").all()
+    ax.legend(loc="lower right" if only_published else "best", fontsize="small", framealpha=0.9)
   else:
     ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center",
             transform=ax.transAxes)

@@ -131,22 +131,30 @@ def bd_summary_lines(table, quality="psnr"):
   what they rest on, and every caveat of the row (the console, report.md and the notebook)."""
   short = bd_lib.QUALITY_SHORT[quality]
   unit = "PSNR" if quality == "psnr" else "MS-SSIM"
+
+  def value(row, name, column, undefined, digits, suffix):
+    estimate = row.get(column)
+    if estimate is None or pd.isna(estimate):
+      return f"{name} n/a"
+    text = f"{name} {estimate:+.{digits}f}{suffix}"
+    stem = column.rsplit("_", 1)[0]  # bd_rate_pchip_pct -> bd_rate_pchip (_ci_low, _ci_high)
+    low, high = row.get(f"{stem}_ci_low"), row.get(f"{stem}_ci_high")
+    if low is not None and pd.notna(low):
+      text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    elif row.get(undefined) is not None and pd.notna(row.get(undefined)):
+      text += f" (no interval: {row[undefined]:.0%} of the draws have no {name})"
+    return text
+
   lines = []
   for row in table.to_dict("records"):
-    rate, delta = row.get("bd_rate_pchip_pct"), row.get(f"bd_{short}_pchip_db")
     head = f"{row['curve']} vs {row['anchor']}:"
-    if rate is None or pd.isna(rate):
+    rate = value(row, "BD-rate", "bd_rate_pchip_pct", "draws_without_bd_rate", 2, "%")
+    delta = value(row, f"BD-{unit}", f"bd_{short}_pchip_db", f"draws_without_bd_{short}", 3,
+                  " dB")
+    if "n/a" in rate and "n/a" in delta:
       lines.append(f"{head} no BD value ({row['note']})")
       continue
-    text = f"{head} BD-rate {rate:+.2f}%"
-    low, high = row.get("bd_rate_pchip_ci_low"), row.get("bd_rate_pchip_ci_high")
-    if low is not None and pd.notna(low):
-      text += f" [{low:+.2f}, {high:+.2f}]"
-    text += f", BD-{unit} {delta:+.3f} dB"
-    low, high = row.get(f"bd_{short}_pchip_ci_low"), row.get(f"bd_{short}_pchip_ci_high")
-    if low is not None and pd.notna(low):
-      text += f" [{low:+.3f}, {high:+.3f}]"
-    text += " (pchip"
+    text = f"{head} {rate}, {delta} (pchip"
     if row.get("images") is not None and pd.notna(row.get("images")):
       text += (f"; 95% bootstrap interval over {int(row['images'])} images and "
                f"{int(row['seeds'])}+{int(row['anchor_seeds'])} seeds")

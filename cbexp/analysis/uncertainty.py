@@ -27,6 +27,8 @@ from cbexp.analysis.points import AnalysisError
 from cbexp.evaluate import ms_ssim_db
 
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
+# Largest share of bootstrap draws without a BD value for which an interval is still given.
+MAX_UNDEFINED = 0.05
 QUALITIES = ("psnr", "ms_ssim")
 
 
@@ -81,7 +83,8 @@ def average_seeds(per_run, runs=None):
     images = set(group["num_images"].dropna())
     row["num_images"] = images.pop() if len(images) == 1 else np.nan
     rows.append(row)
-  return pd.DataFrame(rows, columns=per_run.columns), notes
+  columns = list(dict.fromkeys([*per_run.columns, "seeds", "bpp_sd", "psnr_sd", "ms_ssim_db_sd"]))
+  return pd.DataFrame(rows, columns=columns), notes
 
 
 def load_per_image(run_ids, tracking_uri):
@@ -191,16 +194,29 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
                   drawn.get("anchor seeds"), quality)
 
   low = high = np.array([np.nan, np.nan])
-  if samples and np.all(np.isfinite(estimate)):
+  undefined = np.array([np.nan, np.nan])
+  if samples and np.any(np.isfinite(estimate)):
     with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # degenerate draws: NaN interval, reported as n/a
+      warnings.simplefilter("ignore")  # draws without a BD value: counted below
       interval = scipy.stats.bootstrap(tuple(samples), statistic, vectorized=False,
                                        paired=False, n_resamples=resamples,
                                        confidence_level=confidence, method="percentile",
                                        random_state=np.random.default_rng(seed))
-    low, high = interval.confidence_interval.low, interval.confidence_interval.high
+    # A draw has no BD value where its two mean curves do not overlap on the integration axis
+    # (flat curves: BD-rate). The percentile interval is taken over the draws that have one, and
+    # only when at most MAX_UNDEFINED of them lack it; the share is reported either way.
+    draws = np.asarray(interval.bootstrap_distribution, dtype=float)  # [2, resamples]
+    undefined = np.mean(~np.isfinite(draws), axis=-1)
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # all-NaN rows
+      low = np.nanpercentile(draws, tail, axis=-1)
+      high = np.nanpercentile(draws, 100 - tail, axis=-1)
+    low = np.where(undefined <= MAX_UNDEFINED, low, np.nan)
+    high = np.where(undefined <= MAX_UNDEFINED, high, np.nan)
   result.update(bd_rate_low=low[0], bd_rate_high=high[0], bd_quality_low=low[1],
-                bd_quality_high=high[1])
+                bd_quality_high=high[1], bd_rate_undefined=undefined[0],
+                bd_quality_undefined=undefined[1])
   return result
 
 
@@ -210,10 +226,13 @@ def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resa
   short = "psnr" if quality == "psnr" else "msssim"
   columns = {"seeds": [], "anchor_seeds": [], "images": [], "bd_rate_pchip_ci_low": [],
              "bd_rate_pchip_ci_high": [], f"bd_{short}_pchip_ci_low": [],
-             f"bd_{short}_pchip_ci_high": [], "resampled": []}
+             f"bd_{short}_pchip_ci_high": [], "draws_without_bd_rate": [],
+             f"draws_without_bd_{short}": [], "resampled": []}
   for row in bd.itertuples():
     test, anchor = samples.get(row.curve), samples.get(anchors.get(row.curve))
-    if test is None or anchor is None or np.isnan(getattr(row, "bd_rate_pchip_pct", np.nan)):
+    if test is None or anchor is None or (np.isnan(getattr(row, "bd_rate_pchip_pct", np.nan))
+                                          and np.isnan(getattr(row, f"bd_{short}_pchip_db",
+                                                               np.nan))):
       for values in columns.values():
         values.append(np.nan if values is not columns["resampled"] else
                       "no interval (no per-image results for this pair)")
@@ -224,6 +243,8 @@ def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resa
                        ("bd_rate_pchip_ci_high", r["bd_rate_high"]),
                        (f"bd_{short}_pchip_ci_low", r["bd_quality_low"]),
                        (f"bd_{short}_pchip_ci_high", r["bd_quality_high"]),
+                       ("draws_without_bd_rate", r["bd_rate_undefined"]),
+                       (f"draws_without_bd_{short}", r["bd_quality_undefined"]),
                        ("resampled", r["resampled"])):
       columns[key].append(value)
   table = bd.copy()
