@@ -56,6 +56,10 @@ print(",".join(found[name] for name in ("charm", "checkerboard", "hyperprior", "
                if name in found))
 PY
 )
+if [ -z "$MODELS" ]; then
+  echo "laptop.sh: no trained lmbda=$BENCH_LMBDA seed-0 models in $SWEEP_DIR (set BENCH_LMBDA)" >&2
+  exit 2
+fi
 "$PYTHON" -m cbexp.bench model_dir="$MODELS" images="$CBEXP_KODAK_DIR" repeats="$BENCH_REPEATS" \
   max_images="$BENCH_MAX_IMAGES" threads=2 out="$OUT/bench.csv"
 END=$(date +%s)
