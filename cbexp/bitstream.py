@@ -17,10 +17,7 @@ Layout (all integers big-endian, unsigned):
 
 Pure Python (struct + zlib). ``Bitstream.from_bytes`` validates everything and raises
 ``BitstreamError`` with a message naming the problem; it never returns a partly parsed stream.
-``read`` parses the header first and checks the file's size against it (and against the
-caller's limits, ``check``) before it reads the strings, so a hostile header cannot make it read
-or allocate more than the file announces; the CRC is computed string by string, without a
-second copy of the file. bpp counts the *whole* file: ``bits_per_pixel(len(data), height, width)``.
+bpp counts the *whole* file: ``bits_per_pixel(len(data), height, width)``.
 """
 import dataclasses
 import os
@@ -37,10 +34,6 @@ _MAX_STRINGS = 255
 _CHECKSUM = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _SIZE = struct.Struct(">II")  # height, width
-# The longest possible header: magic, version, name length, name, fingerprint, size, count,
-# lengths. ``read`` reads at most this much before it knows what the file announces.
-MAX_HEADER_BYTES = (len(MAGIC) + 2 + _MAX_NAME_BYTES + FINGERPRINT_BYTES + _SIZE.size + 1
-                    + _LENGTH.size * _MAX_STRINGS)
 
 
 class BitstreamError(ValueError):
@@ -91,37 +84,7 @@ class Bitstream:
   @classmethod
   def from_bytes(cls, data):
     data = bytes(data)
-    header = Header.parse(data, len(data))
-    view = memoryview(data)
-    body_end = len(data) - _CHECKSUM.size
-    _check_crc(zlib.crc32(view[:body_end]), data[body_end:])
-    strings, offset = [], header.size
-    for length in header.lengths:
-      strings.append(data[offset:offset + length])
-      offset += length
-    return header.stream(strings)
-
-
-@dataclasses.dataclass(frozen=True)
-class Header:
-  """What a .cbx header announces (values not yet validated: the checksum comes first)."""
-  name: bytes
-  fingerprint: bytes
-  height: int
-  width: int
-  lengths: tuple  # of each string, in bytes
-  size: int  # of the header itself, in bytes
-
-  @property
-  def file_size(self):
-    """The size of the whole file this header announces."""
-    return self.size + sum(self.lengths) + _CHECKSUM.size
-
-  @classmethod
-  def parse(cls, data, file_size):
-    """Parses the header at the start of ``data`` (the first bytes of a file of ``file_size``
-    bytes) and checks that the file has exactly the size the header announces."""
-    if not file_size:
+    if not data:
       raise BitstreamError("empty file")
     if len(data) < len(MAGIC) + 1:
       if MAGIC.startswith(data):
@@ -139,52 +102,46 @@ class Header:
                            f"{FORMAT_VERSION})")
 
     # Layout first (every read bounds-checked), then the checksum, then the values' meaning.
-    reader = _Reader(data, start=len(MAGIC) + 1, file_size=file_size)
+    reader = _Reader(data, start=len(MAGIC) + 1)
     name = reader.take(reader.byte(), "entropy-model name")
     fingerprint = reader.take(FINGERPRINT_BYTES, "model fingerprint")
     height, width = _SIZE.unpack(reader.take(_SIZE.size, "image size"))
     count = reader.byte()
-    lengths = tuple(_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
-                    for _ in range(count))
-    header = cls(name=name, fingerprint=fingerprint, height=height, width=width,
-                 lengths=lengths, size=reader.offset)
-    expected_size = header.file_size
-    if file_size < expected_size:
+    lengths = [_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
+               for _ in range(count)]
+    expected_size = reader.offset + sum(lengths) + _CHECKSUM.size
+    if len(data) < expected_size:
       raise BitstreamError(f"truncated or corrupted: the header announces {expected_size} "
-                           f"bytes, the file has {file_size}")
-    if file_size > expected_size:
+                           f"bytes, the file has {len(data)}")
+    if len(data) > expected_size:
       raise BitstreamError(f"corrupted: the header announces {expected_size} bytes, the file "
-                           f"has {file_size} (trailing data)")
-    return header
+                           f"has {len(data)} (trailing data)")
+    body, (checksum,) = data[:-_CHECKSUM.size], _CHECKSUM.unpack(data[-_CHECKSUM.size:])
+    if zlib.crc32(body) != checksum:
+      raise BitstreamError("checksum mismatch: the file is corrupted")
+    strings = []
+    for length in lengths:
+      strings.append(reader.take(length, "strings"))
 
-  def stream(self, strings):
-    """The Bitstream of this header and its (checksum-verified) strings."""
     try:
-      name = self.name.decode("ascii")
+      name = name.decode("ascii")
     except UnicodeDecodeError:
       raise BitstreamError("corrupted header: entropy-model name is not ASCII") from None
-    return Bitstream(entropy_model=name, fingerprint=self.fingerprint.hex(), height=self.height,
-                     width=self.width, strings=tuple(strings))
-
-
-def _check_crc(computed, stored):
-  if len(stored) != _CHECKSUM.size or computed != _CHECKSUM.unpack(stored)[0]:
-    raise BitstreamError("checksum mismatch: the file is corrupted")
+    return cls(entropy_model=name, fingerprint=fingerprint.hex(), height=height, width=width,
+               strings=tuple(strings))
 
 
 class _Reader:
-  """Bounds-checked reads from the first bytes of a file (``data``) of ``file_size`` bytes."""
 
-  def __init__(self, data, start, file_size):
+  def __init__(self, data, start):
     self.data = data
     self.offset = start
-    self.file_size = file_size
 
   def take(self, size, what):
     end = self.offset + size
     if end > len(self.data):
       raise BitstreamError(f"truncated: the file ends inside the {what} "
-                           f"(at byte {self.file_size} of at least {end})")
+                           f"(at byte {len(self.data)} of at least {end})")
     chunk = self.data[self.offset:end]
     self.offset = end
     return chunk
@@ -198,33 +155,14 @@ def bits_per_pixel(num_bytes, height, width):
   return 8.0 * num_bytes / (height * width)
 
 
-def read(path, check=None):
-  """-> (Bitstream, size of the file in bytes). The header is read first (at most
-  MAX_HEADER_BYTES) and the file's size checked against it; then ``check(header)`` (a
-  ``Header``; the caller's limits, e.g. image size) runs before any string is read; then the
-  strings are read once each and the CRC computed over them as they come."""
+def read(path):
+  """-> (Bitstream, size of the file in bytes)."""
   path = pathlib.Path(path)
-  if path.is_dir():
-    raise BitstreamError(f"{path}: is a directory, expected a .cbx file")
   if not path.is_file():
     raise BitstreamError(f"{path}: no such file")
+  data = path.read_bytes()
   try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      head = f.read(min(size, MAX_HEADER_BYTES))
-      header = Header.parse(head, size)
-      if check is not None:
-        check(header)
-      f.seek(0)
-      crc = zlib.crc32(f.read(header.size))
-      strings = []
-      for length in header.lengths:
-        strings.append(f.read(length))
-        if len(strings[-1]) != length:
-          raise BitstreamError("truncated while reading (the file changed)")
-        crc = zlib.crc32(strings[-1], crc)
-      _check_crc(crc, f.read(_CHECKSUM.size + 1))
-    return header.stream(strings), size
+    return Bitstream.from_bytes(data), len(data)
   except BitstreamError as error:
     raise BitstreamError(f"{path}: {error}") from None
 

@@ -15,16 +15,10 @@ encoder) and metadata variables: ``entropy_model``, ``fingerprint``, ``num_strin
 ``pad_multiple``, ``config_json``, ``decode_precision``, ``format_version``. A fresh process needs only ``import tensorflow_compression``
 (it registers the range-coding ops) and ``tf.saved_model.load``; no config, no cbexp code.
 
-The *fingerprint* identifies config + weights + range-coding tables: SHA-256 over the model
-config (canonical JSON), the value of every weight and of every range-coding table (CDFs and
-offsets), truncated to 128 bits. A ``.cbx`` file records it, and decoding with any other model
-(other entropy model, other weights, other tables) is refused instead of producing a wrong
-image. Loading recomputes it from the stored variables, so a damaged or altered export is caught
-too. (The tables are derived from the weights; a model directory rebuilds them, so its
-fingerprint equals its export's on the same machine, and differs where the tables would.)
-
-An export is code, not data: a SavedModel may contain any TensorFlow op (file reads and writes
-included). Load only exports you trust; a model directory (config + weights) is data.
+The *fingerprint* identifies weights + config: SHA-256 over the model config (canonical JSON)
+and the value of every weight, truncated to 128 bits. A ``.cbx`` file records it, and decoding
+with any other model (other entropy model, other weights) is refused instead of producing a
+wrong image. Loading recomputes it from the stored weights, so a damaged export is caught too.
 """
 import hashlib
 import json
@@ -33,11 +27,10 @@ import pathlib
 
 import numpy as np
 
-from cbexp.config import MODEL_KEYS  # the config keys that define the network
-
+# Model config keys that define the network (cbexp.model_io.MODEL_KEYS).
+MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
 # Bumped if the functions' contract changes; loaders refuse exports they do not understand.
-# 2: the fingerprint covers the range-coding tables; decompress verifies its strings.
-EXPORT_FORMAT_VERSION = 2
+EXPORT_FORMAT_VERSION = 1
 FINGERPRINT_HEX_CHARS = 32  # 128 bits
 
 
@@ -55,12 +48,11 @@ def config_json(cfg):
   return json.dumps(model_cfg, sort_keys=True, separators=(",", ":"))
 
 
-def fingerprint(config_text, variables):
-  """128-bit hex digest of the config text and every variable's shape, dtype and value, in
-  order (``weights + tables``, see ``split_variables``)."""
+def fingerprint(config_text, weights):
+  """128-bit hex digest of the config text and every weight's shape, dtype and value, in order."""
   digest = hashlib.sha256()
   digest.update(config_text.encode("utf-8"))
-  for weight in variables:
+  for weight in weights:
     value = np.ascontiguousarray(weight.numpy())
     digest.update(f"|{value.dtype.str}{value.shape}|".encode("ascii"))
     digest.update(value.tobytes())
@@ -68,12 +60,14 @@ def fingerprint(config_text, variables):
 
 
 def split_variables(model):
-  """(weights, range-coding tables) of a model whose coders are built, each in
-  ``model.variables`` order. The tables are every tfc coder's ``cdf`` and ``cdf_offset``."""
+  """(weights, range-coding tables) of a model whose coders are built. Tables are derived from
+  the weights, so the fingerprint covers the weights only (in ``model.variables`` order)."""
   model.z_coder  # raises the explanatory error if the tables are missing
-  is_table = [v.name.rsplit("/", 1)[-1].startswith("cdf") for v in model.variables]
-  weights = [v for v, table in zip(model.variables, is_table) if not table]
-  tables = [v for v, table in zip(model.variables, is_table) if table]
+  coders = [model.z_coder, model.entropy_model.gaussian.coder]
+  table_ids = {id(v) for coder in coders for v in coder.variables
+               if v.name.rsplit("/", 1)[-1].startswith("cdf")}
+  weights = [v for v in model.variables if id(v) not in table_ids]
+  tables = [v for v in model.variables if id(v) in table_ids]
   return weights, tables
 
 
@@ -131,7 +125,7 @@ def codec_module(model, cfg):
   module.encoder_reconstruction = encoder_reconstruction
   module.format_version = tf.Variable(EXPORT_FORMAT_VERSION, trainable=False)
   module.entropy_model = _string_variable(str(cfg.entropy.name))
-  module.fingerprint = _string_variable(fingerprint(text, weights + tables))
+  module.fingerprint = _string_variable(fingerprint(text, weights))
   module.num_strings = tf.Variable(num_strings, trainable=False)
   module.pad_multiple = tf.Variable(PAD_MULTIPLE, trainable=False)
   module.config_json = _string_variable(text)
@@ -187,7 +181,7 @@ def load(path, verify=True):
   except (tf.errors.OpError, ValueError, OSError) as error:
     first = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
     raise ExportError(f"{path}: cannot load the SavedModel ({first})") from None
-  for name in ("format_version", "fingerprint", "weights", "tables", "compress", "decompress"):
+  for name in ("format_version", "fingerprint", "weights", "compress", "decompress"):
     if not hasattr(module, name):
       raise ExportError(f"{path}: a SavedModel but not a cbexp export (no '{name}')")
   version = int(module.format_version.numpy())
@@ -199,15 +193,12 @@ def load(path, verify=True):
 
 
 def verify_fingerprint(module, where="export"):
-  """Recomputes the fingerprint from the module's config, weights and range-coding tables;
-  raises if it differs."""
+  """Recomputes the fingerprint from the module's config and weights; raises if it differs."""
   stored = module.fingerprint.numpy().decode()
-  actual = fingerprint(module.config_json.numpy().decode(),
-                       list(module.weights) + list(module.tables))
+  actual = fingerprint(module.config_json.numpy().decode(), module.weights)
   if stored != actual:
-    raise ExportError(f"{where}: the weights or range-coding tables do not match the stored "
-                      f"fingerprint (computed {actual}, stored {stored}): the export is damaged "
-                      "or was altered")
+    raise ExportError(f"{where}: the weights do not match the stored fingerprint "
+                      f"(computed {actual}, stored {stored}): the export is damaged")
 
 
 # --- model sources ---------------------------------------------------------------------------

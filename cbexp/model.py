@@ -13,7 +13,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.entropy.base import EntropyModel, verify_strings
+from cbexp.entropy.base import EntropyModel
 from cbexp.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
 
 # g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
@@ -126,9 +126,6 @@ class CompressionModel(tf.keras.Model):
     z_shape = padded_shape // PAD_MULTIPLE
     y_shape = z_shape * 4
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
-    # Verified before anything else is decoded: a header that claims another image size, or a
-    # crafted z string, stops here (cheap) instead of after the whole decoder ran.
-    z_hat = verify_strings(z_hat, strings[:1], self.z_coder.compress(z_hat))
     y_hat = self.entropy_model.decompress(
         [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
     return self._low_precision_synthesis(y_hat), y_hat

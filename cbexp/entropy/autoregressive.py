@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import gen_ops
 
-from cbexp.entropy.base import EntropyModel, LatentOutput, verify_strings
+from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.layers import EntropyParameters, MaskedConv2D
 from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
@@ -202,22 +202,18 @@ class AutoregressiveEntropyModel(EntropyModel):
     return self._decode_serial(strings[0], hyper) + self._residual(hyper, decoding=True)
 
   def _decode_serial(self, string, hyper):
-    """The sequential part of decoding: every position's context, g_ep and range decoding.
-    Each position's symbols are coded again as they are decoded (the handle is a decoder and an
-    encoder), and the string is verified at the end (``verify_strings``)."""
+    """The sequential part of decoding: every position's context, g_ep and range decoding."""
     coder = self.quantized_mean.coder
     depth = self.latent_depth
 
-    def decode(handles, i, j, flat, integer):
-      decoder, encoder = handles
-      decoder, symbols = gen_ops.entropy_decode_index(decoder, flat, [depth], tf.int32)
-      encoder = gen_ops.entropy_encode_index(encoder, flat, symbols)
+    def decode(handle, i, j, flat, integer):
+      handle, symbols = gen_ops.entropy_decode_index(handle, flat, [depth], tf.int32)
       q = tf.cast(symbols + tf.gather(coder.cdf_offset, flat), tf.float32) + integer
-      return (decoder, encoder), q
+      return handle, q
 
-    string = tf.convert_to_tensor(string, tf.string)
-    handles = (gen_ops.create_range_decoder(string, coder.cdf),
-               gen_ops.create_range_encoder(tf.shape(hyper)[:1], coder.cdf))
-    (decoder, encoder), q = self._serial(hyper, decode, handles)
-    return verify_strings(q, string, gen_ops.entropy_encode_finalize(encoder),
-                          finalized=gen_ops.entropy_decode_finalize(decoder))
+    handle = gen_ops.create_range_decoder(tf.convert_to_tensor(string, tf.string), coder.cdf)
+    handle, q = self._serial(hyper, decode, handle)
+    complete = gen_ops.entropy_decode_finalize(handle)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        complete, True, message="autoregressive: corrupt or truncated string")]):
+      return tf.identity(q)
