@@ -17,14 +17,18 @@ Layout (all integers big-endian, unsigned):
 
 Pure Python (struct + zlib). ``Bitstream.from_bytes`` validates everything and raises
 ``BitstreamError`` with a message naming the problem; it never returns a partly parsed stream.
-bpp counts the *whole* file: ``bits_per_pixel(len(data), height, width)``.
+``read`` parses the header first and checks the file's size against it (and against the
+caller's limits, ``check``) before it reads the strings, so a hostile header cannot make it read
+or allocate more than the file announces; the CRC is computed string by string, without a
+second copy of the file. bpp counts the *whole* file: ``bits_per_pixel(len(data), height, width)``.
 """
 import dataclasses
 import os
 import pathlib
-import secrets
 import struct
 import zlib
+
+from cbexp import files
 
 MAGIC = b"\x89CBX"
 FORMAT_VERSION = 1
@@ -34,6 +38,10 @@ _MAX_STRINGS = 255
 _CHECKSUM = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _SIZE = struct.Struct(">II")  # height, width
+# The longest possible header: magic, version, name length, name, fingerprint, size, count,
+# lengths. ``read`` reads at most this much before it knows what the file announces.
+MAX_HEADER_BYTES = (len(MAGIC) + 2 + _MAX_NAME_BYTES + FINGERPRINT_BYTES + _SIZE.size + 1
+                    + _LENGTH.size * _MAX_STRINGS)
 
 
 class BitstreamError(ValueError):
@@ -84,7 +92,37 @@ class Bitstream:
   @classmethod
   def from_bytes(cls, data):
     data = bytes(data)
-    if not data:
+    header = Header.parse(data, len(data))
+    view = memoryview(data)
+    body_end = len(data) - _CHECKSUM.size
+    _check_crc(zlib.crc32(view[:body_end]), data[body_end:])
+    strings, offset = [], header.size
+    for length in header.lengths:
+      strings.append(data[offset:offset + length])
+      offset += length
+    return header.stream(strings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """What a .cbx header announces (values not yet validated: the checksum comes first)."""
+  name: bytes
+  fingerprint: bytes
+  height: int
+  width: int
+  lengths: tuple  # of each string, in bytes
+  size: int  # of the header itself, in bytes
+
+  @property
+  def file_size(self):
+    """The size of the whole file this header announces."""
+    return self.size + sum(self.lengths) + _CHECKSUM.size
+
+  @classmethod
+  def parse(cls, data, file_size):
+    """Parses the header at the start of ``data`` (the first bytes of a file of ``file_size``
+    bytes) and checks that the file has exactly the size the header announces."""
+    if not file_size:
       raise BitstreamError("empty file")
     if len(data) < len(MAGIC) + 1:
       if MAGIC.startswith(data):
@@ -102,46 +140,52 @@ class Bitstream:
                            f"{FORMAT_VERSION})")
 
     # Layout first (every read bounds-checked), then the checksum, then the values' meaning.
-    reader = _Reader(data, start=len(MAGIC) + 1)
+    reader = _Reader(data, start=len(MAGIC) + 1, file_size=file_size)
     name = reader.take(reader.byte(), "entropy-model name")
     fingerprint = reader.take(FINGERPRINT_BYTES, "model fingerprint")
     height, width = _SIZE.unpack(reader.take(_SIZE.size, "image size"))
     count = reader.byte()
-    lengths = [_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
-               for _ in range(count)]
-    expected_size = reader.offset + sum(lengths) + _CHECKSUM.size
-    if len(data) < expected_size:
+    lengths = tuple(_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
+                    for _ in range(count))
+    header = cls(name=name, fingerprint=fingerprint, height=height, width=width,
+                 lengths=lengths, size=reader.offset)
+    expected_size = header.file_size
+    if file_size < expected_size:
       raise BitstreamError(f"truncated or corrupted: the header announces {expected_size} "
-                           f"bytes, the file has {len(data)}")
-    if len(data) > expected_size:
+                           f"bytes, the file has {file_size}")
+    if file_size > expected_size:
       raise BitstreamError(f"corrupted: the header announces {expected_size} bytes, the file "
-                           f"has {len(data)} (trailing data)")
-    body, (checksum,) = data[:-_CHECKSUM.size], _CHECKSUM.unpack(data[-_CHECKSUM.size:])
-    if zlib.crc32(body) != checksum:
-      raise BitstreamError("checksum mismatch: the file is corrupted")
-    strings = []
-    for length in lengths:
-      strings.append(reader.take(length, "strings"))
+                           f"has {file_size} (trailing data)")
+    return header
 
+  def stream(self, strings):
+    """The Bitstream of this header and its (checksum-verified) strings."""
     try:
-      name = name.decode("ascii")
+      name = self.name.decode("ascii")
     except UnicodeDecodeError:
       raise BitstreamError("corrupted header: entropy-model name is not ASCII") from None
-    return cls(entropy_model=name, fingerprint=fingerprint.hex(), height=height, width=width,
-               strings=tuple(strings))
+    return Bitstream(entropy_model=name, fingerprint=self.fingerprint.hex(), height=self.height,
+                     width=self.width, strings=tuple(strings))
+
+
+def _check_crc(computed, stored):
+  if len(stored) != _CHECKSUM.size or computed != _CHECKSUM.unpack(stored)[0]:
+    raise BitstreamError("checksum mismatch: the file is corrupted")
 
 
 class _Reader:
+  """Bounds-checked reads from the first bytes of a file (``data``) of ``file_size`` bytes."""
 
-  def __init__(self, data, start):
+  def __init__(self, data, start, file_size):
     self.data = data
     self.offset = start
+    self.file_size = file_size
 
   def take(self, size, what):
     end = self.offset + size
     if end > len(self.data):
       raise BitstreamError(f"truncated: the file ends inside the {what} "
-                           f"(at byte {len(self.data)} of at least {end})")
+                           f"(at byte {self.file_size} of at least {end})")
     chunk = self.data[self.offset:end]
     self.offset = end
     return chunk
@@ -155,37 +199,39 @@ def bits_per_pixel(num_bytes, height, width):
   return 8.0 * num_bytes / (height * width)
 
 
-def read(path):
-  """-> (Bitstream, size of the file in bytes)."""
+def read(path, check=None):
+  """-> (Bitstream, size of the file in bytes). The header is read first (at most
+  MAX_HEADER_BYTES) and the file's size checked against it; then ``check(header)`` (a
+  ``Header``; the caller's limits, e.g. image size) runs before any string is read; then the
+  strings are read once each and the CRC computed over them as they come."""
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise BitstreamError(f"{path}: is a directory, expected a .cbx file")
   if not path.is_file():
     raise BitstreamError(f"{path}: no such file")
-  data = path.read_bytes()
   try:
-    return Bitstream.from_bytes(data), len(data)
-  except BitstreamError as error:
-    raise BitstreamError(f"{path}: {error}") from None
-
-
-def write_atomic(path, data):
-  """Writes ``data`` to a temporary file beside ``path`` and renames it into place, so that a
-  failure never leaves a partial or stale output file."""
-  path = pathlib.Path(path)
-  temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-  # os.open with 0o666 honours the umask (tempfile.mkstemp would make the output owner-only).
-  handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      head = f.read(min(size, MAX_HEADER_BYTES))
+      header = Header.parse(head, size)
+      if check is not None:
+        check(header)
+      f.seek(0)
+      crc = zlib.crc32(f.read(header.size))
+      strings = []
+      for length in header.lengths:
+        strings.append(f.read(length))
+        if len(strings[-1]) != length:
+          raise BitstreamError("truncated while reading (the file changed)")
+        crc = zlib.crc32(strings[-1], crc)
+      _check_crc(crc, f.read(_CHECKSUM.size + 1))
+    return header.stream(strings), size
+  except ValueError as error:  # BitstreamError, or what ``check`` raises: named with the file
+    raise type(error)(f"{path}: {error}") from None
 
 
 def write(path, bitstream):
   """Writes a .cbx file; returns its size in bytes."""
   data = bitstream.to_bytes()
-  write_atomic(path, data)
+  files.write_atomic(path, data)
   return len(data)

@@ -9,15 +9,24 @@ MODEL is an export (``python -m cbexp.export``: a SavedModel folder), a model di
 same weights: a model directory is wrapped in the very functions an export stores.
 
 Decoding checks that the file was made by this model (entropy-model name and fingerprint of
-weights + config) and refuses otherwise. Errors end the command with one line on stderr and a
+config + weights + range-coding tables) and refuses otherwise; the strings themselves are
+verified while they are decoded (cbexp.entropy.base.verify_strings). Sizes are checked from
+headers before anything large is allocated or the model loads: the pixel limit counts the
+*padded* image (a multiple of 64 per side), and a .cbx file may not hold more than
+MAX_BYTES_PER_PIXEL bytes per coded pixel. Errors end the command with one line on stderr and a
 non-zero exit; no output file is left behind (outputs are written beside their final name and
-renamed at the end). Set CBEXP_DEBUG=1 to get tracebacks instead.
+renamed at the end) and an existing one is kept unless --force is given. Set CBEXP_DEBUG=1 to
+get tracebacks instead.
 """
+import os
 import pathlib
+import sys
+import threading
 import time
 
 import numpy as np
 
+from cbexp import files
 from cbexp.bitstream import Bitstream, bits_per_pixel
 from cbexp.cli import one_line_parser, run_argparse_cli
 
@@ -28,10 +37,54 @@ from cbexp.cli import one_line_parser, run_argparse_cli
 # --max-pixels raises it on a machine that has the memory.
 DEFAULT_MAX_PIXELS = 2**24
 DECODED_SUFFIXES = (".png",)  # lossless only: the decoded image must be stored exactly
+# cbexp.model.PAD_MULTIPLE (a test checks), known here before TensorFlow loads.
+PAD_MULTIPLE = 64
+# At most this many bytes of strings per coded (padded) pixel: 128 bits, about 5x an
+# uncompressed 24-bit image and far above any real stream (tfc's worst case per latent element,
+# an escaped 31-bit value, is ~80 bits; the paper model has 1.3 elements per pixel). A header
+# announcing more is refused before the strings are read.
+MAX_BYTES_PER_PIXEL = 16
+# Decoding that takes longer than this is stopped (tfc's range decoder can loop forever on some
+# crafted strings): a minute plus 50 us per coded pixel, ~8x the paper ChARM model's decoding
+# time on a 2-CPU machine; --decode-timeout changes it.
+DECODE_TIMEOUT_BASE_S = 60.
+DECODE_TIMEOUT_PER_PIXEL_S = 50e-6
+STRINGS_REFUSED = ("the strings are corrupt or were not written by this model, or the decoder's "
+                   "numeric environment differs from the encoder's")
 
 
 class CodecError(ValueError):
   """A model/file/image combination the codec refuses; the message says why."""
+
+
+def padded_size(n, multiple=PAD_MULTIPLE):
+  return -(-n // multiple) * multiple
+
+
+def check_size(height, width, max_pixels, multiple=PAD_MULTIPLE, what="image"):
+  """Refuses an image whose *padded* size (what the model allocates for) is above the limit."""
+  if height < 1 or width < 1:
+    raise CodecError(f"{what} of {width}x{height} pixels: nothing to code")
+  coded_height, coded_width = padded_size(height, multiple), padded_size(width, multiple)
+  pixels = coded_height * coded_width
+  if pixels > max_pixels:
+    raise CodecError(f"{what} of {width}x{height} pixels, coded as {coded_width}x{coded_height} = "
+                     f"{pixels} pixels (padded to a multiple of {multiple}), is above the limit "
+                     f"of {max_pixels} pixels (raise it with --max-pixels if the machine has the "
+                     "memory)")
+  return pixels
+
+
+def check_header(header, max_pixels):
+  """For ``bitstream.read``: refuses, before the strings are read, a file whose header announces
+  an image above the pixel limit or more bytes than such an image can need."""
+  pixels = check_size(header.height, header.width, max_pixels,
+                      what="the header announces an image")
+  most = MAX_BYTES_PER_PIXEL * pixels
+  if sum(header.lengths) > most:
+    raise CodecError(f"the header announces {sum(header.lengths)} bytes of strings for "
+                     f"{header.width}x{header.height} pixels, more than any stream can need "
+                     f"({most} bytes, {MAX_BYTES_PER_PIXEL} per coded pixel)")
 
 
 class Codec:
@@ -58,12 +111,7 @@ class Codec:
     return image
 
   def check_size(self, height, width):
-    if height < 1 or width < 1:
-      raise CodecError(f"image of {width}x{height} pixels: nothing to code")
-    if height * width > self.max_pixels:
-      raise CodecError(f"image of {width}x{height} = {height * width} pixels is above the limit "
-                       f"of {self.max_pixels} pixels (raise it with --max-pixels if the "
-                       "machine has the memory)")
+    check_size(height, width, self.max_pixels, self.pad_multiple)
 
   def encode(self, image):
     import tensorflow as tf
@@ -91,10 +139,15 @@ class Codec:
     self.check_size(bitstream.height, bitstream.width)
 
   def decode(self, bitstream):
+    """-> uint8 [H, W, 3]. Strings that fail verification (or that tfc's decoder rejects) raise
+    CodecError(STRINGS_REFUSED)."""
     import tensorflow as tf
     self.check_compatible(bitstream)
-    image = self.module.decompress(tf.constant(bitstream.strings, tf.string),
-                                   tf.constant([bitstream.height, bitstream.width], tf.int32))
+    try:
+      image = self.module.decompress(tf.constant(bitstream.strings, tf.string),
+                                     tf.constant([bitstream.height, bitstream.width], tf.int32))
+    except tf.errors.InvalidArgumentError:
+      raise CodecError(f"cannot decode: {STRINGS_REFUSED}") from None
     return image.numpy()
 
   def encoder_reconstruction(self, image):
@@ -143,31 +196,40 @@ def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision
 
 # --- images --------------------------------------------------------------------------------
 def describe_image_file(path, max_pixels):
-  """Reads an image file's header only: -> (width, height, mode). Refuses images above the
-  pixel limit before their pixels are decoded."""
-  import warnings
+  """Reads an image file's header only: -> (width, height, mode), ``mode`` being Pillow's with
+  ";16" added for 16-bit-per-channel colour (e.g. 48-bit RGB PNG: "RGB;16"). Refuses images
+  whose padded size is above the pixel limit before their pixels are decoded (Pillow's own
+  limit does not apply here: ours is checked instead; load_image(path, max_pixels) decodes)."""
   from PIL import Image
-  from cbexp.data import DataError, load_image
-  path = pathlib.Path(path)
+  from cbexp.data import DataError, check_image_path, load_image, pillow_pixel_limit
+  path = check_image_path(path)
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(path) as image:
-        width, height = image.size
-        mode = image.mode
-  except Image.DecompressionBombError:
-    raise DataError(f"{path}: image too large (above Pillow's decompression-bomb limit); the "
-                    f"codec's limit is {max_pixels} pixels") from None
-  except Exception:  # noqa: BLE001 - load_image names the problem (missing, empty, not an image)
-    load_image(path)
-    raise
-  if width * height > max_pixels:
-    raise CodecError(f"{path}: image of {width}x{height} = {width * height} pixels is above "
-                     f"the limit of {max_pixels} pixels (raise it with --max-pixels if the "
-                     "machine has the memory)")
-  # Pillow refuses images above its own bomb limit; ours has just been checked.
-  Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+    with pillow_pixel_limit(None), Image.open(path) as image:  # lazy: the header only
+      width, height = image.size
+      mode = image.mode
+      if _sixteen_bit_colour(image):
+        mode += ";16"
+  except Exception:  # noqa: BLE001 - load_image names the problem (not an image, unreadable)
+    load_image(path, max_pixels)
+    raise DataError(f"{path}: not a readable image") from None
+  try:
+    check_size(height, width, max_pixels)
+  except CodecError as error:
+    raise CodecError(f"{path}: {error}") from None
   return width, height, mode
+
+
+def _sixteen_bit_colour(image):
+  """Whether the file stores colour (or gray + alpha) samples in 16 bits, which Pillow reads as
+  8-bit (its raw mode says so, e.g. "RGB;16B" for a 48-bit PNG)."""
+  if image.mode.startswith("I") or image.mode == "F":
+    return False  # 16/32-bit grayscale: a mode of its own
+  for tile in getattr(image, "tile", None) or ():
+    args = tile[3] if len(tile) > 3 else None
+    rawmode = args if isinstance(args, str) else (args[0] if args else "")
+    if isinstance(rawmode, str) and ";16" in rawmode:
+      return True
+  return False
 
 
 def conversion_note(mode):
@@ -180,6 +242,10 @@ def conversion_note(mode):
     return f" (converted from {mode} to RGB: alpha dropped)"
   if mode.startswith("I") or mode == "F":
     return f" (converted from {mode}, 16/32-bit grayscale, to 8-bit RGB)"
+  if mode.endswith(";16"):  # describe_image_file: 16 bits per channel
+    base = mode[:-len(";16")]
+    alpha = ": alpha dropped" if "A" in base else ""
+    return f" (converted from 16-bit {base} to 8-bit RGB{alpha})"
   return f" (converted from {mode} to RGB)"
 
 
@@ -207,14 +273,20 @@ def _add_model_arguments(parser):
   parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ (default: "
                       "$MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
   parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                      help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
+                      help="refuse larger images, counted once padded to a multiple of "
+                           f"{PAD_MULTIPLE} per side (default {DEFAULT_MAX_PIXELS}); also "
+                           "Pillow's decompression-bomb limit")
   parser.add_argument("--precision", choices=("float32", "bfloat16"),  # cbexp.precision
                       help="decoding precision: float32 (the reference) or bfloat16 (synthesis "
                            "and, where safe, LRP; same streams, slightly different images; "
                            "default: the export's, float32 for model directories)")
 
 
-def _check_output(path, suffixes=None):
+def _add_force_argument(parser, what="the output file"):
+  parser.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")
+
+
+def _check_output(path, suffixes=None, force=False):
   path = pathlib.Path(path)
   if suffixes and path.suffix.lower() not in suffixes:
     raise CodecError(f"{path}: the output name must end in {' or '.join(suffixes)}")
@@ -222,7 +294,33 @@ def _check_output(path, suffixes=None):
     raise CodecError(f"{path}: output folder {path.parent} does not exist")
   if path.is_dir():
     raise CodecError(f"{path}: is a folder, expected a file name")
+  if path.exists() and not force:
+    raise CodecError(f"{path}: already exists; pass --force to overwrite it")
   return path
+
+
+def decode_timeout(height, width, seconds=None):
+  """The decoding deadline in seconds (None: the default for this size; 0: none)."""
+  if seconds is None:
+    pixels = padded_size(height) * padded_size(width)
+    return DECODE_TIMEOUT_BASE_S + DECODE_TIMEOUT_PER_PIXEL_S * pixels
+  return seconds or None
+
+
+def _watchdog(seconds, prog):
+  """Ends the process with one line on stderr if it is still running after ``seconds`` (the
+  caller cancels it). tfc's range decoder can loop forever in C++ on crafted strings, out of
+  reach of Python exceptions, so the process itself ends (no output has been written yet)."""
+  def expire():
+    sys.stderr.write(f"{prog}: error: decoding did not finish within {seconds:.0f} s: "
+                     f"{STRINGS_REFUSED} (--decode-timeout changes the limit)\n")
+    sys.stderr.flush()
+    os._exit(1)
+  timer = threading.Timer(seconds, expire)
+  timer.daemon = True
+  if seconds:
+    timer.start()
+  return timer
 
 
 def _check_not_same(input_path, output):
@@ -233,12 +331,13 @@ def _check_not_same(input_path, output):
 def compress_command(args):
   from cbexp import bitstream
   from cbexp.data import load_image
-  output = _check_output(args.output, (".cbx",))
+  output = _check_output(args.output, (".cbx",), args.force)
   _check_not_same(args.input, output)
   check_model_path(args.model)
-  width, height, mode = describe_image_file(args.input, args.max_pixels)
+  _, _, mode = describe_image_file(args.input, args.max_pixels)  # before the model loads
   codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
-  image = load_image(args.input)
+  image = load_image(args.input, args.max_pixels)
+  height, width = image.shape[:2]  # upright (EXIF orientation applied)
   start = time.perf_counter()
   stream = codec.encode(image)
   elapsed = time.perf_counter() - start
@@ -249,33 +348,44 @@ def compress_command(args):
 
 def decompress_command(args):
   from cbexp import bitstream
-  output = _check_output(args.output, DECODED_SUFFIXES)
+  output = _check_output(args.output, DECODED_SUFFIXES, args.force)
   _check_not_same(args.input, output)
   check_model_path(args.model)
-  stream, size = bitstream.read(args.input)  # the file is checked before the model loads
+  # The header is checked (pixel limit, string sizes against the file's) before the strings are
+  # read, and the whole file before the model loads.
+  stream, size = bitstream.read(args.input, lambda header: check_header(header, args.max_pixels))
   codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
-  start = time.perf_counter()
-  image = codec.decode(stream)
-  elapsed = time.perf_counter() - start
-  bitstream.write_atomic(output, encode_png(image))
+  codec.check_compatible(stream)
+  timer = _watchdog(decode_timeout(stream.height, stream.width, args.decode_timeout),
+                    "python -m cbexp.codec")
+  try:
+    start = time.perf_counter()
+    image = codec.decode(stream)
+    elapsed = time.perf_counter() - start
+  finally:
+    timer.cancel()
+  files.write_atomic(output, encode_png(image))
   print(f"{args.input} -> {output}: {stream.width}x{stream.height} pixels, {size} bytes, "
         f"bpp {bits_per_pixel(size, stream.height, stream.width):.6f}, decode {elapsed:.3f} s")
 
 
 def eval_command(args):
   from cbexp import evaluate
-  from cbexp.data import list_images
+  from cbexp.data import list_images, pillow_pixel_limit
   check_model_path(args.model)
   paths = list_images(args.folder)
   if args.csv:
-    csv_path = _check_output(args.csv, (".csv",))
+    csv_path = _check_output(args.csv, (".csv",), args.force)
+  for path in paths:  # every image's size, from its header, before the model loads
+    describe_image_file(path, args.max_pixels)
   codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
   print(f"{codec.entropy_model} model {codec.fingerprint} from {codec.source}: "
         f"{len(paths)} images, times in seconds after a warm-up per image shape")
   print(_ROW.format("image", "size", "bytes", "bpp", "psnr", "ms_ssim", "ms_ssim_db",
                     "encode_s", "decode_s"))
-  per_image, s = evaluate.evaluate(codec, paths, warmup=not args.no_warmup,
-                                   progress=lambda r: print(_format_row(r), flush=True))
+  with pillow_pixel_limit(args.max_pixels):
+    per_image, s = evaluate.evaluate(codec, paths, warmup=not args.no_warmup,
+                                     progress=lambda r: print(_format_row(r), flush=True))
   # The set's numbers as cbexp.evaluate defines them (MS-SSIM dB: of the mean MS-SSIM).
   print(_ROW.format("mean", "", "", f"{s['bpp']:.4f}", f"{s['psnr']:.3f}", f"{s['ms_ssim']:.5f}",
                     f"{s['ms_ssim_db']:.3f}", f"{s['encode_time_mean']:.3f}",
@@ -283,7 +393,7 @@ def eval_command(args):
   print(_ROW.format("median time", "", "", "", "", "", "", f"{s['encode_time_median']:.3f}",
                     f"{s['decode_time_median']:.3f}"))
   if args.csv:
-    from cbexp.bitstream import write_atomic
+    from cbexp.files import write_atomic
     table = per_image.drop(columns=["bpp_estimated"])  # no model estimate behind an export
     write_atomic(csv_path, table.to_csv(index=False).encode())
     print(f"per-image results written to {csv_path}")
@@ -297,17 +407,25 @@ def main(argv=None):
   _add_model_arguments(compress)
   compress.add_argument("input")
   compress.add_argument("output")
+  _add_force_argument(compress)
   compress.set_defaults(run=compress_command)
   decompress = commands.add_parser("decompress", help=".cbx -> PNG")
   _add_model_arguments(decompress)
   decompress.add_argument("input")
   decompress.add_argument("output")
+  _add_force_argument(decompress)
+  decompress.add_argument("--decode-timeout", type=float, metavar="SECONDS",
+                          help="stop decoding after this long (default: "
+                               f"{DECODE_TIMEOUT_BASE_S:.0f} s + "
+                               f"{DECODE_TIMEOUT_PER_PIXEL_S * 1e6:.0f} us per coded pixel; "
+                               "0: no limit)")
   decompress.set_defaults(run=decompress_command)
   evaluate_ = commands.add_parser("eval", help="bpp, PSNR, MS-SSIM and times over a folder")
   _add_model_arguments(evaluate_)
   evaluate_.add_argument("folder", help="a folder of images or a glob pattern")
   evaluate_.add_argument("--csv", help="also write the per-image table to this CSV file")
   evaluate_.add_argument("--no-warmup", action="store_true", help="time the first calls too")
+  _add_force_argument(evaluate_, "the CSV file")
   evaluate_.set_defaults(run=eval_command)
   return run_argparse_cli(parser, lambda args: args.run(args), argv)
 

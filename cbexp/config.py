@@ -2,13 +2,29 @@
 
 The config root is the repository's ``conf/``; commands use ``@hydra.main`` on it and tests use
 ``compose``. ``build_model`` is the one place a config becomes a model.
+
+A model config is *data*: ``build_model`` never lets a config name code to run. It first
+validates the model keys (``model_config``): the entropy model's ``_target_`` must be one of
+cbexp's own entropy classes (those named by ``conf/entropy/*.yaml``), no other ``_target_`` (or
+other ``_..._`` key) may appear, and every value is a plain scalar or a list of scalars; then it
+calls the allowed class itself (no ``hydra.utils.instantiate``). A model directory's
+``config.yaml`` comes from outside, so ``cbexp.model_io`` checks the whole file with
+``check_untrusted_config`` before that.
 """
+import functools
+import importlib
 import pathlib
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+# Config keys that define the network (what cbexp.export fingerprints, build_model reads).
+MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
+_SCALARS = (bool, int, float, str)
+
+
+class ConfigError(ValueError):
+  """A model config that is refused; the message names the key."""
 
 
 def compose(overrides=(), config_name="config"):
@@ -18,15 +34,114 @@ def compose(overrides=(), config_name="config"):
     return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
+@functools.lru_cache(maxsize=None)
+def entropy_classes():
+  """The entropy-model classes a config may name: the ``_target_`` of every
+  ``conf/entropy/*.yaml`` (adding an entropy model stays: one module + one yaml file). Where
+  conf/ is not there (a regular install ships the package only), the EntropyModel subclasses
+  that cbexp.entropy's own modules define."""
+  targets = set()
+  for path in sorted((CONF_DIR / "entropy").glob("*.yaml")):
+    target = OmegaConf.load(path).get("_target_")
+    if isinstance(target, str) and target.startswith("cbexp.entropy."):
+      targets.add(target)
+  if not targets:
+    import inspect
+    import pkgutil
+    import cbexp.entropy
+    from cbexp.entropy.base import EntropyModel
+    for info in pkgutil.iter_modules(cbexp.entropy.__path__, "cbexp.entropy."):
+      module = importlib.import_module(info.name)
+      targets.update(f"{info.name}.{name}" for name, value in vars(module).items()
+                     if inspect.isclass(value) and issubclass(value, EntropyModel)
+                     and value is not EntropyModel and value.__module__ == info.name)
+  return frozenset(targets)
+
+
+def _check_plain(value, key):
+  """A scalar or a list of scalars (no mappings, no interpolations)."""
+  items = value if isinstance(value, list) else [value]
+  for item in items:
+    if item is not None and not isinstance(item, _SCALARS):
+      kind = "a mapping" if isinstance(item, dict) else f"a {type(item).__name__}"
+      raise ConfigError(f"{key}: {kind} is not allowed here; a model config holds only scalars "
+                        "and lists of scalars")
+    if isinstance(item, str) and "${" in item:
+      raise ConfigError(f"{key}: interpolation {item!r} is not allowed in a model config")
+
+
+def model_config(cfg, resolve=True):
+  """The validated model part of a config -> plain dict {transform, entropy, scale_table,
+  lmbda}. Raises ConfigError naming the first offending key."""
+  if isinstance(cfg, DictConfig):
+    missing = [k for k in MODEL_KEYS if k not in cfg]
+    if missing:
+      raise ConfigError(f"missing keys {missing}")
+    cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(MODEL_KEYS)), resolve=resolve)
+  missing = [k for k in MODEL_KEYS if k not in cfg]
+  if missing:
+    raise ConfigError(f"missing keys {missing}")
+  model = {}
+  for section in ("transform", "entropy", "scale_table"):
+    values = cfg[section]
+    if not isinstance(values, dict):
+      raise ConfigError(f"{section}: expected a mapping of plain values")
+    for key, value in values.items():
+      name = f"{section}.{key}"
+      if not isinstance(key, str):
+        raise ConfigError(f"{name}: keys must be names")
+      if key.startswith("_") and name != "entropy._target_":
+        raise ConfigError(f"{name}: not allowed in a model config (only entropy._target_, "
+                          "naming one of cbexp's entropy models)")
+      _check_plain(value, name)
+    model[section] = dict(values)
+  target = model["entropy"].get("_target_")
+  if target not in entropy_classes():
+    raise ConfigError(f"entropy._target_: {target!r} is not one of cbexp's entropy models "
+                      f"({', '.join(sorted(entropy_classes()))})")
+  lmbda = cfg["lmbda"]
+  if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)):
+    raise ConfigError(f"lmbda: expected a number, got {lmbda!r}")
+  model["lmbda"] = lmbda
+  return model
+
+
+def check_untrusted_config(container):
+  """A config from outside (a model directory's config.yaml, as a plain container, unresolved):
+  its model keys must pass ``model_config`` without interpolations, and no ``_target_`` may
+  appear anywhere else (nothing in it is ever instantiated, but a config that names code is
+  refused rather than carried along)."""
+  if not isinstance(container, dict):
+    raise ConfigError("expected a mapping at the top level")
+  model_config(container)
+
+  def walk(node, where):
+    if isinstance(node, dict):
+      for key, value in node.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key == "_target_" and name != "entropy._target_":
+          raise ConfigError(f"{name}: a config that names code ({value!r}) is not allowed")
+        walk(value, name)
+    elif isinstance(node, list):
+      for i, value in enumerate(node):
+        walk(value, f"{where}[{i}]")
+
+  walk(container, "")
+
+
 def build_model(cfg: DictConfig):
-  """transform + entropy + scale_table + lmbda -> CompressionModel (untrained)."""
+  """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
+  validated first (``model_config``); the entropy class is one of cbexp's own."""
   from cbexp.model import CompressionModel
-  t = cfg.transform
-  entropy_model = hydra.utils.instantiate(
-      cfg.entropy, latent_depth=t.latent_depth,
-      hyper_synthesis_filters=list(t.hyper_synthesis_filters),
-      scale_table=OmegaConf.to_container(cfg.scale_table), _convert_="all")
-  return CompressionModel(num_filters=t.num_filters, latent_depth=t.latent_depth,
-                          hyperprior_depth=t.hyperprior_depth,
-                          hyper_analysis_filters=list(t.hyper_analysis_filters),
-                          entropy_model=entropy_model, lmbda=cfg.lmbda)
+  model = model_config(cfg)
+  t = model["transform"]
+  entropy = dict(model["entropy"])
+  module_name, class_name = entropy.pop("_target_").rsplit(".", 1)
+  entropy_class = getattr(importlib.import_module(module_name), class_name)
+  entropy_model = entropy_class(latent_depth=t["latent_depth"],
+                                hyper_synthesis_filters=list(t["hyper_synthesis_filters"]),
+                                scale_table=dict(model["scale_table"]), **entropy)
+  return CompressionModel(num_filters=t["num_filters"], latent_depth=t["latent_depth"],
+                          hyperprior_depth=t["hyperprior_depth"],
+                          hyper_analysis_filters=list(t["hyper_analysis_filters"]),
+                          entropy_model=entropy_model, lmbda=model["lmbda"])

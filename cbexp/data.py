@@ -4,6 +4,7 @@ TensorFlow is imported only by the functions that build tensors, so that checkin
 
 Dataset *configs* (``conf/dataset/``) choose among these sources; this module is the code.
 """
+import contextlib
 import glob
 import os
 import pathlib
@@ -21,17 +22,43 @@ class DataError(ValueError):
   """Bad input data; the message names the file and the problem."""
 
 
-def load_image(path):
-  """Reads an image file as uint8 [H, W, 3] RGB. Grayscale and RGBA (alpha dropped) are
-  converted to RGB; 16-bit images are scaled to 8 bits. Anything unreadable raises DataError."""
-  from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def pillow_pixel_limit(max_pixels):
+  """Pillow's decompression-bomb limit set to ``max_pixels`` inside the block (None: no limit),
+  restored after: the caller's own pixel limit is the one that counts (Pillow refuses images
+  above twice its limit, 179 megapixels by default, whatever the caller allows)."""
+  from PIL import Image
+  previous = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = max_pixels
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = previous
+
+
+def check_image_path(path):
+  """Refuses, naming the problem, a path that is not a non-empty file."""
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise DataError(f"{path}: is a directory, expected an image file")
   if not path.is_file():
     raise DataError(f"{path}: no such image file")
   if path.stat().st_size == 0:
     raise DataError(f"{path}: empty file")
+  return path
+
+
+def load_image(path, max_pixels=None):
+  """Reads an image file as uint8 [H, W, 3] RGB, turned upright by its EXIF orientation.
+  Grayscale and RGBA (alpha dropped) are converted to RGB; 16-bit images are scaled to 8 bits.
+  ``max_pixels``: Pillow's decompression-bomb limit while reading (default: Pillow's own).
+  Anything unreadable raises DataError."""
+  from PIL import Image, ImageOps, UnidentifiedImageError
+  path = check_image_path(path)
+  limit = pillow_pixel_limit(max_pixels) if max_pixels else contextlib.nullcontext()
   try:
-    with Image.open(path) as image:
+    with limit, Image.open(path) as image:
+      ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
       if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit samples (Pillow opens 16-bit grayscale PNGs as "I;16" or "I"): always scale by
         # the 16-bit range, never by the image's own maximum (a dark image must stay dark).
@@ -40,6 +67,9 @@ def load_image(path):
         array = np.clip(array, 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=-1)
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except Image.DecompressionBombError:
+    raise DataError(f"{path}: image above the pixel limit of "
+                    f"{max_pixels or Image.MAX_IMAGE_PIXELS} pixels") from None
   except (UnidentifiedImageError, OSError, SyntaxError) as error:
     raise DataError(f"{path}: not a readable image ({error.__class__.__name__})") from None
 
@@ -171,17 +201,24 @@ def tfds_center_crops(name, split, patch_size, count, data_dir=None):
   return tf.cast(tf.stack(crops), tf.float32)
 
 
-def check_image_sizes(paths, patch_size):
-  """Raises DataError naming the images smaller than the patch (reads headers only)."""
+def check_images(paths, patch_size=None):
+  """Decodes every image in full (a truncated or corrupt file is found now, not after hours of
+  training) and, with ``patch_size``, refuses images smaller than the patch. Raises DataError
+  naming the first bad image; images are not kept."""
   from PIL import Image, UnidentifiedImageError
   small = []
   for path in paths:
     try:
-      with Image.open(path) as image:
+      with Image.open(check_image_path(path)) as image:
         width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-      raise DataError(f"{path}: not a readable image ({error.__class__.__name__})") from None
-    if height < patch_size or width < patch_size:
+        image.load()  # the whole file: Pillow's open() reads the header only
+    except Image.DecompressionBombError:
+      raise DataError(f"{path}: image above Pillow's pixel limit ({Image.MAX_IMAGE_PIXELS})") \
+          from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+      raise DataError(f"{path}: not a readable image ({error.__class__.__name__}: "
+                      f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if patch_size and (height < patch_size or width < patch_size):
       small.append(f"{path} ({width}x{height})")
   if small:
     raise DataError(f"image smaller than the {patch_size}x{patch_size} patch: {small[0]}"

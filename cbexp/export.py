@@ -15,10 +15,16 @@ encoder) and metadata variables: ``entropy_model``, ``fingerprint``, ``num_strin
 ``pad_multiple``, ``config_json``, ``decode_precision``, ``format_version``. A fresh process needs only ``import tensorflow_compression``
 (it registers the range-coding ops) and ``tf.saved_model.load``; no config, no cbexp code.
 
-The *fingerprint* identifies weights + config: SHA-256 over the model config (canonical JSON)
-and the value of every weight, truncated to 128 bits. A ``.cbx`` file records it, and decoding
-with any other model (other entropy model, other weights) is refused instead of producing a
-wrong image. Loading recomputes it from the stored weights, so a damaged export is caught too.
+The *fingerprint* identifies config + weights + range-coding tables: SHA-256 over the model
+config (canonical JSON), the value of every weight and of every range-coding table (CDFs and
+offsets), truncated to 128 bits. A ``.cbx`` file records it, and decoding with any other model
+(other entropy model, other weights, other tables) is refused instead of producing a wrong
+image. Loading recomputes it from the stored variables, so a damaged or altered export is caught
+too. (The tables are derived from the weights; a model directory rebuilds them, so its
+fingerprint equals its export's on the same machine, and differs where the tables would.)
+
+An export is code, not data: a SavedModel may contain any TensorFlow op (file reads and writes
+included). Load only exports you trust; a model directory (config + weights) is data.
 """
 import hashlib
 import json
@@ -27,10 +33,11 @@ import pathlib
 
 import numpy as np
 
-# Model config keys that define the network (cbexp.model_io.MODEL_KEYS).
-MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
+from cbexp.config import MODEL_KEYS  # the config keys that define the network
+
 # Bumped if the functions' contract changes; loaders refuse exports they do not understand.
-EXPORT_FORMAT_VERSION = 1
+# 2: the fingerprint covers the range-coding tables; decompress verifies its strings.
+EXPORT_FORMAT_VERSION = 2
 FINGERPRINT_HEX_CHARS = 32  # 128 bits
 
 
@@ -48,11 +55,12 @@ def config_json(cfg):
   return json.dumps(model_cfg, sort_keys=True, separators=(",", ":"))
 
 
-def fingerprint(config_text, weights):
-  """128-bit hex digest of the config text and every weight's shape, dtype and value, in order."""
+def fingerprint(config_text, variables):
+  """128-bit hex digest of the config text and every variable's shape, dtype and value, in
+  order (``weights + tables``, see ``split_variables``)."""
   digest = hashlib.sha256()
   digest.update(config_text.encode("utf-8"))
-  for weight in weights:
+  for weight in variables:
     value = np.ascontiguousarray(weight.numpy())
     digest.update(f"|{value.dtype.str}{value.shape}|".encode("ascii"))
     digest.update(value.tobytes())
@@ -60,14 +68,12 @@ def fingerprint(config_text, weights):
 
 
 def split_variables(model):
-  """(weights, range-coding tables) of a model whose coders are built. Tables are derived from
-  the weights, so the fingerprint covers the weights only (in ``model.variables`` order)."""
+  """(weights, range-coding tables) of a model whose coders are built, each in
+  ``model.variables`` order. The tables are every tfc coder's ``cdf`` and ``cdf_offset``."""
   model.z_coder  # raises the explanatory error if the tables are missing
-  coders = [model.z_coder, model.entropy_model.gaussian.coder]
-  table_ids = {id(v) for coder in coders for v in coder.variables
-               if v.name.rsplit("/", 1)[-1].startswith("cdf")}
-  weights = [v for v in model.variables if id(v) not in table_ids]
-  tables = [v for v in model.variables if id(v) in table_ids]
+  is_table = [v.name.rsplit("/", 1)[-1].startswith("cdf") for v in model.variables]
+  weights = [v for v, table in zip(model.variables, is_table) if not table]
+  tables = [v for v, table in zip(model.variables, is_table) if table]
   return weights, tables
 
 
@@ -125,7 +131,7 @@ def codec_module(model, cfg):
   module.encoder_reconstruction = encoder_reconstruction
   module.format_version = tf.Variable(EXPORT_FORMAT_VERSION, trainable=False)
   module.entropy_model = _string_variable(str(cfg.entropy.name))
-  module.fingerprint = _string_variable(fingerprint(text, weights))
+  module.fingerprint = _string_variable(fingerprint(text, weights + tables))
   module.num_strings = tf.Variable(num_strings, trainable=False)
   module.pad_multiple = tf.Variable(PAD_MULTIPLE, trainable=False)
   module.config_json = _string_variable(text)
@@ -168,6 +174,76 @@ def is_saved_model(path):
   return (pathlib.Path(path) / "saved_model.pb").is_file()
 
 
+# Ops that reach outside the process (files, printing to files, Python callbacks, input
+# readers, summary writers): refused anywhere in an export's graph, since tf.saved_model.load
+# runs its restore function and the codec runs its compress/decompress functions.
+OUTSIDE_OPS = frozenset("""
+    ReadFile WriteFile MatchingFiles ImmutableConst InitializeTableFromTextFile
+    InitializeTableFromTextFileV2 PrintV2 PyFunc PyFuncStateless EagerPyFunc TFRecordDataset
+    TFRecordDatasetV2 TextLineDataset FixedLengthRecordDataset FixedLengthRecordDatasetV2
+    MatchingFilesDataset SaveDataset SaveDatasetV2 LoadDataset SnapshotDataset SnapshotDatasetV2
+    CacheDataset CacheDatasetV2 DatasetToTFRecord ExperimentalDatasetToTFRecord
+    CreateSummaryFileWriter SummaryWriter WriteSummary WriteScalarSummary WriteImageSummary
+    WriteAudioSummary WriteHistogramSummary WriteGraphSummary WriteRawProtoSummary
+    FlushSummaryWriter ImportEvent DebugIdentity DebugIdentityV2 DebugIdentityV3
+    DebugNumericSummary DebugNumericSummaryV2 RecordInput WholeFileReader WholeFileReaderV2
+    TFRecordReader TFRecordReaderV2 TextLineReader TextLineReaderV2 FixedLengthRecordReader
+    FixedLengthRecordReaderV2""".split())
+# Checkpoint ops: TensorFlow's own save and restore functions use them on the export's variables
+# file; in a function that Python can call (compress, decompress, ...) they would read or write
+# any path.
+CHECKPOINT_OPS = frozenset("Save SaveV2 SaveSlices Restore RestoreV2 RestoreSlice "
+                           "MergeV2Checkpoints".split())
+
+
+def check_graph_ops(path):
+  """Refuses, before TensorFlow loads anything, an export whose graph holds ops that touch files
+  or call out of the graph (OUTSIDE_OPS anywhere; CHECKPOINT_OPS in the functions an export
+  exposes). A guard against the obvious, not a sandbox: an export is code, load only exports you
+  trust."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  saved = saved_model_pb2.SavedModel()
+  try:
+    saved.ParseFromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
+  except Exception as error:  # protobuf's DecodeError, OSError
+    raise ExportError(f"{path}: unreadable saved_model.pb ({error.__class__.__name__})") from None
+  for meta_graph in saved.meta_graphs:
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+
+    def called(nodes):
+      names = set()
+      for node in nodes:
+        if node.op in library:
+          names.add(node.op)
+        for value in node.attr.values():
+          if value.HasField("func"):
+            names.add(value.func.name)
+          names.update(f.name for f in value.list.func)
+      return names
+
+    exposed, stack = set(), []
+    for node in meta_graph.object_graph_def.nodes:
+      kind = node.WhichOneof("kind")
+      if kind == "function":
+        stack += node.function.concrete_functions
+      elif kind == "bare_concrete_function":
+        stack.append(node.bare_concrete_function.concrete_function_name)
+    while stack:
+      name = stack.pop()
+      if name in library and name not in exposed:
+        exposed.add(name)
+        stack += called(library[name].node_def)
+    places = [("the graph", meta_graph.graph_def.node, False)] + [
+        (f"function {name}", function.node_def, name in exposed)
+        for name, function in library.items()]
+    for where, nodes, is_exposed in places:
+      for node in nodes:
+        if node.op in OUTSIDE_OPS or (is_exposed and node.op in CHECKPOINT_OPS):
+          raise ExportError(f"{path}: refused: {where} holds the op {node.op}, which reaches "
+                            f"outside the model (files or Python); an export is code, load only "
+                            f"exports you trust")
+
+
 def load(path, verify=True):
   """Loads an export (no config or cbexp model code needed). ``verify`` recomputes the
   fingerprint from the stored weights and refuses a mismatch."""
@@ -176,12 +252,13 @@ def load(path, verify=True):
   path = pathlib.Path(path)
   if not is_saved_model(path):
     raise ExportError(f"{path}: not a cbexp export (no saved_model.pb)")
+  check_graph_ops(path)
   try:
     module = tf.saved_model.load(str(path))
   except (tf.errors.OpError, ValueError, OSError) as error:
     first = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
     raise ExportError(f"{path}: cannot load the SavedModel ({first})") from None
-  for name in ("format_version", "fingerprint", "weights", "compress", "decompress"):
+  for name in ("format_version", "fingerprint", "weights", "tables", "compress", "decompress"):
     if not hasattr(module, name):
       raise ExportError(f"{path}: a SavedModel but not a cbexp export (no '{name}')")
   version = int(module.format_version.numpy())
@@ -193,12 +270,15 @@ def load(path, verify=True):
 
 
 def verify_fingerprint(module, where="export"):
-  """Recomputes the fingerprint from the module's config and weights; raises if it differs."""
+  """Recomputes the fingerprint from the module's config, weights and range-coding tables;
+  raises if it differs."""
   stored = module.fingerprint.numpy().decode()
-  actual = fingerprint(module.config_json.numpy().decode(), module.weights)
+  actual = fingerprint(module.config_json.numpy().decode(),
+                       list(module.weights) + list(module.tables))
   if stored != actual:
-    raise ExportError(f"{where}: the weights do not match the stored fingerprint "
-                      f"(computed {actual}, stored {stored}): the export is damaged")
+    raise ExportError(f"{where}: the weights or range-coding tables do not match the stored "
+                      f"fingerprint (computed {actual}, stored {stored}): the export is damaged "
+                      "or was altered")
 
 
 # --- model sources ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.entropy.base import EntropyModel
+from cbexp.entropy.base import CodingCost, EntropyModel, verify_strings
 from cbexp.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
 
 # g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
@@ -97,6 +97,7 @@ class CompressionModel(tf.keras.Model):
     before compress/decompress: the z tables depend on the trained hyperprior."""
     self._z_coder = tfc.ContinuousBatchedEntropyModel(
         self.hyperprior, coding_rank=3, compression=True, offset_heuristic=False)
+    self._z_cost = CodingCost(self._z_coder)  # a plain object: no checkpoint dependency
     self.entropy_model.build_coders()
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
@@ -126,6 +127,12 @@ class CompressionModel(tf.keras.Model):
     z_shape = padded_shape // PAD_MULTIPLE
     y_shape = z_shape * 4
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
+    # Verified before anything else is decoded: a header that claims a larger image, or a
+    # crafted z string, stops here (cheap) instead of after the whole decoder ran.
+    channels = tf.range(self.hyperprior_depth)  # the z coder's table rows
+    symbols = tf.cast(tf.round(z_hat), tf.int32) - tf.gather(self._z_cost.offsets, channels)
+    z_hat = verify_strings(z_hat, strings[:1], self.z_coder.compress(z_hat),
+                           self._z_cost(symbols, channels))
     y_hat = self.entropy_model.decompress(
         [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
     return self._low_precision_synthesis(y_hat), y_hat

@@ -4,15 +4,22 @@ A model directory holds ``config.yaml`` (the resolved config; ``build_model`` ne
 ``transform``, ``entropy``, ``scale_table`` and ``lmbda``) and ``weights/`` (a TensorFlow
 checkpoint of the model's variables). Runs log this directory to MLflow as the ``model``
 artifact; ``cbexp.export`` turns it into a self-contained SavedModel.
+
+Loading treats a model directory as data: ``config.yaml`` is read with a safe YAML loader (no
+aliases, at most MAX_CONFIG_BYTES), checked against an allow-list
+(``cbexp.config.check_untrusted_config``: the entropy ``_target_`` one of cbexp's own entropy
+classes, no other ``_target_``, plain values only) before anything is built, and the weights are
+a TensorFlow checkpoint (tensors, no code).
 """
 import pathlib
 
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from cbexp.config import build_model
+from cbexp.config import ConfigError, build_model, check_untrusted_config
 
-MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
+MAX_CONFIG_BYTES = 1 << 20  # a saved config is a few KB
 
 
 class ModelDirError(ValueError):
@@ -33,10 +40,7 @@ def load_model_dir(directory, build_coders=True):
   config_path = directory / "config.yaml"
   if not config_path.is_file():
     raise ModelDirError(f"{directory}: not a cbexp model directory (no config.yaml)")
-  cfg = OmegaConf.load(config_path)
-  missing = [k for k in MODEL_KEYS if k not in cfg]
-  if missing:
-    raise ModelDirError(f"{config_path}: missing keys {missing}")
+  cfg = load_config(config_path)
   model = build_model(cfg)
   prefix = directory / "weights" / "model"
   if not tf.io.gfile.exists(str(prefix) + ".index"):
@@ -45,3 +49,29 @@ def load_model_dir(directory, build_coders=True):
   if build_coders:
     model.build_coders()
   return model, cfg
+
+
+def load_config(config_path):
+  """A model directory's config.yaml -> DictConfig, validated as untrusted data before anything
+  is built from it. Raises ModelDirError naming the file and the offending key."""
+  import yaml
+  size = config_path.stat().st_size
+  if size > MAX_CONFIG_BYTES:
+    raise ModelDirError(f"{config_path}: {size} bytes, more than a model config can need "
+                        f"({MAX_CONFIG_BYTES})")
+  text = config_path.read_text(encoding="utf-8", errors="replace")
+  try:
+    # YAML aliases could expand a small file into a huge config (a saved config has none).
+    if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, yaml.SafeLoader)):
+      raise ModelDirError(f"{config_path}: YAML aliases are not allowed in a model config")
+    cfg = OmegaConf.create(text)
+  except (yaml.YAMLError, OmegaConfBaseException) as error:
+    first = (str(error).strip().splitlines() or ["invalid YAML"])[0]
+    raise ModelDirError(f"{config_path}: not a valid YAML config ({first})") from None
+  if not isinstance(cfg, DictConfig):
+    raise ModelDirError(f"{config_path}: expected a mapping at the top level")
+  try:
+    check_untrusted_config(OmegaConf.to_container(cfg, resolve=False))
+  except ConfigError as error:
+    raise ModelDirError(f"{config_path}: {error}") from None
+  return cfg

@@ -26,7 +26,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cbexp import tracking
+from cbexp import checkpoints, files, tracking
 from cbexp.config import CONF_DIR
 
 COMPLETE_FILE = "complete.json"
@@ -133,12 +133,15 @@ def validate(cfg):
     paths = data.config_image_paths(dataset.source, dataset.path, "dataset",
                                     dataset.get("files"))
     plan["train"], plan["val"] = data.split_train_val(paths, dataset.val_images)
-    data.check_image_sizes(paths, trainer.patch_size)
+    data.check_images(paths, trainer.patch_size)
   eval_paths = data.config_image_paths(cfg.eval.source, cfg.eval.path, "eval",
                                        cfg.eval.get("files"))
   if cfg.eval.max_images:
     eval_paths = eval_paths[:cfg.eval.max_images]
+  data.check_images(eval_paths)  # a bad evaluation image must not wait for the end of training
   plan["eval"] = eval_paths
+  plan["run_dir"] = run_directory(cfg)
+  check_run_dir(plan["run_dir"])
   plan["uri"] = tracking.resolve_uri(cfg.tracking.uri)
   tracking.check_uri(plan["uri"])
   try:  # last: importing a model imports TensorFlow (seconds)
@@ -147,6 +150,38 @@ def validate(cfg):
     raise ConfigError(f"entropy._target_ {cfg.entropy._target_}: cannot import ({error})") \
         from None
   return plan
+
+
+def check_run_dir(run_dir):
+  """A run directory that exists as a file, or cannot be created or written, stops the run now."""
+  if run_dir.exists() and not run_dir.is_dir():
+    raise ConfigError(f"run_dir {run_dir}: exists and is not a folder")
+  existing = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+  if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"run_dir {run_dir}: {existing} is not a writable folder")
+
+
+# Settings that make a run's checkpoints what they are: a run directory resumes only these.
+MODEL_KEYS = ("transform", "entropy", "lmbda")
+
+
+def check_same_model(cfg, run_dir):
+  """Refuses to resume a run directory whose saved config.yaml describes another model."""
+  saved_path = run_dir / "config.yaml"
+  if not saved_path.is_file():
+    return
+  try:
+    saved = OmegaConf.load(saved_path)
+  except Exception as error:
+    raise ConfigError(f"{saved_path}: unreadable ({error.__class__.__name__}); restore it or "
+                      f"use another run_dir") from None
+  now = OmegaConf.to_container(cfg, resolve=True)
+  before = OmegaConf.to_container(saved, resolve=True)
+  for key, value in tracking.flatten({k: now.get(k) for k in MODEL_KEYS}).items():
+    old = tracking.flatten({k: before.get(k) for k in MODEL_KEYS}).get(key)
+    if old != value:
+      raise ConfigError(f"run_dir {run_dir} holds a run with {key}={old}, not {value}: use "
+                        f"another run_dir, or the settings it was started with")
 
 
 def config_choice(group, default):
@@ -169,21 +204,32 @@ def run_directory(cfg):
 # --- MLflow helpers --------------------------------------------------------------------------------
 
 class MetricLog:
-  """Buffers metrics and writes them to MLflow in batches (with sqlite-lock retries)."""
+  """Buffers metrics and writes them to MLflow in batches (with sqlite-lock retries).
+  ``logged_through``: {key: last step already in the run}; metrics at those steps or earlier are
+  dropped, so a resumed run never logs a step twice."""
 
-  def __init__(self, client, run_id):
+  def __init__(self, client, run_id, logged_through=None):
     self.client, self.run_id, self.pending = client, run_id, []
+    self.logged_through = logged_through or {}
 
   def add(self, metrics, step):
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
     self.pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                     if v is not None and not math.isnan(float(v))]
+                     if v is not None and not math.isnan(float(v))
+                     and int(step) > self.logged_through.get(k, -1)]
 
   def flush(self):
     while self.pending:
       chunk, self.pending = self.pending[:900], self.pending[900:]
       tracking.retry(self.client.log_batch, self.run_id, metrics=chunk)
+
+
+def logged_steps(client, run_id):
+  """{metric key: the last step the run has logged for it}."""
+  keys = tracking.retry(client.get_run, run_id).data.metrics
+  return {key: max(m.step for m in tracking.retry(client.get_metric_history, run_id, key))
+          for key in keys}
 
 
 def log_params(client, run_id, cfg):
@@ -198,19 +244,22 @@ def log_params(client, run_id, cfg):
 def train_and_evaluate(cfg: DictConfig):
   """The whole job. Returns the evaluation summary (dict)."""
   plan = validate(cfg)
-  run_dir = run_directory(cfg)
+  run_dir = plan["run_dir"]
   complete = run_dir / COMPLETE_FILE
+  check_same_model(cfg, run_dir)
   if complete.is_file():
-    done = json.loads(complete.read_text())
+    done = files.read_record(complete, ["run_id", "eval"], remedy=(
+        "delete it to evaluate the run again from its last checkpoint"))
     print(f"run already complete: MLflow run {done['run_id']} ({run_dir}); nothing to do",
           file=sys.stderr)
     return objective_value(cfg, done["eval"])
-  run_dir.mkdir(parents=True, exist_ok=True)
-
-  from mlflow.tracking import MlflowClient
+  try:
+    run_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ConfigError(f"run_dir {run_dir}: cannot be created ({error.strerror})") from None
 
   # Tracking first: a store that fails must fail before hours of training.
-  client = MlflowClient(tracking_uri=plan["uri"])
+  client = tracking.open_store(plan["uri"])
   sweep = tracking.sweep_info()
   tags = {"entropy": cfg.entropy.name, "lmbda": str(cfg.lmbda),
           "transform": config_choice("transform", "ms2020" if cfg.transform.num_filters == 192
@@ -226,7 +275,7 @@ def train_and_evaluate(cfg: DictConfig):
       run_name=f"{cfg.entropy.name} lmbda={cfg.lmbda}")
   if not resumed:
     log_params(client, run_id, cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    files.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracking.retry(client.log_artifact, run_id, str(run_dir / "config.yaml"))
   print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
         f"run dir {run_dir}", file=sys.stderr)
@@ -237,7 +286,8 @@ def train_and_evaluate(cfg: DictConfig):
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     try:
       tracking.retry(client.set_terminated, run_id, status)
-      if not isinstance(error, (TrainingDiverged, ValueError)):  # those end in one line
+      if not isinstance(error, (TrainingDiverged, checkpoints.CheckpointError, ValueError)):
+        # (those end in one line)
         print(f"MLflow run {run_id} marked {status}; the same command resumes it from its last "
               f"checkpoint", file=sys.stderr)
     except Exception:  # the store itself may be what failed
@@ -264,13 +314,14 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
     learning_rate = schedules.learning_rate_schedule(cfg.schedule, trainer.steps)
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # The checkpoint files, not the manager's state file, say where to resume (cbexp.checkpoints).
+    restored = checkpoints.restore_latest(checkpoint, run_dir / "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"),
-                                         max_to_keep=trainer.max_checkpoints)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+                                         max_to_keep=trainer.max_checkpoints,
+                                         checkpoint_name=checkpoints.PREFIX)
   start = int(optimizer.iterations.numpy())
   if start:
-    print(f"resuming from {manager.latest_checkpoint} at step {start}", file=sys.stderr)
+    print(f"resuming from {restored} at step {start}", file=sys.stderr)
     # New training noise after a resume (the crops below move on the same way): the weights and
     # the optimizer come from the checkpoint, the noise sequence restarts from seed + step.
     training.seed_everything(trainer.seed + start)
@@ -289,7 +340,9 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
     val_batch = data.center_crops(plan["val"], trainer.patch_size) if plan["val"] else None
   batches = iter(strategy.experimental_distribute_dataset(train_data))
   train_step = training.make_distributed_train_step(model, optimizer, strategy)
-  metrics = MetricLog(client, run_id)
+  # Steps a previous attempt of this run already logged (it may have flushed metrics and died
+  # before its checkpoint): not logged again.
+  metrics = MetricLog(client, run_id, logged_through=logged_steps(client, run_id))
 
   def validate_now(step):
     if val_batch is None:
@@ -329,12 +382,12 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
           raise TrainingDiverged(f"non-finite weights after step {done}: not checkpointed; the "
                                  f"last checkpoint ({manager.latest_checkpoint or 'none yet'}) "
                                  f"is kept")
-        manager.save(checkpoint_number=done)
+        checkpoints.save(manager, done)
       progress.update(1)
   metrics.flush()
 
   summary = evaluate_and_save(model, cfg, plan["eval"], run_dir, client, run_id, metrics)
-  complete.write_text(json.dumps({"run_id": run_id, "eval": summary}))
+  files.write_atomic(complete, json.dumps({"run_id": run_id, "eval": summary}))
   print(f"done: eval bpp {summary['bpp']:.4f}, PSNR {summary['psnr']:.2f} dB, MS-SSIM "
         f"{summary['ms_ssim']:.4f} on {summary['num_images']} images; MLflow run {run_id}",
         file=sys.stderr)
@@ -408,8 +461,8 @@ def run_job(cfg):
   from cbexp.schedules import ScheduleError
   try:
     return train_and_evaluate(cfg)
-  except (ConfigError, DataError, ScheduleError, tracking.TrackingError,
-          MissingMandatoryValue, TrainingDiverged) as error:
+  except (ConfigError, DataError, ScheduleError, tracking.TrackingError, files.RecordError,
+          MissingMandatoryValue, TrainingDiverged, checkpoints.CheckpointError) as error:
     if os.environ.get("CBEXP_DEBUG"):
       raise
     line = str(error).strip().splitlines()[0]

@@ -26,8 +26,11 @@ import uuid
 
 from omegaconf import DictConfig, OmegaConf
 
+from cbexp import files
+
 RUN_FILE = "mlflow_run.json"
 SWEEP_FILE = "mlflow_sweep.json"
+REMEDY = ("restore it, or delete it to go on in a new MLflow run (the checkpoints are kept)")
 
 
 class TrackingError(ValueError):
@@ -57,8 +60,16 @@ def resolve_uri(uri):
   return str(uri) if uri else f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
 
 
+# Store kinds MLflow 3 accepts as a tracking URI (a database, a server, or a local folder).
+URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
 def check_uri(uri, timeout=5.0):
   """Fails fast, with one line, if the store cannot be reached: before any training."""
+  scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+  if scheme not in URI_SCHEMES:
+    raise TrackingError(f"tracking.uri {uri}: unsupported scheme '{scheme}' "
+                        f"({', '.join(URI_SCHEMES)})")
   if uri.startswith(("http://", "https://")):
     try:
       with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
@@ -67,11 +78,42 @@ def check_uri(uri, timeout=5.0):
       reason = getattr(error, "reason", error)
       raise TrackingError(f"tracking.uri {uri}: MLflow server unreachable ({reason})") from None
   elif uri.startswith("sqlite:///"):
-    folder = pathlib.Path(uri[len("sqlite:///"):]).parent
+    database = pathlib.Path(uri[len("sqlite:///"):])
+    folder = database.parent
     if not folder.is_dir():
       raise TrackingError(f"tracking.uri {uri}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
       raise TrackingError(f"tracking.uri {uri}: folder {folder} is not writable")
+    if database.exists() and not (database.is_file() and os.access(database, os.R_OK | os.W_OK)):
+      raise TrackingError(f"tracking.uri {uri}: {database} is not a readable and writable file")
+
+
+def open_store(uri):
+  """Creates (or migrates) the store and checks that it is an MLflow store, with one line if
+  not. A sqlite store is created under an exclusive file lock (``<database>.lock``): processes
+  started together on a fresh store would otherwise run MLflow's schema migration at the same
+  time and leave it half-migrated. -> an MlflowClient."""
+  from mlflow.tracking import MlflowClient
+  lock = None
+  if uri.startswith("sqlite:///"):
+    import fcntl
+    lock = open(uri[len("sqlite:///"):] + ".lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+  try:
+    client = MlflowClient(tracking_uri=uri)  # builds (creates, migrates) the store
+    retry(client.search_experiments, max_results=1)
+  except Exception as error:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    if "_alembic_tmp" in message:
+      raise TrackingError(f"tracking.uri {uri}: the store is half-migrated (an interrupted "
+                          f"schema migration); move it away and start again, or repair it "
+                          f"with `mlflow db upgrade {uri}`") from None
+    raise TrackingError(f"tracking.uri {uri}: not a usable MLflow store ({message[:300]})") \
+        from None
+  finally:
+    if lock is not None:
+      lock.close()
+  return client
 
 
 def retry(function, *args, attempts=30, **kwargs):
@@ -136,7 +178,7 @@ def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
   import mlflow
   record = pathlib.Path(run_dir) / RUN_FILE
   if record.is_file():
-    run_id = json.loads(record.read_text())["run_id"]
+    run_id = files.read_record(record, ["run_id"], remedy=REMEDY)["run_id"]
     try:
       run = retry(client.get_run, run_id)
     except mlflow.exceptions.MlflowException:
@@ -149,7 +191,8 @@ def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
   experiment_id = get_or_create_experiment(client, experiment_name)
   run = retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
   record.parent.mkdir(parents=True, exist_ok=True)
-  record.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id}))
+  files.write_atomic(record, json.dumps({"run_id": run.info.run_id,
+                                         "experiment_id": experiment_id}))
   return run.info.run_id, False
 
 
@@ -169,7 +212,7 @@ def sweep_info():
     return None
   path = pathlib.Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
   if path.is_file():
-    return json.loads(path.read_text())
+    return files.read_record(path, ["sweep_id"])
   if os.environ.get("CBEXP_SWEEP_ID"):
     return {"sweep_id": os.environ["CBEXP_SWEEP_ID"],
             "parent_run_id": os.environ.get("CBEXP_PARENT_RUN_ID")}
@@ -187,22 +230,22 @@ class SweepCallback(Callback):
   """Creates the sweep's parent MLflow run before the launcher starts any job."""
 
   def on_multirun_start(self, config, **kwargs):
-    from mlflow.tracking import MlflowClient
     uri = resolve_uri(config.tracking.uri)
+    sweep_dir = pathlib.Path(str(config.hydra.sweep.dir))
+    record = sweep_dir / SWEEP_FILE
     try:
       check_uri(uri)
-    except TrackingError as error:
+      client = open_store(uri)
+      previous = files.read_record(record, ["sweep_id", "parent_run_id"]) \
+          if record.is_file() else None
+    except ValueError as error:  # TrackingError, RecordError
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)
-    sweep_dir = pathlib.Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     self._client = client
     self._experiment = config.tracking.experiment
     self._sweep_dir = sweep_dir
-    record = sweep_dir / SWEEP_FILE
-    if record.is_file():  # the same sweep directory again: its jobs resume, so does the sweep
-      previous = json.loads(record.read_text())
+    if previous:  # the same sweep directory again: its jobs resume, so does the sweep
       retry(client.update_run, previous["parent_run_id"], status="RUNNING")
       self._announce(previous["sweep_id"], previous["parent_run_id"], uri, "resumed")
       return
@@ -212,7 +255,7 @@ class SweepCallback(Callback):
     parent = retry(client.create_run, experiment_id, run_name=f"sweep {sweep_id}",
                    tags={"sweep_id": sweep_id, "run_type": "sweep_parent",
                          "sweep_overrides": overrides, "git_commit": git_commit()})
-    record.write_text(json.dumps(
+    files.write_atomic(record, json.dumps(
         {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "tracking_uri": uri}))
     self._announce(sweep_id, parent.info.run_id, uri, "new")
 

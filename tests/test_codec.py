@@ -144,10 +144,11 @@ def test_fingerprint_covers_weights_and_config(tiny, other_weights):
   assert {id(v) for v in weights + tables} == {id(v) for v in model.variables}
   assert len(weights) + len(tables) == len(model.variables)
   text = export.config_json(cfg)
-  assert export.fingerprint(text, weights) == memory_codec.fingerprint
+  assert export.fingerprint(text, weights + tables) == memory_codec.fingerprint
+  assert export.fingerprint(text, weights) != memory_codec.fingerprint  # the tables count too
   assert other_weights[2].fingerprint != memory_codec.fingerprint
   other_config = export.config_json(compose(tiny_overrides("checkerboard", "lmbda=0.02")))
-  assert export.fingerprint(other_config, weights) != memory_codec.fingerprint
+  assert export.fingerprint(other_config, weights + tables) != memory_codec.fingerprint
   # Only the model keys count: other settings (of a run, say) do not change the model.
   assert export.config_json(compose(tiny_overrides("checkerboard", "+run_note=x"))) == text
 
@@ -214,17 +215,21 @@ def test_string_count_mismatch_is_refused(tiny):
     memory_codec.decode(Bitstream.from_bytes(fewer.to_bytes()))
 
 
-def test_pixel_limit_is_named(tiny, tmp_path):
+def test_pixel_limit_is_named_and_counts_the_padded_size(tiny, tmp_path):
+  """The limit counts what the model allocates for: the image padded to a multiple of 64."""
   _, _, memory_codec = tiny
-  limited = Codec(memory_codec.module, "memory", max_pixels=100)
-  with pytest.raises(CodecError, match="above the limit of 100 pixels"):
-    limited.encode(random_image(10, 11))
-  limited.encode(random_image(10, 10))
-  with pytest.raises(CodecError, match="above the limit of 100 pixels"):  # on decode too
-    limited.decode(memory_codec.encode(random_image(20, 20)))
+  limited = Codec(memory_codec.module, "memory", max_pixels=64 * 128)
+  with pytest.raises(CodecError, match=r"10x130 pixels, coded as 64x192 = 12288 pixels \(padded "
+                                       r"to a multiple of 64\), is above the limit of 8192"):
+    limited.encode(random_image(130, 10))
+  limited.encode(random_image(128, 64))
+  with pytest.raises(CodecError, match="above the limit of 8192 pixels"):  # on decode too
+    limited.decode(memory_codec.encode(random_image(65, 65)))
   Image.fromarray(random_image(20, 20)).save(tmp_path / "big.png")
-  with pytest.raises(CodecError, match="20x20 = 400 pixels is above the limit of 100 pixels"):
+  with pytest.raises(CodecError, match="big.png: image of 20x20 pixels, coded as 64x64 = 4096 "
+                                       "pixels .* is above the limit of 100 pixels"):
     codec.describe_image_file(tmp_path / "big.png", max_pixels=100)
+  assert codec.PAD_MULTIPLE == memory_codec.pad_multiple  # known before TensorFlow loads
 
 
 @pytest.mark.parametrize("array", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8),

@@ -6,6 +6,7 @@ traceback and no output file. Most bad inputs are caught before TensorFlow loads
 processes are short."""
 import os
 import re
+import resource
 import subprocess
 import sys
 
@@ -22,12 +23,18 @@ from cbexp.model_io import save_model_dir
 from conftest import tiny_overrides
 
 
-def run_codec(*args, cwd):
+def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
+  """``python -m module args`` in ``cwd``; ``address_space``: its RLIMIT_AS in bytes."""
   # TF_CPP_MIN_LOG_LEVEL=0: the command itself must keep TensorFlow's logs off stderr.
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "MALLOC_ARENA_MAX": "2"}
   env.pop("CBEXP_DEBUG", None)
-  return subprocess.run([sys.executable, "-m", "cbexp.codec", *map(str, args)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=900)
+
+  def limit_address_space():
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=900,
+                        preexec_fn=limit_address_space if address_space else None)
 
 
 def assert_refused(result, output, message):
@@ -204,7 +211,8 @@ def test_image_above_the_pixel_limit_is_refused(tiny_files, tmp_path):
   Image.new("RGB", (30, 20)).save(tmp_path / "big.png")
   result = run_codec("compress", "--model", folder / "model", "--max-pixels", "500", "big.png",
                      "out.cbx", cwd=tmp_path)
-  assert_refused(result, tmp_path / "out.cbx", "30x20 = 600 pixels is above the limit of 500")
+  assert_refused(result, tmp_path / "out.cbx",
+                 "30x20 pixels, coded as 64x64 = 4096 pixels .* is above the limit of 500")
 
 
 def test_usage_errors_are_one_line(tmp_path):

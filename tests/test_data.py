@@ -41,14 +41,14 @@ def test_skimage_default_is_offline_colour_photos():
   assert len(paths) >= 5
   image = data.load_image(paths[0])
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-  data.check_image_sizes(paths, 256)  # the paper's patch fits every bundled photo
+  data.check_images(paths, 256)  # the paper's patch fits every bundled photo
 
 
 def test_image_smaller_than_patch(tmp_path):
   paths = write_images(tmp_path, [(128, 128), (64, 200)])
-  data.check_image_sizes(paths, 64)
+  data.check_images(paths, 64)
   with pytest.raises(data.DataError, match=r"smaller than the 128x128 patch: .*img01.png \(200x64\)"):
-    data.check_image_sizes(paths, 128)
+    data.check_images(paths, 128)
 
 
 def test_train_val_split_and_crops(tmp_path):

@@ -34,6 +34,10 @@ def cases(tmp_path):
                                "trainer.steps='abc': must be an integer"),
       "zero filters": (replace(base, transform__num_filters=0),
                        "transform.num_filters=0: must be positive"),
+      "unsupported tracking URI": (replace(base, tracking__uri="ftp://x/y"),
+                                   "tracking.uri ftp://x/y: unsupported scheme 'ftp'"),
+      "run_dir is a file": (replace(base, run_dir=tmp_path / "train" / "im00.png"),
+                            f"run_dir {tmp_path}/train/im00.png: exists and is not a folder"),
   }
 
 
@@ -41,7 +45,8 @@ def cases(tmp_path):
                                   "image smaller than the patch", "unreachable tracking URI",
                                   "patch not a multiple of 64", "lmbda not a number",
                                   "negative lmbda", "zero lmbda", "steps not an integer",
-                                  "zero filters"])
+                                  "zero filters", "unsupported tracking URI",
+                                  "run_dir is a file"])
 def test_bad_config_gives_one_line_before_training(case, tmp_path):
   arguments, expected = cases(tmp_path)[case]
   result = run_cbexp(arguments, cwd=tmp_path, timeout=300)

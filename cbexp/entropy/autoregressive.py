@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import gen_ops
 
-from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.base import CodingCost, EntropyModel, LatentOutput, verify_strings
 from cbexp.entropy.layers import EntropyParameters, MaskedConv2D
 from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
@@ -72,6 +72,7 @@ class QuantizedMeanGaussian(tf.Module):
   def build_coder(self):
     if self._coder is None:
       self._coder = self._make(compression=True)
+      self.cost = CodingCost(self._coder)
 
   @property
   def coder(self):
@@ -202,18 +203,25 @@ class AutoregressiveEntropyModel(EntropyModel):
     return self._decode_serial(strings[0], hyper) + self._residual(hyper, decoding=True)
 
   def _decode_serial(self, string, hyper):
-    """The sequential part of decoding: every position's context, g_ep and range decoding."""
+    """The sequential part of decoding: every position's context, g_ep and range decoding.
+    Each position's symbols are coded again and costed as they are decoded (the loop's handle
+    is a decoder, an encoder and a bit count), and the string is verified at the end
+    (``verify_strings``)."""
     coder = self.quantized_mean.coder
+    cost = self.quantized_mean.cost
     depth = self.latent_depth
 
-    def decode(handle, i, j, flat, integer):
-      handle, symbols = gen_ops.entropy_decode_index(handle, flat, [depth], tf.int32)
+    def decode(handles, i, j, flat, integer):
+      decoder, encoder, bits = handles
+      decoder, symbols = gen_ops.entropy_decode_index(decoder, flat, [depth], tf.int32)
+      encoder = gen_ops.entropy_encode_index(encoder, flat, symbols)
       q = tf.cast(symbols + tf.gather(coder.cdf_offset, flat), tf.float32) + integer
-      return handle, q
+      return (decoder, encoder, bits + cost(symbols, flat)), q
 
-    handle = gen_ops.create_range_decoder(tf.convert_to_tensor(string, tf.string), coder.cdf)
-    handle, q = self._serial(hyper, decode, handle)
-    complete = gen_ops.entropy_decode_finalize(handle)
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        complete, True, message="autoregressive: corrupt or truncated string")]):
-      return tf.identity(q)
+    string = tf.convert_to_tensor(string, tf.string)
+    batch = tf.shape(hyper)[:1]
+    handles = (gen_ops.create_range_decoder(string, coder.cdf),
+               gen_ops.create_range_encoder(batch, coder.cdf), tf.zeros(batch))
+    (decoder, encoder, bits), q = self._serial(hyper, decode, handles)
+    return verify_strings(q, string, gen_ops.entropy_encode_finalize(encoder), bits,
+                          finalized=gen_ops.entropy_decode_finalize(decoder))
