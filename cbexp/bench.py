@@ -1,5 +1,8 @@
 """Latency benchmark: ``python -m cbexp.bench [key=value ...]``.
 
+Example: ``python -m cbexp.bench images=$CBEXP_KODAK_DIR max_images=2 repeats=1 transform=tiny``
+(a quick look: ChARM, checkerboard and hyperprior at tiny width, untrained, on two images).
+
 Protocol (README "Decoding speed"; as in ELIC supplementary section 2 and He et al. 2021):
 * each entropy model is built at the configuration given (paper configuration by default) with
   fixed-seed weights, or restored from ``model_dir=`` (trained weights: same network work, but
@@ -49,7 +52,6 @@ import numpy as np
 DEFAULTS = dict(entropy="charm,checkerboard,hyperprior", images="", max_images="0",
                 repeats="3", precision="float32", out="bench.csv", mlflow="",
                 experiment="cbexp-bench", model_dir="", threads="0", seed="0")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # serial_loop: the autoregressive model's per-position loop, where context, g_ep and range
 # decoding alternate inside one graph and cannot be timed apart (zero for the other models).
 STAGES = ("range_coding", "hyper_synthesis", "entropy_parameters", "serial_loop", "lrp",
@@ -114,17 +116,18 @@ def parse_args(argv):
 
 
 def load_images(folder, max_images):
+  """[(name, uint8 tensor)] of a folder's images, sorted by name, through cbexp's one image
+  loader (cbexp.data: the suffixes, EXIF orientation and conversions of every command)."""
   import tensorflow as tf
+
+  from cbexp import data
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise BenchError(f"images folder {folder} does not exist")
-  paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  paths = data.list_images(folder)
   if max_images:
     paths = paths[:max_images]
-  if not paths:
-    raise BenchError(f"no PNG/JPEG images in {folder}")
-  return [(p.name, tf.io.decode_image(tf.io.read_file(str(p)), channels=3,
-                                      expand_animations=False)) for p in paths]
+  return [(pathlib.Path(p).name, tf.constant(data.load_image(p))) for p in paths]
 
 
 def machine_info():
@@ -547,7 +550,13 @@ def print_summary(summary):
 
 
 def main(argv=None):
+  from cbexp.cli import HELP_FLAGS, config_groups_help, quiet_unless_debug
+  from cbexp.data import DataError
   argv = sys.argv[1:] if argv is None else argv
+  if any(a in HELP_FLAGS for a in argv):
+    print(__doc__.strip() + "\n\n" + config_groups_help())
+    return 0
+  quiet_unless_debug()
   try:
     args, overrides = parse_args(argv)
     import tensorflow as tf
@@ -575,7 +584,7 @@ def main(argv=None):
     print(f"wrote {out} and {per_image_path}")
     if args["mlflow"]:
       log_mlflow(args["mlflow"], args["experiment"], summary, per_image_path, out)
-  except (BenchError, FileNotFoundError) as e:
+  except (BenchError, DataError, FileNotFoundError) as e:
     print(f"cbexp.bench: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -12,10 +12,11 @@ warning line.
 import pathlib
 import re
 import shutil
-import sys
+import logging
 
 from cbexp import files
 
+log = logging.getLogger(__name__)
 PREFIX = "ckpt"
 
 
@@ -66,8 +67,8 @@ def restore_latest(checkpoint, folder):
     try:
       verify(prefix)
     except Exception as error:  # OpError, or IndexError ("Read less bytes") on a short file
-      print(f"warning: checkpoint {prefix} is unreadable ({_one_line(error)}); trying the one "
-            f"before", file=sys.stderr)
+      log.warning(f"warning: checkpoint {prefix} is unreadable ({_one_line(error)}); trying "
+                  f"the one before")
       continue
     try:
       checkpoint.restore(prefix).assert_existing_objects_matched()

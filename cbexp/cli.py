@@ -26,9 +26,36 @@ def describe(error):
   return first
 
 
-def run_cli(body, argv):
+HELP_FLAGS = ("-h", "--help")
+
+
+def config_groups_help():
+  """The model-config groups and their options, for --help of key=value commands."""
+  from cbexp.config import CONF_DIR
+  lines = ["Config groups (group=option) and keys (key=value) of the model config:"]
+  for group in ("transform", "entropy"):
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    lines.append(f"  {group}: {', '.join(options)}")
+  lines.append("  any key of conf/config.yaml, e.g. entropy.hidden_filters=[16,16] lmbda=0.013")
+  return "\n".join(lines)
+
+
+def quiet_unless_debug():
+  """TensorFlow's start-up lines (CUDA, cuDNN, TensorRT, oneDNN) hidden unless CBEXP_DEBUG=1.
+  Must run before TensorFlow is imported."""
+  if not os.environ.get("CBEXP_DEBUG"):
+    _quiet_libraries()
+
+
+def run_cli(body, argv, doc=None):
+  """For key=value commands (cbexp.summary): ``--help`` prints ``doc`` and the config groups."""
+  argv = list(argv)
+  if any(a in HELP_FLAGS for a in argv):
+    print((doc or "").strip() + "\n\n" + config_groups_help())
+    return 0
+  quiet_unless_debug()
   try:
-    body(list(argv))
+    body(argv)
   except (UsageError, HydraException, OmegaConfBaseException, ValueError, OSError) as error:
     if os.environ.get("CBEXP_DEBUG"):
       raise

@@ -18,6 +18,7 @@ non-zero exit; no output file is left behind (outputs are written beside their f
 renamed at the end) and an existing one is kept unless --force is given. Set CBEXP_DEBUG=1 to
 get tracebacks instead.
 """
+import argparse
 import os
 import pathlib
 import sys
@@ -400,8 +401,15 @@ def eval_command(args):
 
 
 def main(argv=None):
-  parser = one_line_parser(prog="python -m cbexp.codec",
-                           description="Compress images to .cbx files and back with a cbexp model.")
+  parser = one_line_parser(
+      prog="python -m cbexp.codec",
+      description="Compress images to .cbx files and back with a cbexp model (an export, a model "
+                  "directory, runs:/<id>). `<command> --help` lists each command's options.",
+      epilog="examples:\n"
+             "  python -m cbexp.codec compress --model outputs/runs/<run>/model kodim01.png a.cbx\n"
+             "  python -m cbexp.codec decompress --model outputs/runs/<run>/model a.cbx a.png\n"
+             "  python -m cbexp.codec eval --model runs:/<run id> $CBEXP_KODAK_DIR --csv t.csv",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   compress = commands.add_parser("compress", help="image (PNG, JPEG) -> .cbx")
   _add_model_arguments(compress)

@@ -1,7 +1,7 @@
 """Config composition (Hydra) and building a model from a config.
 
-The config root is the repository's ``conf/``; commands use ``@hydra.main`` on it and tests use
-``compose``. ``build_model`` is the one place a config becomes a model.
+The config root is ``cbexp/conf`` (the repository's ``conf/`` links to it), shipped with the
+package; commands use ``@hydra.main`` on it and tests use ``compose``. ``build_model`` is the one place a config becomes a model.
 
 A model config is *data*: ``build_model`` never lets a config name code to run. It first
 validates the model keys (``model_config``): the entropy model's ``_target_`` must be one of
@@ -17,7 +17,9 @@ import pathlib
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+# The configs ship inside the package (a regular install, a wheel, runs them); the repository's
+# top-level conf/ is a link to this folder, the place a reader looks and edits.
+CONF_DIR = pathlib.Path(__file__).resolve().parent / "conf"
 # Config keys that define the network (what cbexp.export fingerprints, build_model reads).
 MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
 _SCALARS = (bool, int, float, str)
@@ -37,9 +39,8 @@ def compose(overrides=(), config_name="config"):
 @functools.lru_cache(maxsize=None)
 def entropy_classes():
   """The entropy-model classes a config may name: the ``_target_`` of every
-  ``conf/entropy/*.yaml`` (adding an entropy model stays: one module + one yaml file). Where
-  conf/ is not there (a regular install ships the package only), the EntropyModel subclasses
-  that cbexp.entropy's own modules define."""
+  ``conf/entropy/*.yaml`` (adding an entropy model stays: one module + one yaml file). Should
+  that folder hold none, the EntropyModel subclasses that cbexp.entropy's own modules define."""
   targets = set()
   for path in sorted((CONF_DIR / "entropy").glob("*.yaml")):
     target = OmegaConf.load(path).get("_target_")

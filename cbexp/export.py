@@ -26,6 +26,7 @@ fingerprint equals its export's on the same machine, and differs where the table
 An export is code, not data: a SavedModel may contain any TensorFlow op (file reads and writes
 included). Load only exports you trust; a model directory (config + weights) is data.
 """
+import argparse
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import pathlib
 
 import numpy as np
 
+from cbexp import tracking
 from cbexp.config import MODEL_KEYS  # the config keys that define the network
 
 # Bumped if the functions' contract changes; loaders refuse exports they do not understand.
@@ -282,17 +284,12 @@ def verify_fingerprint(module, where="export"):
 
 
 # --- model sources ---------------------------------------------------------------------------
-def default_tracking_uri():
-  """$MLFLOW_TRACKING_URI, else the runner's default: sqlite ``mlflow.db`` in the working dir."""
-  return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
-
-
 def download_run_model(uri, tracking_uri=None, dst=None):
   """``runs:/<run id>`` (the run's ``model`` artifact) or ``runs:/<run id>/<path>`` -> local
   model directory."""
   import mlflow
   from mlflow.exceptions import MlflowException
-  tracking_uri = tracking_uri or default_tracking_uri()
+  tracking_uri = tracking_uri or tracking.default_uri()
   if tracking_uri.startswith("sqlite:///"):
     db = pathlib.Path(tracking_uri[len("sqlite:///"):])
     if not db.is_file():
@@ -359,7 +356,13 @@ def main(argv=None):
   parser = one_line_parser(
       prog="python -m cbexp.export",
       description="Export a model (untrained from config overrides, or trained with --from) "
-                  "as a self-contained SavedModel.")
+                  "as a self-contained SavedModel.",
+      epilog="examples:\n"
+             "  python -m cbexp.export out=exports/cb_tiny entropy=checkerboard transform=tiny\n"
+             "  python -m cbexp.export out=exports/charm --from outputs/runs/<run>/model\n"
+             "An export is code (a SavedModel can hold any TensorFlow op): share model "
+             "directories, load only exports you trust.",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("args", nargs="*", metavar="out=DIR | OVERRIDE",
                       help="out=<folder> (required) and, without --from, Hydra overrides such "
                            "as entropy=checkerboard transform=tiny")

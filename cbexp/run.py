@@ -16,7 +16,10 @@ id. Training metrics are sent to MLflow when a checkpoint is written, so a resta
 logs a step twice nor loses one. ``-m`` sweeps give one run per job, grouped by a parent run and
 a ``sweep_id`` tag (``cbexp.tracking.SweepCallback``).
 """
+import datetime
+import importlib.util
 import json
+import logging
 import math
 import os
 import pathlib
@@ -29,10 +32,17 @@ from omegaconf import DictConfig, OmegaConf
 from cbexp import checkpoints, files, tracking
 from cbexp.config import CONF_DIR
 
+log = logging.getLogger(__name__)  # stderr and run.log (conf/hydra/job_logging/cbexp.yaml)
 COMPLETE_FILE = "complete.json"
 # What a job returns to a Hydra sweeper (eval.objective): the rate-distortion loss of the final
 # evaluation (real bpp + lmbda * MSE) or one of cbexp.evaluate's summary values.
 OBJECTIVES = ("rd_loss", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
+
+
+# Seconds between progress lines when stderr is not a terminal (cbexp.run.ProgressLog).
+PROGRESS_SECONDS = 30.0
+# From this many training steps on, a run without a GPU gets a notice that it will take long.
+PAPER_SCALE_STEPS = 100_000
 
 
 class ConfigError(ValueError):
@@ -70,6 +80,10 @@ def check_numbers(cfg):
 
 # --- validation: everything that can be checked before training ----------------------------------
 
+# Config options whose Hydra plugin is an optional extra: (group, option) -> (module, extra).
+PLUGIN_EXTRAS = {("hydra/sweeper", "lr_search"): ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
+
+
 def check_group_overrides(arguments):
   """Unknown options of a config group (``entropy=foo``) as one line, before Hydra's own
   multi-line message. Returns None when all are known."""
@@ -79,6 +93,9 @@ def check_group_overrides(arguments):
       continue
     key, value = argument.split("=", 1)
     key = key.lstrip("+~").split("@")[0]
+    plugin = PLUGIN_EXTRAS.get((key, value))
+    if plugin and importlib.util.find_spec(plugin[0]) is None:
+      return f"{key}={value} needs an optional extra: pip install -e \".[{plugin[1]}]\""
     if key not in groups or "(" in value:  # choice(...)/range(...) sweeps: left to Hydra
       continue
     known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
@@ -201,6 +218,49 @@ def run_directory(cfg):
   raise ConfigError("run_dir is not set (and no Hydra output directory: not under @hydra.main)")
 
 
+class ProgressLog:
+  """Training progress as log lines (stderr and run.log) when stderr is not a terminal (a batch
+  job, a log file): every ``interval`` seconds and at the end, with the rate and ETA measured
+  from the end of this process's first step, which includes TensorFlow's graph tracing. The
+  part of tqdm's interface the loop uses; tqdm itself draws the bar in a terminal."""
+
+  def __init__(self, total, start, interval=PROGRESS_SECONDS):
+    self.total, self.done, self.interval = total, start, interval
+    self.first_done = self.first_time = None
+    self.last_report, self.postfix = time.monotonic(), {}
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    if exc_info[0] is None and self.done == self.total:
+      self.report()
+
+  def set_postfix(self, refresh=False, **values):
+    self.postfix = values
+
+  def update(self, steps=1):
+    self.done += steps
+    now = time.monotonic()
+    if self.first_time is None:  # the first step traces the graph: not part of the rate
+      self.first_done, self.first_time = self.done, now
+      self.last_report = now
+    elif now - self.last_report >= self.interval:
+      self.report(now)
+
+  def report(self, now=None):
+    now = time.monotonic() if now is None else now
+    self.last_report = now
+    line = f"train step {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
+    if self.first_time is not None and self.done > self.first_done:
+      rate = (self.done - self.first_done) / (now - self.first_time)
+      eta = datetime.timedelta(seconds=round((self.total - self.done) / rate))
+      line += f", {rate:.2f} steps/s, ETA {eta}"
+    if self.postfix:
+      line += "; " + ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+    log.info(line)
+
+
 # --- MLflow helpers --------------------------------------------------------------------------------
 
 class MetricLog:
@@ -232,6 +292,40 @@ def logged_steps(client, run_id):
           for key in keys}
 
 
+def task_overrides():
+  """This job's command-line overrides (in a sweep: this job's, not the whole grid)."""
+  from hydra.core.hydra_config import HydraConfig
+  return " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+
+
+def describe_data(cfg, plan):
+  """-> (MLflow dataset inputs, the run's description, how many evaluation images are training
+  images). Named by what they are (``scikit-image photos``, ``kodak_train``), with a digest of
+  their bytes, so the dashboard shows when a run evaluates on what it trained on."""
+  names = {"skimage": "scikit-image photos"}
+  if cfg.dataset.source == "tfds":
+    inputs = [tracking.tfds_input(cfg.dataset.tfds_name, cfg.dataset.train_split, "training")]
+    train_text, train_paths = f"{cfg.dataset.tfds_name} (tensorflow-datasets)", []
+  else:
+    train_paths = plan["train"] + plan["val"]
+    name = names.get(cfg.dataset.source, cfg.dataset.name)
+    inputs = [tracking.image_set_input(name, plan["train"], "training")]
+    if plan["val"]:
+      inputs.append(tracking.image_set_input(name, plan["val"], "validation"))
+    train_text = f"{name} ({len(plan['train'])} images, {len(plan['val'])} validating)"
+  eval_name = names.get(cfg.eval.source, cfg.eval.set)
+  inputs.append(tracking.image_set_input(eval_name, plan["eval"], "evaluation"))
+  trained_on = {str(pathlib.Path(p).resolve()) for p in train_paths}
+  overlap = sum(str(pathlib.Path(p).resolve()) in trained_on for p in plan["eval"])
+  description = (f"{cfg.entropy.name}, lmbda {cfg.lmbda}, {cfg.trainer.steps} steps. Trains on "
+                 f"{train_text}; evaluates with real .cbx bitstreams on {eval_name} "
+                 f"({len(plan['eval'])} images).")
+  if overlap:
+    description += (f" {overlap} of the {len(plan['eval'])} evaluation images are training "
+                    f"images: the numbers show that the pipeline works, not how good the model is.")
+  return inputs, description, overlap
+
+
 def log_params(client, run_id, cfg):
   from mlflow.entities import Param
   params = [Param(k, v[:6000]) for k, v in tracking.flatten(cfg).items()]
@@ -250,8 +344,7 @@ def train_and_evaluate(cfg: DictConfig):
   if complete.is_file():
     done = files.read_record(complete, ["run_id", "eval"], remedy=(
         "delete it to evaluate the run again from its last checkpoint"))
-    print(f"run already complete: MLflow run {done['run_id']} ({run_dir}); nothing to do",
-          file=sys.stderr)
+    log.info(f"run already complete: MLflow run {done['run_id']} ({run_dir}); nothing to do")
     return objective_value(cfg, done["eval"])
   try:
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -270,16 +363,25 @@ def train_and_evaluate(cfg: DictConfig):
     tags["sweep_id"] = sweep["sweep_id"]
     if sweep.get("parent_run_id"):
       tags["mlflow.parentRunId"] = sweep["parent_run_id"]
+  inputs, description, overlap = describe_data(cfg, plan)
+  tags.update({"cbexp.command": tracking.command_line(), "cbexp.overrides": task_overrides(),
+               "eval_overlaps_train": str(overlap), "mlflow.note.content": description})
   run_id, resumed = tracking.start_or_resume(
-      client, cfg.tracking.experiment, run_dir, tags,
+      client, cfg.tracking.experiment, run_dir, tracking.system_tags(tags),
       run_name=f"{cfg.entropy.name} lmbda={cfg.lmbda}")
   if not resumed:
+    tracking.retry(client.log_inputs, run_id, datasets=inputs)
     log_params(client, run_id, cfg)
     files.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracking.retry(client.log_artifact, run_id, str(run_dir / "config.yaml"))
-  print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
-        f"run dir {run_dir}", file=sys.stderr)
+  log.info(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
+           f"run dir {run_dir}")
 
+  monitor = None
+  if cfg.tracking.get("system_metrics"):  # CPU, memory, GPU as system/* metrics (psutil)
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=plan["uri"], resume_logging=resumed)
+    monitor.start()
   try:
     return train_logged_run(cfg, plan, run_dir, client, run_id)
   except BaseException as error:  # a failed or interrupted run must not stay RUNNING
@@ -288,11 +390,14 @@ def train_and_evaluate(cfg: DictConfig):
       tracking.retry(client.set_terminated, run_id, status)
       if not isinstance(error, (TrainingDiverged, checkpoints.CheckpointError, ValueError)):
         # (those end in one line)
-        print(f"MLflow run {run_id} marked {status}; the same command resumes it from its last "
-              f"checkpoint", file=sys.stderr)
+        log.info(f"MLflow run {run_id} marked {status}; the same command resumes it from its "
+                 f"last checkpoint")
     except Exception:  # the store itself may be what failed
       pass
     raise
+  finally:
+    if monitor is not None:
+      monitor.finish()
 
 
 def train_logged_run(cfg, plan, run_dir, client, run_id):
@@ -309,6 +414,10 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
   training.seed_everything(trainer.seed, trainer.deterministic)
   strategy = training.make_strategy(trainer.strategy)
   tracking.retry(client.set_tag, run_id, "replicas", str(strategy.num_replicas_in_sync))
+  if trainer.steps >= PAPER_SCALE_STEPS and not tf.config.list_physical_devices("GPU"):
+    log.warning(f"notice: no GPU found, and this run is {trainer.steps} steps (the paper's "
+                f"scale: days on a GPU, far longer on this CPU); experiment=quickstart is the "
+                f"laptop-sized run")
   with strategy.scope():
     model = build_model(cfg)
     learning_rate = schedules.learning_rate_schedule(cfg.schedule, trainer.steps)
@@ -321,7 +430,7 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
                                          checkpoint_name=checkpoints.PREFIX)
   start = int(optimizer.iterations.numpy())
   if start:
-    print(f"resuming from {restored} at step {start}", file=sys.stderr)
+    log.info(f"resuming from {restored} at step {start}")
     # New training noise after a resume (the crops below move on the same way): the weights and
     # the optimizer come from the checkpoint, the noise sequence restarts from seed + step.
     training.seed_everything(trainer.seed + start)
@@ -352,8 +461,10 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
     metrics.add({f"val/{k}": v for k, v in values.items()}, step)
 
   totals, count = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}, 0
-  with tqdm(total=trainer.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-            mininterval=1.0 if sys.stderr.isatty() else 15.0) as progress:
+  progress = tqdm(total=trainer.steps, initial=start, desc="train", unit="step",
+                  dynamic_ncols=True, mininterval=1.0) if sys.stderr.isatty() else \
+      ProgressLog(trainer.steps, start)
+  with progress:
     for step in range(start, trainer.steps):
       values = train_step(next(batches))
       if not math.isfinite(float(values["loss"])):
@@ -388,9 +499,8 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
 
   summary = evaluate_and_save(model, cfg, plan["eval"], run_dir, client, run_id, metrics)
   files.write_atomic(complete, json.dumps({"run_id": run_id, "eval": summary}))
-  print(f"done: eval bpp {summary['bpp']:.4f}, PSNR {summary['psnr']:.2f} dB, MS-SSIM "
-        f"{summary['ms_ssim']:.4f} on {summary['num_images']} images; MLflow run {run_id}",
-        file=sys.stderr)
+  log.info(f"done: eval bpp {summary['bpp']:.4f}, PSNR {summary['psnr']:.2f} dB, MS-SSIM "
+           f"{summary['ms_ssim']:.4f} on {summary['num_images']} images; MLflow run {run_id}")
   return objective_value(cfg, summary)
 
 
@@ -421,7 +531,7 @@ def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
     model_metrics["model/decode_kmac_per_pixel"] = \
         complexity.decode_kmac_per_pixel(model)["total"]
   except Exception as error:  # another module's code: report, do not lose the run
-    print(f"warning: decode complexity not logged ({error})", file=sys.stderr)
+    log.warning(f"warning: decode complexity not logged ({error})")
   metrics.add({f"eval/{k}": v for k, v in summary.items()}, cfg.trainer.steps)
   metrics.add(model_metrics, cfg.trainer.steps)
   metrics.flush()
@@ -434,7 +544,7 @@ def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
     (run_dir / "summary.txt").write_text(model_summary.summarize(model, cfg) + "\n")
     tracking.retry(client.log_artifact, run_id, str(run_dir / "summary.txt"))
   except Exception as error:
-    print(f"warning: summary.txt not logged ({error})", file=sys.stderr)
+    log.warning(f"warning: summary.txt not logged ({error})")
   tracking.retry(client.set_terminated, run_id, "FINISHED")
   mse = (255.0 ** 2 / 10 ** (per_image["psnr"] / 10)).mean()
   summary["rd_loss"] = summary["bpp"] + cfg.lmbda * float(mse)
@@ -466,7 +576,7 @@ def run_job(cfg):
     if os.environ.get("CBEXP_DEBUG"):
       raise
     line = str(error).strip().splitlines()[0]
-    print(f"error: {line}", file=sys.stderr)
+    log.error(f"error: {line}")
     if tracking.sweep_info_or_none() is not None:
       raise JobFailed(line) from None  # the sweep's other jobs go on; its summary counts this
     sys.exit(2)
@@ -477,6 +587,8 @@ class JobFailed(RuntimeError):
 
 
 def main():
+  from cbexp.cli import quiet_unless_debug
+  quiet_unless_debug()  # before TensorFlow's import: its start-up lines are not the user's news
   problem = check_group_overrides(sys.argv[1:])
   if problem:
     print(f"error: {problem}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""``python -m cbexp.summary entropy=<name> [hydra overrides]``: a model's size.
+"""``python -m cbexp.summary [entropy=<name>] [group=option ...] [key=value ...]``: a model's size.
+
+Example: ``python -m cbexp.summary entropy=checkerboard`` (the paper configuration: 26.4M).
 
 Prints ``trainable_parameters: <exact integer>`` (Keras trainable-variable count, the number the
 published study reports) and the breakdown by component. tfc's default RDFT kernel
@@ -7,8 +9,6 @@ taps, so the count of real kernel taps is printed too, labelled as such.
 """
 import sys
 
-import tensorflow_compression as tfc
-
 
 def count(variables):
   return sum(int(v.shape.num_elements()) for v in variables)
@@ -16,6 +16,7 @@ def count(variables):
 
 def _rdft_excess(layers):
   """Stored RDFT numbers minus kernel taps, over the SignalConv2D layers in ``layers``."""
+  import tensorflow_compression as tfc  # here: the command hides TensorFlow's logs first
   excess = 0
   for layer in layers:
     for module in [layer] + list(layer.submodules):
@@ -70,7 +71,7 @@ def main(argv=None):
     cfg = compose(overrides)
     print(summarize(build_model(cfg), cfg))
 
-  return run_cli(body, sys.argv[1:] if argv is None else argv)
+  return run_cli(body, sys.argv[1:] if argv is None else argv, doc=__doc__)
 
 
 if __name__ == "__main__":

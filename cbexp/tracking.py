@@ -13,6 +13,7 @@ restarted job resumes, sweep grouping, and retries for the sqlite store.
 """
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import random
@@ -55,9 +56,16 @@ OmegaConf.register_new_resolver("cbexp.run_name", run_name, replace=True)
 
 # --- the store -------------------------------------------------------------------------------
 
+def default_uri(cwd=None):
+  """The default store of every command: $MLFLOW_TRACKING_URI, else the sqlite file
+  ``mlflow.db`` in the working directory (artifacts then go to ``./mlruns``)."""
+  return os.environ.get("MLFLOW_TRACKING_URI") or \
+      f"sqlite:///{pathlib.Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
 def resolve_uri(uri):
-  """Config ``tracking.uri`` -> a tracking URI (null: sqlite file in the working directory)."""
-  return str(uri) if uri else f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
+  """Config ``tracking.uri`` -> a tracking URI (null: ``default_uri()``)."""
+  return str(uri) if uri else default_uri()
 
 
 # Store kinds MLflow 3 accepts as a tracking URI (a database, a server, or a local folder).
@@ -171,6 +179,47 @@ def version_tags():
           "python_version": sys.version.split()[0]}
 
 
+def image_set_input(name, paths, context):
+  """An MLflow dataset input (``log_inputs``) for image files: their name, a digest of their file
+  names and bytes (two runs on the same images show the same digest), the folder as source."""
+  from mlflow.entities import Dataset, DatasetInput, InputTag
+  digest = hashlib.sha256()
+  for path in paths:
+    digest.update(os.path.basename(path).encode() + b"\0")
+    digest.update(pathlib.Path(path).read_bytes())
+  folders = sorted({str(pathlib.Path(p).resolve().parent) for p in paths})
+  source = {"uri": folders[0] if len(folders) == 1 else folders,
+            "files": [os.path.basename(p) for p in paths]}
+  dataset = Dataset(name=name, digest=digest.hexdigest()[:16], source_type="local",
+                    source=json.dumps(source), profile=json.dumps({"num_images": len(paths)}))
+  return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
+def tfds_input(name, split, context):
+  from mlflow.entities import Dataset, DatasetInput, InputTag
+  source = json.dumps({"uri": f"tfds://{name}/{split}"})
+  dataset = Dataset(name=f"{name}/{split}", digest=hashlib.sha256(source.encode()).hexdigest()[:16],
+                    source_type="tfds", source=source)
+  return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
+def command_line():
+  """The command as the user typed it, e.g. ``python -m cbexp.run entropy=charm lmbda=0.013``."""
+  import shlex
+  program = sys.argv[0]
+  if program.endswith(".py") and "cbexp" in pathlib.Path(program).parts:
+    module = ".".join(pathlib.Path(program).with_suffix("").parts[-2:])  # cbexp/run.py
+    program = f"python -m {module}"
+  return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def system_tags(tags):
+  """``tags`` plus MLflow's own run context (``mlflow.user``, ``mlflow.source.name``, its type and
+  git commit), as ``mlflow.start_run`` would set them."""
+  from mlflow.tracking.context.registry import resolve_tags
+  return resolve_tags(tags)
+
+
 # --- runs that survive restarts ----------------------------------------------------------------
 
 def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
@@ -186,8 +235,8 @@ def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
     if run is not None and run.info.lifecycle_stage == "active":
       retry(client.update_run, run_id, status="RUNNING")
       return run_id, True
-    print(f"warning: MLflow run {run_id} from {record} is not in the store; starting a new one",
-          file=sys.stderr)
+    logging.getLogger(__name__).warning(
+        f"warning: MLflow run {run_id} from {record} is not in the store; starting a new one")
   experiment_id = get_or_create_experiment(client, experiment_name)
   run = retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
   record.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +346,7 @@ def print_sweep_summary():
           "FINISHED" if finished == len(jobs) else "FAILED")
   except Exception as error:  # the summary must not hide what happened in the sweep
     counts += f" (parent run not updated: {str(error).splitlines()[0]})"
-  default = f"sqlite:///{pathlib.Path.cwd() / 'mlflow.db'}"
-  uri = "" if sweep["uri"] == default else f" tracking.uri={sweep['uri']}"
+  uri = "" if sweep["uri"] == default_uri() else f" tracking.uri={sweep['uri']}"
   print(f"sweep {sweep['sweep_id']} ended: {counts} (in {sweep['sweep_dir']}; MLflow parent "
         f"run {sweep['parent_run_id']} in {sweep['uri']})\n"
         f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}{uri}", file=sys.stderr)

@@ -88,7 +88,7 @@ def main():
        crafted("claims2.cbx", height=400, width=500)),
   ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  print(f"| input | exit | stderr lines | traceback | output left | peak RSS (MB) |")
+  print("| input | exit | stderr lines | traceback | output left | peak RSS (MB) |")
   print("|---|---|---|---|---|---|")
   for label, command, source in cases:
     output = work / ("out.png" if command == "decompress" else "out.cbx")

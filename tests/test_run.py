@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -101,6 +102,27 @@ def test_run_logs_the_schema(resumed_run):
   assert {"model/config.yaml", "model/weights"} <= model_files
 
 
+def test_run_record_is_mlflow_native(resumed_run):
+  """MLflow's own source, user and git tags, the command line, a description, and the image
+  sets as dataset inputs (named, with a digest of their bytes, by context)."""
+  run = MlflowClient(resumed_run["uri"]).get_run(resumed_run["run_id"])
+  tags = run.data.tags
+  assert tags["mlflow.source.name"].endswith("cbexp/run.py") and tags["mlflow.user"]
+  assert tags["mlflow.source.type"] == "LOCAL"
+  assert tags["mlflow.source.git.commit"] == tags["git_commit"] != "unknown"
+  assert tags["cbexp.command"].startswith("python -m cbexp.run transform=tiny entropy=hyperprior")
+  assert "trainer.steps=24" in tags["cbexp.overrides"]
+  assert tags["mlflow.note.content"].startswith("hyperprior, lmbda 0.01, 24 steps. Trains on")
+  assert tags["eval_overlaps_train"] == "0"
+  inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+            for i in run.inputs.dataset_inputs}
+  assert sorted(inputs) == ["evaluation", "training", "validation"]
+  assert json.loads(inputs["training"].profile) == {"num_images": 2}
+  assert json.loads(inputs["evaluation"].source)["files"] == ["im00.png"]
+  assert len({d.digest for d in inputs.values()}) == 3 and all(len(d.digest) == 16
+                                                              for d in inputs.values())
+
+
 def test_same_command_after_completion_does_nothing(resumed_run):
   again = run_cbexp(tiny_run_overrides(resumed_run["tmp_path"], entropy="hyperprior",
                                        steps=STEPS), cwd=resumed_run["tmp_path"], timeout=120)
@@ -148,3 +170,30 @@ def test_a_real_mlflow_server_serves_the_run(resumed_run):
     except subprocess.TimeoutExpired:
       os.killpg(server.pid, signal.SIGKILL)
       server.wait()
+
+
+def test_run_log_holds_the_runs_history(resumed_run):
+  """Messages and progress go through logging: the run directory's run.log keeps them, with
+  times, across the killed and the resumed attempt."""
+  text = (pathlib.Path(resumed_run["run_dir"]) / "run.log").read_text()
+  assert text.count(f"MLflow run {resumed_run['run_id']} (new)") == 1
+  assert text.count(f"MLflow run {resumed_run['run_id']} (resumed)") == 1
+  assert re.search(r"\]\[cbexp.run\]\[INFO\] resuming from \S+ at step \d+", text)
+  assert re.search(rf"train step {STEPS}/{STEPS} \(100%\), [\d.]+ steps/s, ETA 0:00:00; loss ",
+                   text)
+  assert "done: eval bpp" in text
+
+
+def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, caplog):
+  """The first step traces TensorFlow's graph (seconds to minutes): a rate that included it
+  would promise an ETA of hours for a run of minutes."""
+  import logging
+
+  from cbexp import run as run_module
+  clock = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0])  # 100 s of tracing, then 1 step/s
+  monkeypatch.setattr(run_module.time, "monotonic", lambda: next(clock))
+  progress = run_module.ProgressLog(total=10, start=0, interval=3.5)
+  with caplog.at_level(logging.INFO, logger="cbexp.run"):
+    for _ in range(5):
+      progress.update(1)
+  assert caplog.messages == ["train step 5/10 (50%), 1.00 steps/s, ETA 0:00:05"]

@@ -8,9 +8,9 @@
 from cbexp.analysis.bd import anchor_map, bd_pair, bd_table
 from cbexp.analysis.points import AnalysisError
 from cbexp.analysis.reference import published_points
-from cbexp.analysis.runs import default_tracking_uri, runs_to_points, search_runs
+from cbexp.analysis.runs import runs_to_points, search_runs
 from cbexp.analysis.tables import comparison_table, compressai_results, to_markdown
 
 __all__ = ["AnalysisError", "anchor_map", "bd_pair", "bd_table", "comparison_table",
-           "compressai_results", "default_tracking_uri", "published_points",
+           "compressai_results", "published_points",
            "runs_to_points", "search_runs", "to_markdown"]

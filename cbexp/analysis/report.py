@@ -26,6 +26,7 @@ import pandas as pd
 from cbexp.analysis import bd as bd_lib
 from cbexp.analysis import figures, reference, runs as runs_lib, tables, uncertainty
 from cbexp.analysis.points import AnalysisError, slug
+from cbexp import tracking
 
 
 class Outputs:
@@ -180,7 +181,7 @@ def analyze_runs(cfg, cwd=None):
   """The CLI's main path: select runs, write every output, log them to an analysis run.
 
   -> dict(out=, points=, tables=, skipped=, analysis_run_id=)."""
-  uri = cfg.tracking.uri or runs_lib.default_tracking_uri(cwd)
+  uri = cfg.tracking.uri or tracking.default_uri(cwd)
   tags = dict(cfg.tags or {})
   runs, filter_string = runs_lib.search_runs(uri, cfg.experiment_name, cfg.sweep_id,
                                              cfg.parent_run_id, tags, cfg.filter, cfg.status)

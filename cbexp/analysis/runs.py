@@ -5,7 +5,6 @@ name, optionally by ``sweep_id``, parent run, tag values and any extra MLflow fi
 read here are the runner's schema (see cbexp.run / the README): tags ``entropy``, ``lmbda``,
 ``eval_set``, ``sweep_id``; metrics ``eval/*`` and ``model/*``; params = the flattened config.
 """
-import os
 import pathlib
 
 import pandas as pd
@@ -30,11 +29,6 @@ METRICS = {
 # carry "analysis". Only training runs are rate points.
 RUN_TYPE_TAG = "run_type"
 NOT_RATE_POINTS = ("sweep_parent", "analysis")
-
-
-def default_tracking_uri(cwd=None):
-  """The runner's default store: sqlite file mlflow.db in the working directory."""
-  return f"sqlite:///{pathlib.Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
 def check_tracking_uri(uri):
