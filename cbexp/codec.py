@@ -160,7 +160,7 @@ class Codec:
 def check_model_path(spec):
   """Fails fast (before TensorFlow loads) on a model path that cannot be a model."""
   spec = str(spec)
-  if spec.startswith("runs:/"):
+  if spec.startswith(("runs:/", "models:/")):
     return
   path = pathlib.Path(spec)
   if not path.exists():
@@ -270,7 +270,8 @@ def _format_row(r):
 # --- command line (one-line errors: cbexp.cli) ---------------------------------------------
 def _add_model_arguments(parser):
   parser.add_argument("--model", required=True,
-                      help="an export folder, a model directory or runs:/<mlflow run id>")
+                      help="an export folder, a model directory, runs:/<mlflow run id> or "
+                           "models:/<registered name>/<version>")
   parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ (default: "
                       "$MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
   parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -144,16 +144,17 @@ def codec_module(model, cfg):
   return module
 
 
-def save(model, cfg, out):
+def save(model, cfg, out, module=None):
   """Writes the SavedModel to ``out`` (a new or empty folder), atomically: it is written beside
-  ``out`` and renamed, so an interrupted export leaves no half-written model."""
+  ``out`` and renamed, so an interrupted export leaves no half-written model. ``module``: a
+  ``codec_module(model, cfg)`` already built (tracing its functions again costs seconds)."""
   import tempfile
   import tensorflow as tf
   out = pathlib.Path(out)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise ExportError(f"{out}: already exists and is not an empty folder; choose a new one")
   out.parent.mkdir(parents=True, exist_ok=True)
-  module = codec_module(model, cfg)
+  module = module or codec_module(model, cfg)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
   umask = os.umask(0)
   os.umask(umask)
@@ -285,27 +286,31 @@ def verify_fingerprint(module, where="export"):
 
 # --- model sources ---------------------------------------------------------------------------
 def download_run_model(uri, tracking_uri=None, dst=None):
-  """``runs:/<run id>`` (the run's ``model`` artifact) or ``runs:/<run id>/<path>`` -> local
-  model directory."""
+  """``runs:/<run id>`` (the run's ``model``), ``runs:/<run id>/<path>`` or
+  ``models:/<name>/<version>`` (the Model Registry) -> local model directory."""
   import mlflow
   from mlflow.exceptions import MlflowException
+
+  from cbexp.mlflow_model import model_dir_in
   tracking_uri = tracking_uri or tracking.default_uri()
   if tracking_uri.startswith("sqlite:///"):
     db = pathlib.Path(tracking_uri[len("sqlite:///"):])
     if not db.is_file():
       raise ExportError(f"{uri}: no MLflow tracking store at {db} "
                         "(set MLFLOW_TRACKING_URI or pass --tracking-uri)")
-  rest = uri[len("runs:/"):].strip("/")
-  if not rest:
-    raise ExportError(f"{uri}: no run id (expected runs:/<run id>)")
-  if "/" not in rest:
-    uri = f"runs:/{rest}/model"
+  if uri.startswith("runs:/"):
+    rest = uri[len("runs:/"):].strip("/")
+    if not rest:
+      raise ExportError(f"{uri}: no run id (expected runs:/<run id>)")
+    if "/" not in rest:
+      uri = f"runs:/{rest}/model"
   try:
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
-                                                tracking_uri=tracking_uri)
+    with tracking.fluent_store(tracking_uri):  # models:/ and logged models resolve through it
+      local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
+                                                  tracking_uri=tracking_uri)
   except MlflowException as error:
     raise ExportError(f"{uri}: {str(error).strip().splitlines()[0]}") from None
-  return pathlib.Path(local)
+  return model_dir_in(local)
 
 
 def load_trained(source, tracking_uri=None):
@@ -314,7 +319,7 @@ def load_trained(source, tracking_uri=None):
   from cbexp.model_io import ModelDirError, load_model_dir
   source = str(source)
   try:
-    if source.startswith("runs:/"):
+    if source.startswith(("runs:/", "models:/")):
       with tempfile.TemporaryDirectory(prefix="cbexp_model_") as tmp:
         return load_model_dir(download_run_model(source, tracking_uri, dst=tmp))
     if not pathlib.Path(source).exists():
@@ -367,7 +372,8 @@ def main(argv=None):
                       help="out=<folder> (required) and, without --from, Hydra overrides such "
                            "as entropy=checkerboard transform=tiny")
   parser.add_argument("--from", dest="source", metavar="MODEL",
-                      help="a trained model: a model directory or runs:/<mlflow run id>")
+                      help="a trained model: a model directory, runs:/<mlflow run id> or "
+                           "models:/<registered name>/<version>")
   parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ "
                       "(default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
   parser.add_argument("--seed", type=int, help="random seed for an untrained model's weights")

@@ -264,7 +264,7 @@ class ProgressLog:
 # --- MLflow helpers --------------------------------------------------------------------------------
 
 class MetricLog:
-  """Buffers metrics and writes them to MLflow in batches (with sqlite-lock retries).
+  """Buffers metrics and writes them to MLflow in one batch per checkpoint.
   ``logged_through``: {key: last step already in the run}; metrics at those steps or earlier are
   dropped, so a resumed run never logs a step twice."""
 
@@ -280,15 +280,15 @@ class MetricLog:
                      and int(step) > self.logged_through.get(k, -1)]
 
   def flush(self):
-    while self.pending:
-      chunk, self.pending = self.pending[:900], self.pending[900:]
-      tracking.retry(self.client.log_batch, self.run_id, metrics=chunk)
+    if self.pending:  # MlflowClient.log_batch splits what exceeds MLflow's batch limits
+      self.client.log_batch(self.run_id, metrics=self.pending)
+      self.pending = []
 
 
 def logged_steps(client, run_id):
   """{metric key: the last step the run has logged for it}."""
-  keys = tracking.retry(client.get_run, run_id).data.metrics
-  return {key: max(m.step for m in tracking.retry(client.get_metric_history, run_id, key))
+  keys = client.get_run(run_id).data.metrics
+  return {key: max(m.step for m in client.get_metric_history(run_id, key))
           for key in keys}
 
 
@@ -328,9 +328,7 @@ def describe_data(cfg, plan):
 
 def log_params(client, run_id, cfg):
   from mlflow.entities import Param
-  params = [Param(k, v[:6000]) for k, v in tracking.flatten(cfg).items()]
-  for i in range(0, len(params), 90):
-    tracking.retry(client.log_batch, run_id, params=params[i:i + 90])
+  client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in tracking.flatten(cfg).items()])
 
 
 # --- the job ----------------------------------------------------------------------------------------
@@ -370,10 +368,10 @@ def train_and_evaluate(cfg: DictConfig):
       client, cfg.tracking.experiment, run_dir, tracking.system_tags(tags),
       run_name=f"{cfg.entropy.name} lmbda={cfg.lmbda}")
   if not resumed:
-    tracking.retry(client.log_inputs, run_id, datasets=inputs)
+    client.log_inputs(run_id, datasets=inputs)
     log_params(client, run_id, cfg)
     files.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    tracking.retry(client.log_artifact, run_id, str(run_dir / "config.yaml"))
+    client.log_artifact(run_id, str(run_dir / "config.yaml"))
   log.info(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {plan['uri']}; "
            f"run dir {run_dir}")
 
@@ -387,7 +385,7 @@ def train_and_evaluate(cfg: DictConfig):
   except BaseException as error:  # a failed or interrupted run must not stay RUNNING
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     try:
-      tracking.retry(client.set_terminated, run_id, status)
+      client.set_terminated(run_id, status)
       if not isinstance(error, (TrainingDiverged, checkpoints.CheckpointError, ValueError)):
         # (those end in one line)
         log.info(f"MLflow run {run_id} marked {status}; the same command resumes it from its "
@@ -413,7 +411,7 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
   training.configure_threads(trainer.threads)
   training.seed_everything(trainer.seed, trainer.deterministic)
   strategy = training.make_strategy(trainer.strategy)
-  tracking.retry(client.set_tag, run_id, "replicas", str(strategy.num_replicas_in_sync))
+  client.set_tag(run_id, "replicas", str(strategy.num_replicas_in_sync))
   if trainer.steps >= PAPER_SCALE_STEPS and not tf.config.list_physical_devices("GPU"):
     log.warning(f"notice: no GPU found, and this run is {trainer.steps} steps (the paper's "
                 f"scale: days on a GPU, far longer on this CPU); experiment=quickstart is the "
@@ -535,17 +533,33 @@ def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
   metrics.add({f"eval/{k}": v for k, v in summary.items()}, cfg.trainer.steps)
   metrics.add(model_metrics, cfg.trainer.steps)
   metrics.flush()
-  tracking.retry(client.log_artifact, run_id, str(eval_dir / "per_image.csv"), "eval")
+  client.log_artifact(run_id, str(eval_dir / "per_image.csv"), "eval")
 
+  # The model as an MLflow model (runs:/<id>/model): the model directory (data) and the export
+  # (the SavedModel that pyfunc's predict runs), with signature and an input example.
+  import shutil
+
+  from cbexp import data, mlflow_model
   model_dir = model_io.save_model_dir(model, cfg, run_dir / "model")
-  tracking.retry(client.log_artifacts, run_id, str(model_dir), "model")
+  shutil.rmtree(run_dir / "export", ignore_errors=True)  # an earlier attempt's, if any
+  export.save(model, cfg, run_dir / "export", module=codec.module)
+  example = data.load_image(eval_paths[0])[:64, :64]
+  model_uri = mlflow_model.log_model(tracking.resolve_uri(cfg.tracking.uri), run_id, model_dir,
+                                     run_dir / "export", example)
+  client.set_tag(run_id, "model_uri", model_uri)
+  if cfg.tracking.get("register_as"):
+    version = mlflow_model.register(tracking.resolve_uri(cfg.tracking.uri), model_uri,
+                                    cfg.tracking.register_as)
+    client.set_tag(run_id, "registered_model",
+                   f"models:/{cfg.tracking.register_as}/{version}")
+    log.info(f"registered as models:/{cfg.tracking.register_as}/{version}")
   try:
     from cbexp import summary as model_summary
     (run_dir / "summary.txt").write_text(model_summary.summarize(model, cfg) + "\n")
-    tracking.retry(client.log_artifact, run_id, str(run_dir / "summary.txt"))
+    client.log_artifact(run_id, str(run_dir / "summary.txt"))
   except Exception as error:
     log.warning(f"warning: summary.txt not logged ({error})")
-  tracking.retry(client.set_terminated, run_id, "FINISHED")
+  client.set_terminated(run_id, "FINISHED")
   mse = (255.0 ** 2 / 10 ** (per_image["psnr"] / 10)).mean()
   summary["rd_loss"] = summary["bpp"] + cfg.lmbda * float(mse)
   return summary

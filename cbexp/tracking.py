@@ -8,19 +8,18 @@ restarted job resumes, sweep grouping, and retries for the sqlite store.
   per sweep in the launching process and writes ``<sweep dir>/mlflow_sweep.json``; every job
   (possibly in another process: joblib, submitit) reads it and tags its run with ``sweep_id``
   and ``mlflow.parentRunId``. MLflow's ``nested=True`` works only inside one process.
-* Several processes writing one sqlite file can meet "database is locked": ``retry`` waits and
-  tries again instead of dropping the run.
+* Several processes may write one sqlite file: MLflow sets sqlite's busy timeout (20 s), so a
+  writer waits for the lock; only the store's creation needs cbexp's own lock (``open_store``).
 """
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import random
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -72,6 +71,24 @@ def resolve_uri(uri):
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 
 
+@contextlib.contextmanager
+def fluent_store(uri):
+  """Points MLflow's fluent API (``start_run``, ``log_model``, ``register_model``, ``models:/``
+  and logged-model downloads), which reads the process-wide tracking and registry URIs, at
+  ``uri`` inside the block, through their environment variables, restored after."""
+  keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+  saved = {key: os.environ.get(key) for key in keys}
+  os.environ.update(dict.fromkeys(keys, uri))
+  try:
+    yield
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+
+
 def check_uri(uri, timeout=5.0):
   """Fails fast, with one line, if the store cannot be reached: before any training."""
   scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
@@ -109,7 +126,7 @@ def open_store(uri):
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
   try:
     client = MlflowClient(tracking_uri=uri)  # builds (creates, migrates) the store
-    retry(client.search_experiments, max_results=1)
+    client.search_experiments(max_results=1)
   except Exception as error:
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     if "_alembic_tmp" in message:
@@ -124,25 +141,14 @@ def open_store(uri):
   return client
 
 
-def retry(function, *args, attempts=30, **kwargs):
-  """Calls an MLflow function, retrying while the sqlite store is locked by another process."""
-  for attempt in range(attempts):
-    try:
-      return function(*args, **kwargs)
-    except Exception as error:  # MlflowException or sqlalchemy's OperationalError
-      if "database is locked" not in str(error) or attempt == attempts - 1:
-        raise
-      time.sleep(min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random()))
-
-
 def get_or_create_experiment(client, name):
-  experiment = retry(client.get_experiment_by_name, name)
+  experiment = client.get_experiment_by_name(name)
   if experiment is not None:
     return experiment.experiment_id
   try:
-    return retry(client.create_experiment, name)
+    return client.create_experiment(name)
   except Exception:  # created meanwhile by a parallel job
-    experiment = retry(client.get_experiment_by_name, name)
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
       raise
     return experiment.experiment_id
@@ -229,16 +235,16 @@ def start_or_resume(client, experiment_name, run_dir, tags, run_name=None):
   if record.is_file():
     run_id = files.read_record(record, ["run_id"], remedy=REMEDY)["run_id"]
     try:
-      run = retry(client.get_run, run_id)
+      run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
       run = None
     if run is not None and run.info.lifecycle_stage == "active":
-      retry(client.update_run, run_id, status="RUNNING")
+      client.update_run(run_id, status="RUNNING")
       return run_id, True
     logging.getLogger(__name__).warning(
         f"warning: MLflow run {run_id} from {record} is not in the store; starting a new one")
   experiment_id = get_or_create_experiment(client, experiment_name)
-  run = retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
+  run = client.create_run(experiment_id, tags=tags, run_name=run_name)
   record.parent.mkdir(parents=True, exist_ok=True)
   files.write_atomic(record, json.dumps({"run_id": run.info.run_id,
                                          "experiment_id": experiment_id}))
@@ -295,13 +301,13 @@ class SweepCallback(Callback):
     self._experiment = config.tracking.experiment
     self._sweep_dir = sweep_dir
     if previous:  # the same sweep directory again: its jobs resume, so does the sweep
-      retry(client.update_run, previous["parent_run_id"], status="RUNNING")
+      client.update_run(previous["parent_run_id"], status="RUNNING")
       self._announce(previous["sweep_id"], previous["parent_run_id"], uri, "resumed")
       return
     sweep_id = f"{sweep_dir.name}-{uuid.uuid4().hex[:8]}"
     experiment_id = get_or_create_experiment(client, config.tracking.experiment)
     overrides = " ".join(config.hydra.overrides.task)
-    parent = retry(client.create_run, experiment_id, run_name=f"sweep {sweep_id}",
+    parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}",
                    tags={"sweep_id": sweep_id, "run_type": "sweep_parent",
                          "sweep_overrides": overrides, "git_commit": git_commit()})
     files.write_atomic(record, json.dumps(
@@ -342,7 +348,7 @@ def print_sweep_summary():
   counts = f"{len(jobs)} jobs: {finished} finished, {len(jobs) - finished} failed or stopped"
   try:
     client = MlflowClient(tracking_uri=sweep["uri"])
-    retry(client.set_terminated, sweep["parent_run_id"],
+    client.set_terminated(sweep["parent_run_id"],
           "FINISHED" if finished == len(jobs) else "FAILED")
   except Exception as error:  # the summary must not hide what happened in the sweep
     counts += f" (parent run not updated: {str(error).splitlines()[0]})"

@@ -91,15 +91,25 @@ def test_run_logs_the_schema(resumed_run):
   assert lrs[2] == pytest.approx(1e-4) and lrs[STEPS] == pytest.approx(1e-5)
 
   artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-  assert {"config.yaml", "eval", "model", "summary.txt"} <= artifacts
+  assert {"config.yaml", "eval", "summary.txt"} <= artifacts
   local = client.download_artifacts(run.info.run_id, "eval/per_image.csv",
                                     str(resumed_run["tmp_path"] / "download"))
   table = pd.read_csv(local)
   assert list(table.columns) == PER_IMAGE_COLUMNS and len(table) == 1
   assert table.loc[0, "bpp"] == pytest.approx(8 * table.loc[0, "bytes"] / 192 ** 2)
   assert metrics["eval/bpp"] == pytest.approx(table.loc[0, "bpp"])
-  model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-  assert {"model/config.yaml", "model/weights"} <= model_files
+  # The model is an MLflow model (MLmodel, pyfunc) holding the model directory and the export.
+  import mlflow
+  mlflow.set_tracking_uri(resumed_run["uri"])  # logged models resolve through the global URI
+  try:
+    model = pathlib.Path(mlflow.artifacts.download_artifacts(
+        f"runs:/{run.info.run_id}/model", dst_path=str(resumed_run["tmp_path"] / "mlflow_model")))
+  finally:
+    mlflow.set_tracking_uri(None)
+  for name in ("MLmodel", "artifacts/model/config.yaml", "artifacts/model/weights",
+               "artifacts/export/saved_model.pb"):
+    assert (model / name).exists(), name
+  assert "python_function" in (model / "MLmodel").read_text()
 
 
 def test_run_record_is_mlflow_native(resumed_run):
@@ -197,3 +207,49 @@ def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, caplog):
     for _ in range(5):
       progress.update(1)
   assert caplog.messages == ["train step 5/10 (50%), 1.00 steps/s, ETA 0:00:05"]
+
+
+PYFUNC_PREDICT = """
+import sys
+import numpy as np
+from PIL import Image
+import mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(np.asarray(Image.open(sys.argv[2]).convert("RGB")))
+np.save(sys.argv[3], out["reconstruction"])
+print(float(out["bpp"][0]))
+"""
+
+
+def test_the_runs_model_is_an_mlflow_model_and_registers(resumed_run):
+  """``mlflow.pyfunc.load_model("runs:/<id>/model")`` in a fresh process gives the reconstruction
+  and bpp of ``cbexp.codec``; registered, the model decodes the same file via models:/."""
+  import numpy as np
+  from PIL import Image
+
+  from cbexp import mlflow_model
+  tmp, uri, run_id = resumed_run["tmp_path"], resumed_run["uri"], resumed_run["run_id"]
+  image = tmp / "eval" / "im00.png"
+  env = dict(environment(), MLFLOW_TRACKING_URI=uri)
+
+  def codec(*arguments):
+    result = subprocess.run([sys.executable, "-m", "cbexp.codec", *map(str, arguments)],
+                            cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+  codec("compress", "--model", f"runs:/{run_id}", image, tmp / "a.cbx")
+  codec("decompress", "--model", f"runs:/{run_id}", tmp / "a.cbx", tmp / "a.png")
+  predicted = subprocess.run([sys.executable, "-c", PYFUNC_PREDICT, f"runs:/{run_id}/model",
+                              str(image), str(tmp / "pyfunc.npy")], cwd=tmp, env=env,
+                             capture_output=True, text=True, timeout=600)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  decoded = np.asarray(Image.open(tmp / "a.png"))
+  np.testing.assert_array_equal(np.load(tmp / "pyfunc.npy"), decoded)
+  assert float(predicted.stdout.strip().splitlines()[-1]) == pytest.approx(
+      8 * (tmp / "a.cbx").stat().st_size / 192 ** 2)
+
+  run = MlflowClient(uri).get_run(run_id)
+  version = mlflow_model.register(uri, run.data.tags["model_uri"], "tiny_hyperprior")
+  codec("decompress", "--model", f"models:/tiny_hyperprior/{version}", tmp / "a.cbx",
+        tmp / "b.png")
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp / "b.png")), decoded)
