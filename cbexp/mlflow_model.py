@@ -12,7 +12,11 @@ The MLflow model holds two artifacts:
   export/     the SavedModel (cbexp.export) that ``predict`` runs. A SavedModel is code: load
               MLflow models only from stores you trust (cbexp.export checks its ops first).
 """
+import contextlib
+import logging
+import os
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -22,21 +26,28 @@ MODEL_DIR, EXPORT = "model_dir", "export"
 ARTIFACT_PATH = "model"  # runs:/<run id>/model
 
 
-class CodecModel(mlflow.pyfunc.PythonModel):
-  """pyfunc wrapper of a cbexp export: a uint8 image in, its reconstruction and bpp out."""
+# MLflow warns, when the class is defined, that predict has no type hints: its signature is
+# given explicitly (signature()), for a tensor MLflow's type hints do not describe. MLflow's own
+# decorator resets the warning filters there, so the warning is dropped where it is shown;
+# catch_warnings restores showwarning after the class.
+with warnings.catch_warnings():
+  warnings.showwarning = lambda *args, **kwargs: None
 
-  def load_context(self, context):
-    from cbexp import export
-    from cbexp.codec import Codec
-    self.codec = Codec(export.load(context.artifacts[EXPORT]), "MLflow model")
+  class CodecModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a cbexp export: a uint8 image in, its reconstruction and bpp out."""
 
-  def predict(self, context, model_input, params=None):
-    from cbexp.bitstream import Bitstream, bits_per_pixel
-    image = np.asarray(model_input, dtype=np.uint8)
-    data = self.codec.encode(image).to_bytes()
-    reconstruction = self.codec.decode(Bitstream.from_bytes(data))
-    return {"reconstruction": reconstruction,
-            "bpp": np.array([bits_per_pixel(len(data), image.shape[0], image.shape[1])])}
+    def load_context(self, context):
+      from cbexp import export
+      from cbexp.codec import Codec
+      self.codec = Codec(export.load(context.artifacts[EXPORT]), "MLflow model")
+
+    def predict(self, context, model_input, params=None):
+      from cbexp.bitstream import Bitstream, bits_per_pixel
+      image = np.asarray(model_input, dtype=np.uint8)
+      data = self.codec.encode(image).to_bytes()
+      reconstruction = self.codec.decode(Bitstream.from_bytes(data))
+      return {"reconstruction": reconstruction,
+              "bpp": np.array([bits_per_pixel(len(data), image.shape[0], image.shape[1])])}
 
 
 def signature():
@@ -56,13 +67,40 @@ def requirements():
           ("tensorflow", "tensorflow-compression", "numpy", "cbexp")]
 
 
+@contextlib.contextmanager
+def quiet_logging():
+  """Logging a model makes MLflow warn about cloudpickle and type hints, draw download bars and
+  load the export (TensorFlow's custom-gradient notes): not the user's news (CBEXP_DEBUG=1
+  shows them)."""
+  if os.environ.get("CBEXP_DEBUG"):
+    yield
+    return
+  loggers = [logging.getLogger(name) for name in ("mlflow", "tensorflow", "absl")]
+  levels = [logger.level for logger in loggers]
+  progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+  os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+  try:
+    for logger in loggers:
+      logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+    if progress is None:
+      os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+    else:
+      os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
+
+
 def log_model(tracking_uri, run_id, model_dir, export_dir, example):
   """Logs the MLflow model of a run (``runs:/<run id>/model``); -> the logged model's URI.
   ``example``: a small uint8 image, stored as the input example."""
   from cbexp.tracking import fluent_store
   client = mlflow.MlflowClient(tracking_uri)
   status = client.get_run(run_id).info.status
-  with fluent_store(tracking_uri), mlflow.start_run(run_id=run_id):
+  with fluent_store(tracking_uri), quiet_logging(), mlflow.start_run(run_id=run_id):
     info = mlflow.pyfunc.log_model(
         name=ARTIFACT_PATH, python_model=CodecModel(), signature=signature(),
         artifacts={MODEL_DIR: str(model_dir), EXPORT: str(export_dir)},

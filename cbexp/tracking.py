@@ -141,17 +141,24 @@ def open_store(uri):
   return client
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says what it is; this
+# kind opens the "Model training" view (runs, training curves, models).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name):
   experiment = client.get_experiment_by_name(name)
-  if experiment is not None:
-    return experiment.experiment_id
-  try:
-    return client.create_experiment(name)
-  except Exception:  # created meanwhile by a parallel job
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-      raise
-    return experiment.experiment_id
+  if experiment is None:
+    try:
+      return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    except Exception:  # created meanwhile by a parallel job
+      experiment = client.get_experiment_by_name(name)
+      if experiment is None:
+        raise
+  for key, value in EXPERIMENT_KIND.items():
+    if key not in experiment.tags:
+      client.set_experiment_tag(experiment.experiment_id, key, value)
+  return experiment.experiment_id
 
 
 # --- what a run records ----------------------------------------------------------------------

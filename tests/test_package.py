@@ -59,6 +59,9 @@ def test_summary_and_a_short_quickstart_run_from_another_folder(installed):
                    "eval.max_images=1")
   assert quickstart.returncode == 0, quickstart.stderr[-3000:]
   assert "done: eval bpp" in quickstart.stderr
+  # Logging the MLflow model is quiet: no library warnings, download bars or TensorFlow notes.
+  for noise in ("Warning", "Downloading artifacts", "Importing a function"):
+    assert noise not in quickstart.stderr, quickstart.stderr[-3000:]
   from mlflow.tracking import MlflowClient
   client = MlflowClient(f"sqlite:///{elsewhere}/mlflow.db")
   (record,) = client.search_runs([client.get_experiment_by_name("cbexp").experiment_id])

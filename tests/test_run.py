@@ -115,8 +115,12 @@ def test_run_logs_the_schema(resumed_run):
 def test_run_record_is_mlflow_native(resumed_run):
   """MLflow's own source, user and git tags, the command line, a description, and the image
   sets as dataset inputs (named, with a digest of their bytes, by context)."""
-  run = MlflowClient(resumed_run["uri"]).get_run(resumed_run["run_id"])
+  client = MlflowClient(resumed_run["uri"])
+  run = client.get_run(resumed_run["run_id"])
   tags = run.data.tags
+  # The dashboard opens the experiment in its "Model training" view, not the GenAI one.
+  assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == \
+      "custom_model_development"
   assert tags["mlflow.source.name"].endswith("cbexp/run.py") and tags["mlflow.user"]
   assert tags["mlflow.source.type"] == "LOCAL"
   assert tags["mlflow.source.git.commit"] == tags["git_commit"] != "unknown"
