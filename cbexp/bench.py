@@ -35,6 +35,13 @@ Arguments (``key=value``; lists comma-separated):
   mlflow=<tracking uri>        also log one MLflow run per model and precision
   experiment=cbexp-bench       MLflow experiment
   model_dir=<dir>[,<dir>...]   trained model directories instead of ``entropy=`` models
+  numerics=float[,exact]       entropy-parameter numerics (cbexp.entropy.exact): with both, each
+                               model is benchmarked twice in this process, the exact one named
+                               <entropy>+exact, e.g. ``model_dir=<dir> numerics=float,exact``
+  compare=<key>=<v1>,<v2>...   each ``entropy=`` model once per value of one model-config key,
+                               same weights, named <entropy>+<value>; e.g. the checkerboard
+                               context at coded positions or on the full grid:
+                               ``compare=entropy.context_positions=coded,full_grid``
   threads=N                    TensorFlow intra-op threads (default: TensorFlow's choice)
   seed=0                       weight seed for untrained models
 Any other ``key=value`` with a dot, or ``transform=...``, is a Hydra override of the model
@@ -51,7 +58,8 @@ import numpy as np
 
 DEFAULTS = dict(entropy="charm,checkerboard,hyperprior", images="", max_images="0",
                 repeats="3", precision="float32", out="bench.csv", mlflow="",
-                experiment="cbexp-bench", model_dir="", threads="0", seed="0")
+                experiment="cbexp-bench", model_dir="", threads="0", seed="0",
+                numerics="float", compare="")
 # serial_loop: the autoregressive model's per-position loop, where context, g_ep and range
 # decoding alternate inside one graph and cannot be timed apart (zero for the other models).
 STAGES = ("range_coding", "hyper_synthesis", "entropy_parameters", "serial_loop", "lrp",
@@ -81,28 +89,27 @@ def split_existing_paths(text):
 
 
 def parse_args(argv):
-  args, overrides = dict(DEFAULTS), []
-  for token in argv:
-    key, sep, value = token.partition("=")
-    if not sep:
-      raise BenchError(f"argument {token!r} is not key=value")
-    if key in DEFAULTS:
-      args[key] = value
-    elif "." in key or key.lstrip("+~") in ("transform", "scale_table", "lmbda"):
-      overrides.append(token)
-    else:
-      raise BenchError(f"unknown argument {key!r} (known: {', '.join(DEFAULTS)}, or Hydra "
-                       f"overrides such as transform=tiny)")
-  for key in ("max_images", "repeats", "threads", "seed"):
-    try:
-      args[key] = int(args[key])
-    except ValueError:
-      raise BenchError(f"{key} must be an integer, got {args[key]!r}") from None
+  from cbexp.cli import parse_key_values
+  args, overrides = parse_key_values(argv, DEFAULTS, BenchError,
+                                     integers=("max_images", "repeats", "threads", "seed"))
   if args["repeats"] < 1:
     raise BenchError(f"repeats must be >= 1, got {args['repeats']}")
   args["entropy"] = [e for e in args["entropy"].split(",") if e]
   args["precision"] = [p for p in args["precision"].split(",") if p]
   args["model_dir"] = split_existing_paths(args["model_dir"])
+  from cbexp.entropy.exact import NUMERICS
+  args["numerics"] = [n for n in args["numerics"].split(",") if n]
+  if not args["numerics"] or set(args["numerics"]) - set(NUMERICS):
+    raise BenchError(f"numerics must be among {NUMERICS}, got {','.join(args['numerics'])!r}")
+  if args["compare"]:
+    key, sep, values = args["compare"].partition("=")
+    if not sep or "." not in key or not values:
+      raise BenchError(f"compare must be <config key>=<value>,<value>..., got "
+                       f"{args['compare']!r}")
+    if args["model_dir"]:
+      raise BenchError("compare= varies the config of entropy= models; a trained model_dir "
+                       "is benchmarked as it was saved")
+    args["compare"] = (key, [v for v in values.split(",") if v])
   from cbexp.precision import PRECISIONS
   for p in args["precision"]:
     if p not in PRECISIONS:
@@ -231,14 +238,18 @@ class StagedDecoder:
 
   def mean_and_scale_hyper(self, z_hat):
     """The two hyper-synthesis paths of the ChARM-style models."""
-    return self.timed("hyper_synthesis", "hs", self.em._hyper_features, z_hat)
+    nets = self.em.coding_networks()
+    return self.timed("hyper_synthesis", "hs", lambda z: self.em._hyper_features(z, nets), z_hat)
 
 
+# Each stage list uses the networks decompress uses: ``coding_networks()``, the float layers or
+# their exact integer versions (entropy.numerics).
 class HyperpriorStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
     em = self.em
-    hyper = self.timed("hyper_synthesis", "hs", em.hyper_synthesis, z_hat)
-    mean, index = self.timed("entropy_parameters", "ep", em.entropy_parameters, hyper)
+    nets = em.coding_networks()
+    hyper = self.timed("hyper_synthesis", "hs", nets.hyper_synthesis, z_hat)
+    mean, index = self.timed("entropy_parameters", "ep", nets.entropy_parameters, hyper)
     y_hat = self.decode_gaussian("rc", 0, index, mean)
     return self.timed("lrp", "lrp", lambda h, y: y + em._residual(h, decoding=True), hyper,
                       y_hat)
@@ -248,16 +259,18 @@ class CheckerboardStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
     from cbexp.entropy.layers import merge_checkerboard, split_checkerboard
     em = self.em
+    nets = em.coding_networks()
 
     def hyper_fn(z):
-      hyper, hyper_lrp = em._hyper(z)
+      hyper, hyper_lrp = em._hyper(z, nets)
       return split_checkerboard(hyper) + (hyper_lrp,)
 
     hyper_a, hyper_n, hyper_lrp = self.timed("hyper_synthesis", "hs", hyper_fn, z_hat)
-    mean_a, index_a = self.timed("entropy_parameters", "ep_anchors", em._anchor_params, hyper_a)
+    mean_a, index_a = self.timed("entropy_parameters", "ep_anchors",
+                                 lambda h: em._anchor_params(h, nets), hyper_a)
     y_hat_a = self.decode_gaussian("rc", 0, index_a, mean_a)
-    mean_n, index_n = self.timed("entropy_parameters", "ep_non_anchors", em._non_anchor_params,
-                                 y_hat_a, hyper_n)
+    mean_n, index_n = self.timed("entropy_parameters", "ep_non_anchors",
+                                 lambda y, h: em._non_anchor_params(y, h, nets), y_hat_a, hyper_n)
     y_hat_n = self.decode_gaussian("rc", 1, index_n, mean_n)
 
     def lrp_fn(y_a, y_n, hyper):
@@ -270,15 +283,17 @@ class CheckerboardStages(StagedDecoder):
 class CharmStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
     em = self.em
+    nets = em.coding_networks()
     hyper_means, hyper_scales = self.mean_and_scale_hyper(z_hat)
     decoded = []
     for i in range(em.num_slices):
       mean, index, mean_support = self.timed(
           "entropy_parameters", ("ep", i),
-          lambda hm, hs, dec, i=i: em._slice_params(i, hm, hs, dec),
+          lambda hm, hs, dec, i=i: em._slice_params(i, hm, hs, dec, nets),
           hyper_means, hyper_scales, list(decoded))
       y_hat_slice = self.decode_gaussian("rc", i, index, mean)
-      decoded.append(self.timed("lrp", ("lrp", i), lambda s, y, i=i: em._with_residual(i, s, y),
+      decoded.append(self.timed("lrp", ("lrp", i),
+                                lambda s, y, i=i: em._with_residual(i, s, y, nets),
                                 mean_support, y_hat_slice))
     return self.tf.concat(decoded, axis=-1)
 
@@ -287,23 +302,24 @@ class CharmCheckerboardStages(StagedDecoder):
   def decode_latent(self, z_hat, y_shape):
     from cbexp.entropy.layers import merge_checkerboard
     em = self.em
+    nets = em.coding_networks()
     hyper_means, hyper_scales = self.mean_and_scale_hyper(z_hat)
     decoded = []
     for i in range(len(em.slices)):
       features_a, features_n, mean_support = self.timed(
           "entropy_parameters", ("channel_context", i),
-          lambda hm, hs, dec, i=i: em._channel_features(i, hm, hs, dec),
+          lambda hm, hs, dec, i=i: em._channel_features(i, hm, hs, dec, nets),
           hyper_means, hyper_scales, list(decoded))
       mean_a, index_a = self.timed("entropy_parameters", ("ep_anchors", i),
-                                   lambda f, i=i: em.entropy_parameters[i](f), features_a)
+                                   lambda f, i=i: nets.entropy_parameters[i](f), features_a)
       y_hat_a = self.decode_gaussian(("rc", 2 * i), 2 * i, index_a, mean_a)
       mean_n, index_n = self.timed(
           "entropy_parameters", ("ep_non_anchors", i),
-          lambda y_a, f, i=i: em._non_anchor_params(i, y_a, f), y_hat_a, features_n)
+          lambda y_a, f, i=i: em._non_anchor_params(i, y_a, f, nets), y_hat_a, features_n)
       y_hat_n = self.decode_gaussian(("rc", 2 * i + 1), 2 * i + 1, index_n, mean_n)
       decoded.append(self.timed(
           "lrp", ("lrp", i),
-          lambda s, y_a, y_n, i=i: em._with_residual(i, s, merge_checkerboard(y_a, y_n)),
+          lambda s, y_a, y_n, i=i: em._with_residual(i, s, merge_checkerboard(y_a, y_n), nets),
           mean_support, y_hat_a, y_hat_n))
     return self.tf.concat(decoded, axis=-1)
 
@@ -338,6 +354,11 @@ class Subject:
   name: str
   model: object
   trained: bool
+  numerics: str = "float"
+
+
+def subject_name(name, numerics):
+  return name if numerics == "float" else f"{name}+{numerics}"
 
 
 def build_subjects(args, overrides):
@@ -346,19 +367,27 @@ def build_subjects(args, overrides):
   from cbexp.model_io import load_model_dir
   subjects = []
   for directory in args["model_dir"]:
-    model, cfg = load_model_dir(directory)
-    subjects.append(Subject(str(cfg.entropy.name), model, True))
+    for numerics in args["numerics"]:
+      model, cfg = load_model_dir(directory, numerics=numerics)
+      subjects.append(Subject(subject_name(str(cfg.entropy.name), numerics), model, True,
+                              numerics))
   if not args["model_dir"]:
+    key, values = args["compare"] or (None, [None])
     for name in args["entropy"]:
-      tf.keras.utils.set_random_seed(args["seed"])
-      try:
-        cfg = compose([f"entropy={name}"] + overrides)
-      except Exception as e:  # Hydra's message names the missing option
-        raise BenchError(f"cannot compose entropy={name} {' '.join(overrides)}: "
-                         f"{str(e).splitlines()[0]}") from None
-      model = build_model(cfg)
-      model.build_coders()
-      subjects.append(Subject(name, model, False))
+      for numerics in args["numerics"]:
+        for value in values:
+          tf.keras.utils.set_random_seed(args["seed"])  # the same weights for each variant
+          variant = [f"{key}={value}"] if key else []
+          try:
+            cfg = compose([f"entropy={name}"] + overrides + [f"entropy.numerics={numerics}"]
+                          + variant)
+          except Exception as e:  # Hydra's message names the missing option
+            raise BenchError(f"cannot compose entropy={name} {' '.join(overrides + variant)}: "
+                             f"{str(e).splitlines()[0]}") from None
+          model = build_model(cfg)
+          model.build_coders()
+          label = subject_name(name, numerics) + (f"+{value}" if key else "")
+          subjects.append(Subject(label, model, False, numerics))
   return subjects
 
 
@@ -410,7 +439,8 @@ def bench_model(subject, images, precisions, repeats, progress):
       if precision == "float32" and not np.array_equal(y_hat.numpy(), compressed.y_hat.numpy()):
         raise RuntimeError(f"{subject.name}: decoder's y_hat differs from the encoder's")
       h, w = shape
-      row = {"entropy": subject.name, "precision": precision, "image": name, "height": h,
+      row = {"entropy": subject.name, "numerics": subject.numerics, "precision": precision,
+             "image": name, "height": h,
              "width": w, "bytes": compressed.num_bytes,
              "bpp": 8. * compressed.num_bytes / (h * w),
              "encode_s": float(np.median(encode)), "decode_s": float(np.median(decode)),

@@ -1,10 +1,10 @@
 """The ``.cbx`` file: a self-describing container for one compressed image.
 
-Layout (all integers big-endian, unsigned):
+Layout (all integers big-endian, unsigned), format version 2 (FORMAT_VERSION):
 
     offset      size  field
     0           4     magic b"\\x89CBX" (the high first byte catches 7-bit / text-mode transfers)
-    4           1     format version (FORMAT_VERSION)
+    4           1     format version: 2 (1: the layout without symbol checks, see below)
     5           1     n: length of the entropy-model name
     6           n     entropy-model name, ASCII (e.g. "charm")
     6+n         16    model fingerprint (128 bits of SHA-256 over config + weights)
@@ -12,8 +12,30 @@ Layout (all integers big-endian, unsigned):
     26+n        4     image width in pixels
     30+n        1     k: number of strings (z first, then the entropy model's)
     31+n        4k    length in bytes of each string
-    31+n+4k     sum   the strings, in order
+    31+n+4k     4k    symbol check of each string, in the same order (SYMBOL_CHECK_BYTES each)
+    31+n+8k     sum   the strings, in order
     end-4       4     CRC-32 of every byte before it
+
+Format version 1 is the same without the symbol checks (the strings start at 31+n+4k). Files of
+both versions are read; ``Bitstream.to_bytes`` writes version 2 when the stream has its checks
+(``cbexp.codec`` always gives them) and version 1 when it has none (``checks=None``: tests,
+files read from version 1).
+
+The *symbol check* of a string is what the decoder must reproduce, so that a decode that went
+wrong without an error is refused instead of giving a wrong image. Encoder and decoder compute
+the entropy parameters in floating point; on another numeric environment (thread count, oneDNN
+on or off, instruction set, GPU) a scale index or mean can round the other way, the range
+decoder loses sync, and the strings can still pass their re-encoding check (re-encoding the
+wrong symbols with the same wrong indexes gives the string back). The check covers, per string,
+the quantized symbols the image is made of (round(y - mean); z: its symbols; the autoregressive
+model: its decoded integers), as int32: the first 4 bytes of TensorFlow's ``tf.fingerprint`` (farmhash64) of them
+(``cbexp.entropy.base.GaussianConditional.symbol_check``), computed in the graph on both sides
+with the same ops. Why farmhash64 and not CRC-32: TensorFlow has no CRC-32 op (a Python callback
+would make exports refuse or run outside the graph), ``tf.fingerprint`` is a stock op, runs at
+memory speed and gives the same bytes on every platform TensorFlow runs on (it hashes the int32
+buffer, little-endian on all of them). 4 bytes: a wrong decode passes with probability 2**-32
+per string. Cost: 4 bytes per string (ChARM, 11 strings: 44 bytes, 0.0009 bpp on a 768x512
+image; measured in README, "Wrong decodes are refused").
 
 Pure Python (struct + zlib). ``Bitstream.from_bytes`` validates everything and raises
 ``BitstreamError`` with a message naming the problem; it never returns a partly parsed stream.
@@ -31,21 +53,45 @@ import zlib
 from cbexp import files
 
 MAGIC = b"\x89CBX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; READ_VERSIONS are read
+READ_VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16
+SYMBOL_CHECK_BYTES = 4  # cbexp.entropy.base.SYMBOL_CHECK_BYTES (a test checks)
 _MAX_NAME_BYTES = 255
 _MAX_STRINGS = 255
 _CHECKSUM = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _SIZE = struct.Struct(">II")  # height, width
 # The longest possible header: magic, version, name length, name, fingerprint, size, count,
-# lengths. ``read`` reads at most this much before it knows what the file announces.
+# lengths, checks. ``read`` reads at most this much before it knows what the file announces.
 MAX_HEADER_BYTES = (len(MAGIC) + 2 + _MAX_NAME_BYTES + FINGERPRINT_BYTES + _SIZE.size + 1
-                    + _LENGTH.size * _MAX_STRINGS)
+                    + (_LENGTH.size + SYMBOL_CHECK_BYTES) * _MAX_STRINGS)
 
 
 class BitstreamError(ValueError):
   """A .cbx file that cannot be decoded; the message says why."""
+
+
+class SymbolCheckError(ValueError):
+  """The decoder did not reproduce the encoder's symbols (an intact file)."""
+
+
+def compare_symbol_checks(stored, decoded):
+  """Refuses (SymbolCheckError, one line) a decode whose symbol checks differ from the ones the
+  encoder stored, naming the first string that differs: the later ones follow from it."""
+  if len(stored) != len(decoded):
+    raise SymbolCheckError(f"{len(stored)} symbol checks stored, {len(decoded)} decoded")
+  differ = [i for i, (a, b) in enumerate(zip(stored, decoded)) if bytes(a) != bytes(b)]
+  if not differ:
+    return
+  i = differ[0]
+  which = "the z string" if i == 0 else f"string {i} (y string {i} of {len(stored) - 1})"
+  raise SymbolCheckError(
+      f"symbol check failed for {which}, {len(differ)} of {len(stored)} strings differ (stored "
+      f"{bytes(stored[i]).hex()}, decoded {bytes(decoded[i]).hex()}): the decoder decoded other "
+      "symbols than the encoder coded, so its numeric environment differs from the "
+      "encoder's (thread count, oneDNN, instruction set, GPU); decode on the encoder's kind of "
+      "machine, or encode with an entropy.numerics=exact model (or the file was altered)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +101,12 @@ class Bitstream:
   height: int
   width: int
   strings: tuple  # of bytes
+  checks: tuple = None  # of bytes, SYMBOL_CHECK_BYTES each, one per string (None: format 1)
 
   def __post_init__(self):
     object.__setattr__(self, "strings", tuple(bytes(s) for s in self.strings))
+    if self.checks is not None:
+      object.__setattr__(self, "checks", tuple(bytes(c) for c in self.checks))
     name = self.entropy_model.encode("ascii", errors="replace")
     if not 0 < len(name) <= _MAX_NAME_BYTES or not self.entropy_model.isascii():
       raise BitstreamError(f"entropy-model name {self.entropy_model!r} must be 1 to "
@@ -75,16 +124,26 @@ class Bitstream:
       raise BitstreamError(f"{len(self.strings)} strings; a .cbx file holds 1 to {_MAX_STRINGS}")
     if any(len(s) >= 2**32 for s in self.strings):
       raise BitstreamError("a string longer than 4 GiB cannot be stored")
+    if self.checks is not None and (len(self.checks) != len(self.strings) or any(
+        len(c) != SYMBOL_CHECK_BYTES for c in self.checks)):
+      raise BitstreamError(f"{len(self.strings)} strings need as many symbol checks of "
+                           f"{SYMBOL_CHECK_BYTES} bytes, got {[len(c) for c in self.checks]}")
 
   @property
   def num_pixels(self):
     return self.height * self.width
 
+  @property
+  def version(self):
+    """The format version ``to_bytes`` writes: 2 with symbol checks, 1 without."""
+    return 1 if self.checks is None else 2
+
   def to_bytes(self):
     name = self.entropy_model.encode("ascii")
-    parts = [MAGIC, bytes([FORMAT_VERSION, len(name)]), name, bytes.fromhex(self.fingerprint),
+    parts = [MAGIC, bytes([self.version, len(name)]), name, bytes.fromhex(self.fingerprint),
              _SIZE.pack(self.height, self.width), bytes([len(self.strings)])]
     parts += [_LENGTH.pack(len(s)) for s in self.strings]
+    parts += self.checks or ()
     parts += self.strings
     body = b"".join(parts)
     return body + _CHECKSUM.pack(zlib.crc32(body))
@@ -112,6 +171,7 @@ class Header:
   width: int
   lengths: tuple  # of each string, in bytes
   size: int  # of the header itself, in bytes
+  checks: tuple = None  # symbol check of each string (format 2; None: format 1)
 
   @property
   def file_size(self):
@@ -132,12 +192,13 @@ class Header:
       raise BitstreamError(f"not a .cbx file (wrong magic bytes {data[:len(MAGIC)]!r}, "
                            f"expected {MAGIC!r})")
     version = data[len(MAGIC)]
-    if version > FORMAT_VERSION:
+    readable = " and ".join(map(str, READ_VERSIONS))
+    if version > max(READ_VERSIONS):
       raise BitstreamError(f"format version {version} is newer than this reader "
-                           f"(reads version {FORMAT_VERSION}); update cbexp")
-    if version != FORMAT_VERSION:
-      raise BitstreamError(f"unknown format version {version} (this reader reads "
-                           f"{FORMAT_VERSION})")
+                           f"(reads versions {readable}); update cbexp")
+    if version not in READ_VERSIONS:
+      raise BitstreamError(f"unknown format version {version} (this reader reads versions "
+                           f"{readable})")
 
     # Layout first (every read bounds-checked), then the checksum, then the values' meaning.
     reader = _Reader(data, start=len(MAGIC) + 1, file_size=file_size)
@@ -147,8 +208,10 @@ class Header:
     count = reader.byte()
     lengths = tuple(_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
                     for _ in range(count))
+    checks = (tuple(reader.take(SYMBOL_CHECK_BYTES, "symbol checks") for _ in range(count))
+              if version >= 2 else None)
     header = cls(name=name, fingerprint=fingerprint, height=height, width=width,
-                 lengths=lengths, size=reader.offset)
+                 lengths=lengths, size=reader.offset, checks=checks)
     expected_size = header.file_size
     if file_size < expected_size:
       raise BitstreamError(f"truncated or corrupted: the header announces {expected_size} "
@@ -165,7 +228,7 @@ class Header:
     except UnicodeDecodeError:
       raise BitstreamError("corrupted header: entropy-model name is not ASCII") from None
     return Bitstream(entropy_model=name, fingerprint=self.fingerprint.hex(), height=self.height,
-                     width=self.width, strings=tuple(strings))
+                     width=self.width, strings=tuple(strings), checks=self.checks)
 
 
 def _check_crc(computed, stored):

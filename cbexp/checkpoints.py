@@ -54,14 +54,17 @@ def verify(prefix):
     reader.get_tensor(name)
 
 
-def restore_latest(checkpoint, folder):
+def restore_latest(checkpoint, folder, read_only=False):
   """Restores ``checkpoint`` (a tf.train.Checkpoint) from the newest readable checkpoint in
   ``folder`` and rewrites the manager's state file to match. -> its prefix, or None when the
   folder holds no checkpoint. Raises CheckpointError if checkpoints exist but none can be read,
-  or if one reads but does not fit the model (another model size)."""
+  or if one reads but does not fit the model (another model size). ``read_only``: restores and
+  changes nothing in ``folder`` (the other workers of a multi-worker run read the chief's
+  checkpoints; only the chief tidies them)."""
   import tensorflow as tf
   folder = pathlib.Path(folder)
-  remove_partial_writes(folder)
+  if not read_only:
+    remove_partial_writes(folder)
   found = checkpoints_on_disk(folder)
   for position, (step, prefix) in enumerate(found):
     try:
@@ -76,6 +79,8 @@ def restore_latest(checkpoint, folder):
       raise CheckpointError(f"checkpoint {prefix} does not fit this model ({_one_line(error)}): "
                             f"the run directory holds a run of another configuration; use "
                             f"another run_dir or the original settings") from None
+    if read_only:
+      return prefix
     # Names relative to the folder (a moved run directory still resumes), oldest first.
     kept = [pathlib.Path(p).name for _, p in reversed(found[position:])]
     # The manager's state file (a CheckpointState text proto), written as TensorFlow writes it.

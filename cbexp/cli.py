@@ -110,3 +110,32 @@ def one_line_parser(**kwargs):
       self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
   return OneLineParser(**kwargs)
+
+
+# Model-config arguments of the key=value commands (bench, conformance): Hydra overrides, as in
+# ``cbexp.run`` (a dotted key, or a config group of the model).
+MODEL_GROUPS = ("transform", "scale_table", "lmbda")
+
+
+def parse_key_values(argv, defaults, error, integers=()):
+  """``key=value`` arguments -> (the command's own arguments, merged into ``defaults``; Hydra
+  overrides of the model config). Unknown keys and non-integers among ``integers`` raise
+  ``error`` (the command's one-line error class)."""
+  args, overrides = dict(defaults), []
+  for token in argv:
+    key, sep, value = token.partition("=")
+    if not sep:
+      raise error(f"argument {token!r} is not key=value")
+    if key in defaults:
+      args[key] = value
+    elif "." in key or key.lstrip("+~") in MODEL_GROUPS:
+      overrides.append(token)
+    else:
+      raise error(f"unknown argument {key!r} (known: {', '.join(defaults)}, or Hydra "
+                  f"overrides such as transform=tiny)")
+  for key in integers:
+    try:
+      args[key] = int(args[key])
+    except ValueError:
+      raise error(f"{key} must be an integer, got {args[key]!r}") from None
+  return args, overrides

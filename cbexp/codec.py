@@ -10,7 +10,11 @@ same weights: a model directory is wrapped in the very functions an export store
 
 Decoding checks that the file was made by this model (entropy-model name and fingerprint of
 config + weights + range-coding tables) and refuses otherwise; the strings themselves are
-verified while they are decoded (cbexp.entropy.base.verify_strings). Sizes are checked from
+verified while they are decoded (cbexp.entropy.base.verify_strings), and the decoder's symbol
+check of each string (its scale indexes and symbols, cbexp.bitstream) must equal the one the
+encoder stored in the file: a decoder whose numeric environment differs from the encoder's (other
+thread count, oneDNN, instruction set, GPU) can otherwise lose sync without an error and write a
+wrong image. Files of .cbx format 1 (no checks) decode as before. Sizes are checked from
 headers before anything large is allocated or the model loads: the pixel limit counts the
 *padded* image (a multiple of 64 per side), and a .cbx file may not hold more than
 MAX_BYTES_PER_PIXEL bytes per coded pixel. Errors end the command with one line on stderr and a
@@ -51,7 +55,9 @@ MAX_BYTES_PER_PIXEL = 16
 DECODE_TIMEOUT_BASE_S = 60.
 DECODE_TIMEOUT_PER_PIXEL_S = 50e-6
 STRINGS_REFUSED = ("the strings are corrupt or were not written by this model, or the decoder's "
-                   "numeric environment differs from the encoder's")
+                   "numeric environment differs from the encoder's (thread count, oneDNN, "
+                   "instruction set, GPU: decode on the encoder's kind of machine, or encode with "
+                   "an entropy.numerics=exact model)")
 
 
 class CodecError(ValueError):
@@ -99,6 +105,8 @@ class Codec:
     self.fingerprint = module.fingerprint.numpy().decode()
     self.num_strings = int(module.num_strings.numpy())
     self.pad_multiple = int(module.pad_multiple.numpy())
+    # Exports of format 2 predate the symbol checks (cbexp.export): they decode .cbx format 1.
+    self.symbol_checks = int(module.format_version.numpy()) >= 3
 
   def __repr__(self):
     return f"Codec({self.entropy_model}, fingerprint {self.fingerprint}, from {self.source})"
@@ -114,12 +122,22 @@ class Codec:
   def check_size(self, height, width):
     check_size(height, width, self.max_pixels, self.pad_multiple)
 
+  def _refuse_old_export(self, what):
+    raise CodecError(f"{self.source}: this export (format 2) predates the symbol checks of .cbx "
+                     f"format 2 and cannot {what}; export the model again (python -m "
+                     "cbexp.export --from MODEL) or use its model directory")
+
   def encode(self, image):
+    """-> Bitstream with the strings and their symbol checks (written as .cbx format 2)."""
     import tensorflow as tf
     image = self.check_image(image)
-    strings = self.module.compress(tf.constant(image)).numpy()
+    if not self.symbol_checks:
+      self._refuse_old_export("write them")
+    coded = self.module.compress(tf.constant(image))
     return Bitstream(entropy_model=self.entropy_model, fingerprint=self.fingerprint,
-                     height=image.shape[0], width=image.shape[1], strings=tuple(strings))
+                     height=image.shape[0], width=image.shape[1],
+                     strings=tuple(coded["strings"].numpy()),
+                     checks=tuple(bytes(c) for c in coded["checks"].numpy()))
 
   def check_compatible(self, bitstream):
     """Refuses a stream this model did not write: decoding it would give a wrong image."""
@@ -140,16 +158,27 @@ class Codec:
     self.check_size(bitstream.height, bitstream.width)
 
   def decode(self, bitstream):
-    """-> uint8 [H, W, 3]. Strings that fail verification (or that tfc's decoder rejects) raise
-    CodecError(STRINGS_REFUSED)."""
+    """-> uint8 [H, W, 3]. Strings that fail verification (or that tfc's range decoder
+    rejects: its sanity check) raise CodecError(STRINGS_REFUSED); symbol checks that differ
+    from the file's raise CodecError naming the string (``compare_symbol_checks``)."""
     import tensorflow as tf
+    from cbexp.bitstream import SymbolCheckError, compare_symbol_checks
     self.check_compatible(bitstream)
+    if bitstream.checks is not None and not self.symbol_checks:
+      self._refuse_old_export("check the symbols of a .cbx file of format 2")
     try:
-      image = self.module.decompress(tf.constant(bitstream.strings, tf.string),
-                                     tf.constant([bitstream.height, bitstream.width], tf.int32))
-    except tf.errors.InvalidArgumentError:
+      decoded = self.module.decompress(tf.constant(bitstream.strings, tf.string),
+                                       tf.constant([bitstream.height, bitstream.width], tf.int32))
+    except tf.errors.InvalidArgumentError:  # verify_strings, or tfc's "Sanity check failed."
       raise CodecError(f"cannot decode: {STRINGS_REFUSED}") from None
-    return image.numpy()
+    if not self.symbol_checks:
+      return decoded.numpy()
+    if bitstream.checks is not None:
+      try:
+        compare_symbol_checks(bitstream.checks, [bytes(c) for c in decoded["checks"].numpy()])
+      except SymbolCheckError as error:
+        raise CodecError(f"cannot decode: {error}") from None
+    return decoded["image"].numpy()
 
   def encoder_reconstruction(self, image):
     """The image the decoder will produce, computed on the encoder's side."""
@@ -172,7 +201,8 @@ def check_model_path(spec):
                      "model directory with config.yaml)")
 
 
-def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision=None):
+def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision=None,
+               numerics=None):
   """An export folder, a model directory or ``runs:/<run id>`` -> ``Codec``. ``precision``:
   the decoding precision (cbexp.precision; None: the export's, or float32); an export's is
   fixed when it is exported."""
@@ -188,8 +218,16 @@ def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision
       raise CodecError(f"{spec}: this export decodes in {exported}; --precision {precision} "
                        f"needs a new export (python -m cbexp.export --precision {precision}) "
                        f"or the model directory")
+    if numerics is not None:
+      import json
+      exported = json.loads(module.config_json.numpy()).get("entropy", {}).get("numerics",
+                                                                             "float")
+      if numerics != exported:
+        raise CodecError(f"{spec}: this export codes with {exported} numerics; --numerics "
+                         f"{numerics} needs a new export (python -m cbexp.export --numerics "
+                         f"{numerics}) or the model directory")
   else:
-    model, cfg = export.load_trained(spec, tracking_uri)
+    model, cfg = export.load_trained(spec, tracking_uri, numerics)
     model.set_decode_precision(precision or "float32")
     module = export.codec_module(model, cfg)
   return Codec(module, spec, max_pixels)
@@ -282,6 +320,10 @@ def _add_model_arguments(parser):
                       help="decoding precision: float32 (the reference) or bfloat16 (synthesis "
                            "and, where safe, LRP; same streams, slightly different images; "
                            "default: the export's, float32 for model directories)")
+  parser.add_argument("--numerics", choices=("float", "exact"),
+                      help="entropy-parameter numerics (cbexp.entropy.exact): exact decodes the "
+                           "same on every machine; the encoder and decoder must use the same "
+                           "(default: the model's own)")
 
 
 def _add_force_argument(parser, what="the output file"):
@@ -337,7 +379,8 @@ def compress_command(args):
   _check_not_same(args.input, output)
   check_model_path(args.model)
   _, _, mode = describe_image_file(args.input, args.max_pixels)  # before the model loads
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision,
+                     getattr(args, "numerics", None))
   image = load_image(args.input, args.max_pixels)
   height, width = image.shape[:2]  # upright (EXIF orientation applied)
   start = time.perf_counter()
@@ -356,7 +399,8 @@ def decompress_command(args):
   # The header is checked (pixel limit, string sizes against the file's) before the strings are
   # read, and the whole file before the model loads.
   stream, size = bitstream.read(args.input, lambda header: check_header(header, args.max_pixels))
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision,
+                     getattr(args, "numerics", None))
   codec.check_compatible(stream)
   timer = _watchdog(decode_timeout(stream.height, stream.width, args.decode_timeout),
                     "python -m cbexp.codec")
@@ -380,7 +424,8 @@ def eval_command(args):
     csv_path = _check_output(args.csv, (".csv",), args.force)
   for path in paths:  # every image's size, from its header, before the model loads
     describe_image_file(path, args.max_pixels)
-  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision)
+  codec = load_codec(args.model, args.tracking_uri, args.max_pixels, args.precision,
+                     getattr(args, "numerics", None))
   print(f"{codec.entropy_model} model {codec.fingerprint} from {codec.source}: "
         f"{len(paths)} images, times in seconds after a warm-up per image shape")
   print(_ROW.format("image", "size", "bytes", "bpp", "psnr", "ms_ssim", "ms_ssim_db",

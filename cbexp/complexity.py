@@ -12,9 +12,11 @@ every position the implementation actually computes:
 * a dense (1x1) layer costs ``c_in * c_out`` per position it runs on: the checkerboard model
   runs its entropy-parameter network on the anchors (hyper part of the first layer only: the
   anchors' context is exactly zero and is not computed) and then on the non-anchors;
-* the checkerboard context convolution as the implementation computes it: a plain 5x5
-  convolution of the masked kernel at every latent position (masked taps are multiplied too);
-  charm_checkerboard: the same per slice, on the slice's channels;
+* the checkerboard context as the implementation computes it (``context_model.positions``):
+  "coded", at each non-anchor (half the positions) a 3x3 correlation over the two packed anchor
+  grids (18 taps, 6 of them zero); "full_grid", a plain 5x5 convolution of the masked kernel at
+  every latent position (masked taps are multiplied too); charm_checkerboard: the same per
+  slice, on the slice's channels;
 * the serial (autoregressive) decoder as its loop computes it: per row, the context of the two
   rows above (2x5 taps) for the whole row, and its product with g_ep's context weights; per
   position, the two left taps folded into g_ep's first layer (2M x 3M) and g_ep's other layers;
@@ -22,6 +24,12 @@ every position the implementation actually computes:
 
 Biases, activations other than GDN, tanh, rounding and range coding are not counted.
 Per pixel means per pixel of the (padded) image, as in He et al. and ELIC.
+
+Why counted from shapes and not with TensorFlow's profiler (``tf.compat.v1.profiler``, which sums
+the flops statistics registered for Conv2D, Conv2DBackpropInput and MatMul): the profiler needs
+a graph traced with static shapes per stage and image size, and counts a ``tf.while_loop`` body
+once, so it cannot count the autoregressive decoder. For every other model the two agree exactly
+(``tests/test_complexity.py`` compares them stage by stage on traced graphs).
 """
 import math
 
@@ -82,6 +90,14 @@ def conv_macs(layer, positions):
   return positions * kh * kw * c_in * c_out
 
 
+def checkerboard_context_macs(layer, positions):
+  """A CheckerboardContext over a latent grid of ``positions`` positions, as it computes it."""
+  if layer.positions == "full_grid":
+    return conv_macs(layer, positions)
+  _, _, c_in, c_out = (int(d) for d in layer.kernel.shape)
+  return positions // 2 * 3 * 3 * 2 * c_in * c_out
+
+
 def _entropy_macs(entropy_model, latent_hw, z_hw):
   """{stage: MACs} of the entropy model's decoder (== the encoder's work on the same stages)."""
   from cbexp.entropy.autoregressive import AutoregressiveEntropyModel
@@ -105,7 +121,7 @@ def _entropy_macs(entropy_model, latent_hw, z_hw):
     if getattr(entropy_model, "hyper_synthesis_scale", None) is not None:  # like-for-like switch
       macs["hyper_synthesis"] += sequential_macs(entropy_model.hyper_synthesis_scale, *z_hw)[0]
     half = positions // 2
-    macs["context"] = conv_macs(entropy_model.context_model, positions)
+    macs["context"] = checkerboard_context_macs(entropy_model.context_model, positions)
     macs["entropy_parameters"] = (
         entropy_parameters_macs(entropy_model.entropy_parameters, half, with_context=False)
         + entropy_parameters_macs(entropy_model.entropy_parameters, half, with_context=True))
@@ -120,7 +136,7 @@ def _entropy_macs(entropy_model, latent_hw, z_hw):
           + sequential_macs(entropy_model.cc_scale[i], *latent_hw)[0]
           + entropy_parameters_macs(entropy_model.entropy_parameters[i], half, False)
           + entropy_parameters_macs(entropy_model.entropy_parameters[i], half, True))
-      macs["context"] += conv_macs(entropy_model.context_models[i], positions)
+      macs["context"] += checkerboard_context_macs(entropy_model.context_models[i], positions)
       macs["lrp"] += sequential_macs(entropy_model.lrp[i], *latent_hw)[0]
   elif isinstance(entropy_model, AutoregressiveEntropyModel):
     macs["hyper_synthesis"] = sequential_macs(entropy_model.hyper_synthesis, *z_hw)[0]

@@ -130,6 +130,19 @@ def check_untrusted_config(container):
   walk(container, "")
 
 
+def entropy_defaults(target):
+  """{argument: default} of the entropy class ``target`` (one of ``entropy_classes()``): what a
+  key missing from a saved config means (a model saved before the key existed was built with
+  the class's default)."""
+  import inspect
+  if target not in entropy_classes():
+    return {}
+  module_name, class_name = target.rsplit(".", 1)
+  entropy_class = getattr(importlib.import_module(module_name), class_name)
+  return {name: p.default for name, p in inspect.signature(entropy_class).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+
+
 def build_model(cfg: DictConfig):
   """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
   validated first (``model_config``); the entropy class is one of cbexp's own."""

@@ -102,9 +102,15 @@ def default_image_paths():
   return [str(folder / name) for name in SKIMAGE_COLOUR_PHOTOS if (folder / name).is_file()]
 
 
-def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True):
+def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True, part=None):
   """Endless tf.data pipeline of random patch_size crops, batched. Images are decoded once and
-  kept in memory (fine for folders of a few hundred images; CLIC goes through tfds instead)."""
+  kept in memory (fine for folders of a few hundred images; CLIC goes through tfds instead).
+
+  ``part=(index, count)``: the share of one of ``count`` input pipelines (tf.distribute's input
+  context, one per worker). Every pipeline draws the same seeded crop positions, cut into global
+  batches of ``batch_size``, and keeps only the index-th of ``count`` equal slices of each, batched
+  by ``batch_size // count``: the workers read distinct crops which together are exactly the
+  batches one process would read (the same training data for any number of workers)."""
   import tensorflow as tf
   images = [load_image(p) for p in paths]
   if check_sizes:
@@ -113,17 +119,26 @@ def random_crops(paths, patch_size, batch_size, seed=0, check_sizes=True):
     if small:
       raise DataError(f"images smaller than the {patch_size}x{patch_size} patch: "
                       + ", ".join(small[:5]) + (" ..." if len(small) > 5 else ""))
+  index, count = part or (0, 1)
+  if batch_size % count:
+    raise DataError(f"batch size {batch_size} cannot be split into {count} equal parts")
+  share = batch_size // count
+  first, last = index * share, (index + 1) * share  # this pipeline's slice of every batch
+
   def generator():
     rng = np.random.default_rng(seed)
+    position = 0
     while True:
       image = images[rng.integers(len(images))]
       top = rng.integers(image.shape[0] - patch_size + 1)
       left = rng.integers(image.shape[1] - patch_size + 1)
-      yield image[top:top + patch_size, left:left + patch_size]
+      if first <= position % batch_size < last:
+        yield image[top:top + patch_size, left:left + patch_size]
+      position += 1
 
   dataset = tf.data.Dataset.from_generator(
       generator, output_signature=tf.TensorSpec([patch_size, patch_size, 3], tf.uint8))
-  return dataset.map(lambda x: tf.cast(x, tf.float32)).batch(batch_size).prefetch(2)
+  return dataset.map(lambda x: tf.cast(x, tf.float32)).batch(share).prefetch(2)
 
 
 # --- dataset and eval-set configs (conf/dataset/, conf/eval/) -> image lists and pipelines -------
@@ -172,12 +187,20 @@ def center_crops(paths, patch_size):
   return tf.cast(np.stack(crops), tf.float32)
 
 
-def tfds_random_crops(name, split, patch_size, batch_size, data_dir=None):
+def tfds_random_crops(name, split, patch_size, batch_size, data_dir=None, part=None):
   """CLIC (or any tfds image dataset) as endless random crops, as in tfc's ms2020 script.
-  Downloads the dataset on first use; images smaller than the patch are skipped."""
+  Downloads the dataset on first use; images smaller than the patch are skipped.
+  ``part=(index, count)``: this input pipeline reads every count-th image (distinct images per
+  worker) and batches ``batch_size // count`` crops."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
+  index, count = part or (0, 1)
+  if batch_size % count:
+    raise DataError(f"batch size {batch_size} cannot be split into {count} equal parts")
+  batch_size //= count
   dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=True)
+  if count > 1:
+    dataset = dataset.shard(count, index)
   dataset = dataset.map(lambda item: item["image"])
   dataset = dataset.filter(lambda image: tf.reduce_all(tf.shape(image)[:2] >= patch_size))
   dataset = dataset.repeat().shuffle(64)

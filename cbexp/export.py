@@ -7,8 +7,17 @@
 The SavedModel holds the model's weights, the range-coding tables (tfc entropy models built with
 ``compression=True`` keep them in variables) and two functions:
 
-* ``compress(image: uint8 [H, W, 3]) -> strings [num_strings]`` (z first)
-* ``decompress(strings, image_shape: int32 [2]) -> uint8 [H, W, 3]``
+* ``compress(image: uint8 [H, W, 3]) -> {"strings": string [num_strings] (z first),
+  "checks": uint8 [num_strings, 4]}``
+* ``decompress(strings, image_shape: int32 [2]) -> {"image": uint8 [H, W, 3],
+  "checks": uint8 [num_strings, 4]}``
+
+``checks`` are the symbol checks of the strings (``cbexp.bitstream``, .cbx format 2): what the
+encoder coded, and what the decoder decoded; the caller compares them (``cbexp.codec``) and
+refuses an image whose checks differ. Exports of format 2 (before the checks: ``compress`` gave
+the strings, ``decompress`` the image) still load: they decode .cbx files of format 1, and
+``cbexp.codec`` refuses, in one line asking for a new export, to encode with them or to decode a
+file that carries checks.
 
 plus ``encoder_reconstruction(image)`` (what a float32 decoder will produce, computed by the
 encoder) and metadata variables: ``entropy_model``, ``fingerprint``, ``num_strings``,
@@ -39,7 +48,10 @@ from cbexp.config import MODEL_KEYS  # the config keys that define the network
 
 # Bumped if the functions' contract changes; loaders refuse exports they do not understand.
 # 2: the fingerprint covers the range-coding tables; decompress verifies its strings.
-EXPORT_FORMAT_VERSION = 2
+# 3: compress and decompress also return the strings' symbol checks (.cbx format 2).
+EXPORT_FORMAT_VERSION = 3
+# Formats ``load`` accepts: 2 decodes .cbx files of format 1 only (cbexp.codec).
+READ_EXPORT_FORMATS = (2, 3)
 FINGERPRINT_HEX_CHARS = 32  # 128 bits
 
 
@@ -110,19 +122,19 @@ def codec_module(model, cfg):
 
   @tf.function(input_signature=[image_spec])
   def compress(image):
-    strings, _ = model._compress_padded(padded(image))
-    return strings
+    strings, _, checks = model._compress_padded(padded(image))
+    return {"strings": strings, "checks": checks}
 
   @tf.function(input_signature=[tf.TensorSpec([num_strings], tf.string, name="strings"),
                                 tf.TensorSpec([2], tf.int32, name="image_shape")])
   def decompress(strings, image_shape):
     padded_shape = (image_shape + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
-    x_hat, _ = model._decompress_padded(strings, padded_shape)
-    return to_image(x_hat, image_shape)
+    x_hat, _, checks = model._decompress_padded(strings, padded_shape)
+    return {"image": to_image(x_hat, image_shape), "checks": checks}
 
   @tf.function(input_signature=[image_spec])
   def encoder_reconstruction(image):
-    _, y_hat = model._compress_padded(padded(image))
+    _, y_hat, _ = model._compress_padded(padded(image))
     return to_image(model.synthesis(y_hat), tf.shape(image)[:2])
 
   module = tf.Module(name="cbexp_codec")
@@ -265,8 +277,10 @@ def load(path, verify=True):
     if not hasattr(module, name):
       raise ExportError(f"{path}: a SavedModel but not a cbexp export (no '{name}')")
   version = int(module.format_version.numpy())
-  if version != EXPORT_FORMAT_VERSION:
-    raise ExportError(f"{path}: export format {version}, this code reads {EXPORT_FORMAT_VERSION}")
+  if version not in READ_EXPORT_FORMATS:
+    readable = " and ".join(map(str, READ_EXPORT_FORMATS))
+    raise ExportError(f"{path}: export format {version}, this code reads formats {readable}; "
+                      "export the model again (python -m cbexp.export --from MODEL)")
   if verify:
     verify_fingerprint(module, path)
   return module
@@ -313,18 +327,20 @@ def download_run_model(uri, tracking_uri=None, dst=None):
   return model_dir_in(local)
 
 
-def load_trained(source, tracking_uri=None):
-  """A model directory or ``runs:/<id>`` -> (model with coders built, cfg)."""
+def load_trained(source, tracking_uri=None, numerics=None):
+  """A model directory or ``runs:/<id>`` -> (model with coders built, cfg). ``numerics``: the
+  entropy numerics to code with (``cbexp.entropy.exact``; None: the model's own)."""
   import tempfile
   from cbexp.model_io import ModelDirError, load_model_dir
   source = str(source)
   try:
     if source.startswith(("runs:/", "models:/")):
       with tempfile.TemporaryDirectory(prefix="cbexp_model_") as tmp:
-        return load_model_dir(download_run_model(source, tracking_uri, dst=tmp))
+        return load_model_dir(download_run_model(source, tracking_uri, dst=tmp),
+                              numerics=numerics)
     if not pathlib.Path(source).exists():
       raise ExportError(f"{source}: no such model directory")
-    return load_model_dir(source)
+    return load_model_dir(source, numerics=numerics)
   except ModelDirError as error:
     raise ExportError(str(error)) from None
 
@@ -381,6 +397,10 @@ def main(argv=None):
                       help="decoding precision baked into the export (cbexp.precision): "
                            "bfloat16 runs the synthesis, and the LRP where safe, in bfloat16; "
                            "the streams are the same")
+  parser.add_argument("--numerics", choices=("float", "exact"),
+                      help="entropy-parameter numerics (cbexp.entropy.exact): exact computes "
+                           "means and scale indexes in integer arithmetic, the same bits on "
+                           "every machine (default: the model's own, float)")
 
   def body(args):
     outs = [a for a in args.args if a.startswith("out=")]
@@ -394,8 +414,10 @@ def main(argv=None):
       raise ExportError(f"overrides {overrides} cannot change a trained model (--from); "
                         "export it as it is")
     if args.source:
-      model, cfg = load_trained(args.source, args.tracking_uri)
+      model, cfg = load_trained(args.source, args.tracking_uri, args.numerics)
     else:
+      if args.numerics:
+        overrides.append(f"entropy.numerics={args.numerics}")
       try:
         model, cfg = build_untrained(overrides, args.seed)
       except Exception as error:

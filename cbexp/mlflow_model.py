@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import unittest.mock
 import warnings
 
 import numpy as np
@@ -38,8 +39,15 @@ with warnings.catch_warnings():
 
     def load_context(self, context):
       from cbexp import export
-      from cbexp.codec import Codec
-      self.codec = Codec(export.load(context.artifacts[EXPORT]), "MLflow model")
+      from cbexp.codec import Codec, load_codec
+      module = export.load(context.artifacts[EXPORT])
+      if int(module.format_version.numpy()) < export.EXPORT_FORMAT_VERSION:
+        # An export from before the symbol checks (export format 2) cannot write .cbx format 2:
+        # the model directory beside it gives the current functions (seconds of tracing).
+        self.codec = load_codec(context.artifacts[MODEL_DIR],
+                                precision=module.decode_precision.numpy().decode())
+      else:
+        self.codec = Codec(module, "MLflow model")
 
     def predict(self, context, model_input, params=None):
       from cbexp.bitstream import Bitstream, bits_per_pixel
@@ -77,21 +85,16 @@ def quiet_logging():
     return
   loggers = [logging.getLogger(name) for name in ("mlflow", "tensorflow", "absl")]
   levels = [logger.level for logger in loggers]
-  progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-  os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
   try:
     for logger in loggers:
       logger.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), unittest.mock.patch.dict(
+        os.environ, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
       warnings.simplefilter("ignore")
       yield
   finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
-    if progress is None:
-      os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-    else:
-      os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
 
 
 def log_model(tracking_uri, run_id, model_dir, export_dir, example):

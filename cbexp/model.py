@@ -8,12 +8,14 @@ range-coded strings (tensorflow-compression). Images of any size are padded to a
 ``PAD_MULTIPLE`` by edge replication and cropped back after decoding; bpp always counts the
 unpadded pixels.
 """
+import contextlib
 import dataclasses
+import types
 
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.entropy.base import CodingCost, EntropyModel, verify_strings
+from cbexp.entropy.base import CodingCost, EntropyModel, GaussianConditional, verify_strings
 from cbexp.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
 
 # g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
@@ -33,11 +35,13 @@ class TrainOutput:
 
 @dataclasses.dataclass
 class Compressed:
-  """What ``compress`` returns: strings (z first, then the entropy model's), the image size and
-  the latent shapes the decoder needs, and the encoder's own y_hat (for exactness checks)."""
+  """What ``compress`` returns: strings (z first, then the entropy model's), the image size the
+  decoder needs, the symbol check of each string (``checks``: what a .cbx file of format
+  2 stores) and the encoder's own y_hat (for exactness checks)."""
   strings: list  # of python bytes
   image_shape: tuple  # (height, width) of the unpadded image
   y_hat: tf.Tensor = None
+  checks: list = None  # of python bytes (SYMBOL_CHECK_BYTES each), one per string
 
   @property
   def num_bytes(self):
@@ -116,14 +120,40 @@ class CompressionModel(tf.keras.Model):
     return self._z_coder
 
   def _compress_padded(self, x):
+    """-> (strings [1 + num_strings], y_hat, symbol checks uint8 [1 + num_strings, 4])."""
     y = self._coding_analysis(x)
     z = self._coding_hyper_analysis(y)
     z_string = self.z_coder.compress(z)
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
-    y_strings, y_hat = self.entropy_model.compress(y, z_hat)
-    return tf.concat([z_string] + y_strings, axis=0), y_hat
+    with self._collecting_checks() as checks:
+      y_strings, y_hat = self.entropy_model.compress(y, z_hat)
+    return (tf.concat([z_string] + y_strings, axis=0), y_hat,
+            self._symbol_checks(z_hat, checks.result))
+
+  # --- the symbol check of each string (cbexp.bitstream, format 2) ---------------------------
+  # The entropy model codes each of its strings through GaussianConditional.compress/decompress
+  # (or calls its record_check itself, as the autoregressive model does), which records the
+  # check of what it coded; the z string's check covers its symbols (z's tables are fixed).
+  @contextlib.contextmanager
+  def _collecting_checks(self):
+    gaussian = self.entropy_model.gaussian
+    collected = types.SimpleNamespace(result=None)
+    gaussian.start_checks()
+    try:
+      yield collected
+    finally:
+      collected.result = gaussian.finish_checks()
+    if len(collected.result) != self.entropy_model.num_strings:
+      raise RuntimeError(f"the '{self.entropy_model.name}' entropy model recorded "
+                         f"{len(collected.result)} symbol checks for its "
+                         f"{self.entropy_model.num_strings} strings (one per string, "
+                         "GaussianConditional.record_check)")
+
+  def _symbol_checks(self, z_hat, y_checks):
+    return tf.concat([GaussianConditional.symbol_check(tf.round(z_hat))] + y_checks, axis=0)
 
   def _decompress_padded(self, strings, padded_shape):
+    """-> (x_hat padded, y_hat, the decoder's symbol checks uint8 [1 + num_strings, 4])."""
     z_shape = padded_shape // PAD_MULTIPLE
     y_shape = z_shape * 4
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
@@ -133,9 +163,11 @@ class CompressionModel(tf.keras.Model):
     symbols = tf.cast(tf.round(z_hat), tf.int32) - tf.gather(self._z_cost.offsets, channels)
     z_hat = verify_strings(z_hat, strings[:1], self.z_coder.compress(z_hat),
                            self._z_cost(symbols, channels))
-    y_hat = self.entropy_model.decompress(
-        [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
-    return self._low_precision_synthesis(y_hat), y_hat
+    with self._collecting_checks() as checks:
+      y_hat = self.entropy_model.decompress(
+          [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
+    return (self._low_precision_synthesis(y_hat), y_hat,
+            self._symbol_checks(z_hat, checks.result))
 
   @property
   def decode_precision(self):
@@ -164,18 +196,23 @@ class CompressionModel(tf.keras.Model):
     height, width = int(image.shape[0]), int(image.shape[1])
     x = tf.cast(image[None], tf.float32)
     x = pad_replicate(x, padded_size(height), padded_size(width))
-    strings, y_hat = self._compress_graph(x)
+    strings, y_hat, checks = self._compress_graph(x)
     return Compressed(strings=[bytes(s) for s in strings.numpy()], image_shape=(height, width),
-                      y_hat=y_hat)
+                      y_hat=y_hat, checks=[bytes(c) for c in checks.numpy()])
 
   def decompress(self, compressed: Compressed, return_latent=False):
-    """Inverse of ``compress``: the uint8 image [H, W, 3] (and y_hat if asked)."""
+    """Inverse of ``compress``: the uint8 image [H, W, 3] (and y_hat if asked). If
+    ``compressed.checks`` is given, the decoder's symbol checks must equal them
+    (SymbolCheckError otherwise, naming the first string that differs)."""
+    from cbexp.bitstream import compare_symbol_checks
     if self._z_coder is None:
       self.z_coder
     height, width = compressed.image_shape
     strings = tf.constant(compressed.strings, tf.string)
     padded_shape = tf.constant([padded_size(height), padded_size(width)], tf.int32)
-    x_hat, y_hat = self._decompress_graph(strings, padded_shape)
+    x_hat, y_hat, checks = self._decompress_graph(strings, padded_shape)
+    if compressed.checks is not None:
+      compare_symbol_checks(compressed.checks, [bytes(c) for c in checks.numpy()])
     image = tf.saturate_cast(tf.round(x_hat[0, :height, :width, :]), tf.uint8)
     return (image, y_hat) if return_latent else image
 

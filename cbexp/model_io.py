@@ -34,13 +34,22 @@ def save_model_dir(model, cfg: DictConfig, directory):
   return directory
 
 
-def load_model_dir(directory, build_coders=True):
-  """-> (model, cfg). The range-coding tables are rebuilt from the restored weights."""
+def load_model_dir(directory, build_coders=True, numerics=None):
+  """-> (model, cfg). The range-coding tables are rebuilt from the restored weights.
+
+  ``numerics`` ("float" or "exact", None: the config's): sets ``cfg.entropy.numerics`` before
+  the model is built, e.g. to code with the exact entropy path of a model trained in float
+  (``cbexp.entropy.exact``); it is part of the returned config, so of the fingerprint."""
   directory = pathlib.Path(directory)
   config_path = directory / "config.yaml"
   if not config_path.is_file():
     raise ModelDirError(f"{directory}: not a cbexp model directory (no config.yaml)")
   cfg = load_config(config_path)
+  if numerics is not None:
+    from cbexp.entropy.exact import NUMERICS
+    if numerics not in NUMERICS:
+      raise ModelDirError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+    cfg.entropy.numerics = numerics
   model = build_model(cfg)
   prefix = directory / "weights" / "model"
   if not tf.io.gfile.exists(str(prefix) + ".index"):

@@ -15,6 +15,14 @@ the run directory is derived from the command's overrides (conf/config.yaml) and
 id. Training metrics are sent to MLflow when a checkpoint is written, so a restarted run never
 logs a step twice nor loses one. ``-m`` sweeps give one run per job, grouped by a parent run and
 a ``sweep_id`` tag (``cbexp.tracking.SweepCallback``).
+
+``trainer.strategy=multi_worker`` trains one run on several processes (machines, Slurm tasks),
+each started with the same command: the cluster comes from ``TF_CONFIG`` or Slurm's environment
+(``cbexp.training.cluster_resolver``). The chief alone talks to MLflow, writes the run directory
+(mlflow_run.json, config.yaml, checkpoints, eval/, model/, complete.json) and evaluates after
+training; the other workers restore from the chief's checkpoints (a filesystem all workers share)
+and save theirs, a collective operation, into temporary folders they delete. A worker that dies
+stops the others with one line (``WorkerLost``); the same commands resume the run.
 """
 import datetime
 import importlib.util
@@ -25,12 +33,13 @@ import os
 import pathlib
 import sys
 import time
+import typing
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cbexp import checkpoints, files, tracking
-from cbexp.config import CONF_DIR
+from cbexp.config import CONF_DIR, entropy_defaults
 
 log = logging.getLogger(__name__)  # stderr and run.log (conf/hydra/job_logging/cbexp.yaml)
 COMPLETE_FILE = "complete.json"
@@ -53,6 +62,11 @@ class TrainingDiverged(RuntimeError):
   """A non-finite loss or weights: the run stops and keeps its last (finite) checkpoint."""
 
 
+class WorkerLost(RuntimeError):
+  """A multi-worker run whose collectives failed because another worker died, hung or could
+  not be reached: this worker stops (one line); the same commands resume the run."""
+
+
 def check_numbers(cfg):
   """Types and ranges of the numeric settings, before anything is built (``lmbda=abc`` or
   ``trainer.steps=0`` must not reach TensorFlow)."""
@@ -72,6 +86,7 @@ def check_numbers(cfg):
   if cfg.trainer.seed < 0:
     raise ConfigError(f"trainer.seed={cfg.trainer.seed}: must be 0 or more")
   number("trainer.threads", cfg.trainer.get("threads"), integer=True, optional=True)
+  number("trainer.collective_timeout_s", cfg.trainer.get("collective_timeout_s"), optional=True)
   for key, value in cfg.transform.items():
     values = list(value) if OmegaConf.is_list(value) else [value]
     for item in values:
@@ -122,13 +137,21 @@ def validate(cfg):
   if trainer.strategy not in ("default", "mirrored", "multi_worker"):
     raise ConfigError(f"trainer.strategy: unknown strategy '{trainer.strategy}' "
                       f"(default, mirrored, multi_worker)")
-  if trainer.strategy == "multi_worker":
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    workers = sum(len(tasks) for tasks in cluster.values())
-    if workers > 1:  # every worker would log its own MLflow run and write the same checkpoints
-      raise ConfigError(f"trainer.strategy=multi_worker with {workers} workers in TF_CONFIG: "
-                        f"chief-only checkpoints and tracking are not implemented yet "
-                        f"(use mirrored on one machine)")
+  if trainer.strategy == "multi_worker" and os.environ.get("TF_CONFIG"):
+    try:
+      tf_config = json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as error:
+      raise ConfigError(f"TF_CONFIG: not valid JSON ({error})") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict) \
+        or not isinstance(tf_config.get("task"), dict):
+      raise ConfigError('TF_CONFIG: needs {"cluster": {"worker": ["host:port", ...]}, '
+                        '"task": {"type": "worker", "index": i}}')
+  slurm_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+  if slurm_tasks > 1 and trainer.strategy != "multi_worker" and not os.environ.get("TF_CONFIG"):
+    # Every task would train its own copy of the run into the same run directory.
+    raise ConfigError(f"this Slurm job step has {slurm_tasks} tasks: one run on several tasks "
+                      f"needs trainer.strategy=multi_worker (hydra/launcher=slurm_multi), "
+                      f"separate runs one task each (hydra/launcher=slurm)")
   for key in ("log_every", "val_every", "checkpoint_every"):
     if trainer[key] < 1:
       raise ConfigError(f"trainer.{key} must be positive")
@@ -194,8 +217,15 @@ def check_same_model(cfg, run_dir):
                       f"use another run_dir") from None
   now = OmegaConf.to_container(cfg, resolve=True)
   before = OmegaConf.to_container(saved, resolve=True)
+  # A key the saved config lacks (added to cbexp after the run started) means the entropy
+  # class's default, which is what that run was built with.
+  defaults = entropy_defaults((before.get("entropy") or {}).get("_target_", ""))
+  old_values = tracking.flatten({k: before.get(k) for k in MODEL_KEYS})
   for key, value in tracking.flatten({k: now.get(k) for k in MODEL_KEYS}).items():
-    old = tracking.flatten({k: before.get(k) for k in MODEL_KEYS}).get(key)
+    old = old_values.get(key, defaults.get(key.partition("entropy.")[2]) if
+                         key.startswith("entropy.") else None)
+    if isinstance(old, tuple):
+      old = list(old)
     if old != value:
       raise ConfigError(f"run_dir {run_dir} holds a run with {key}={old}, not {value}: use "
                         f"another run_dir, or the settings it was started with")
@@ -269,10 +299,13 @@ class MetricLog:
   dropped, so a resumed run never logs a step twice."""
 
   def __init__(self, client, run_id, logged_through=None):
+    """``client`` None: a log that keeps nothing (a worker other than a multi-worker chief)."""
     self.client, self.run_id, self.pending = client, run_id, []
     self.logged_through = logged_through or {}
 
   def add(self, metrics, step):
+    if self.client is None:
+      return
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
     self.pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
@@ -344,6 +377,12 @@ def train_and_evaluate(cfg: DictConfig):
         "delete it to evaluate the run again from its last checkpoint"))
     log.info(f"run already complete: MLflow run {done['run_id']} ({run_dir}); nothing to do")
     return objective_value(cfg, done["eval"])
+  resolver, worker = cluster_role(cfg)
+  if not worker.chief:  # trains with the chief; no MLflow, nothing written to the run directory
+    keep_run_log_to_the_chief()
+    log.info(f"worker {worker.index} of {worker.count}: training with the chief, which logs to "
+             f"MLflow and keeps the checkpoints in {run_dir}")
+    return train_logged_run(cfg, plan, run_dir, None, None, resolver, worker)
   try:
     run_dir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
@@ -381,12 +420,13 @@ def train_and_evaluate(cfg: DictConfig):
     monitor = SystemMetricsMonitor(run_id, tracking_uri=plan["uri"], resume_logging=resumed)
     monitor.start()
   try:
-    return train_logged_run(cfg, plan, run_dir, client, run_id)
+    return train_logged_run(cfg, plan, run_dir, client, run_id, resolver, worker)
   except BaseException as error:  # a failed or interrupted run must not stay RUNNING
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     try:
       client.set_terminated(run_id, status)
-      if not isinstance(error, (TrainingDiverged, checkpoints.CheckpointError, ValueError)):
+      if not isinstance(error, (TrainingDiverged, checkpoints.CheckpointError, ValueError,
+                                WorkerLost)):
         # (those end in one line)
         log.info(f"MLflow run {run_id} marked {status}; the same command resumes it from its "
                  f"last checkpoint")
@@ -398,8 +438,76 @@ def train_and_evaluate(cfg: DictConfig):
       monitor.finish()
 
 
-def train_logged_run(cfg, plan, run_dir, client, run_id):
-  """Training, evaluation and saving of a run whose MLflow run exists. -> the job's value."""
+class Worker(typing.NamedTuple):
+  """This process in a multi-worker run: its index among the workers, their count, whether it is
+  the chief (the one that tracks, writes the run directory and evaluates)."""
+  index: int = 0
+  count: int = 1
+  chief: bool = True
+
+
+def cluster_role(cfg):
+  """-> (cluster resolver or None, Worker) of this process, from the environment only (the
+  TensorFlow runtime starts later, with the strategy)."""
+  if cfg.trainer.strategy != "multi_worker":
+    return None, Worker()
+  from cbexp import training
+  try:
+    resolver = training.cluster_resolver()
+    return resolver, Worker(*training.worker_role(resolver))
+  except (RuntimeError, ValueError, KeyError) as error:  # a Slurm variable missing or malformed
+    where = "TF_CONFIG" if os.environ.get("TF_CONFIG") else "Slurm environment"
+    raise ConfigError(f"trainer.strategy=multi_worker: {where}: "
+                      f"{str(error).strip().splitlines()[0]}") from None
+
+
+def keep_run_log_to_the_chief():
+  """A worker other than the chief logs to its stderr only: the run directory's run.log (Hydra's
+  file handler, opened before the job started) is the chief's."""
+  for handler in list(logging.root.handlers):
+    if isinstance(handler, logging.FileHandler):
+      logging.root.removeHandler(handler)
+      handler.close()
+
+
+def train_logged_run(cfg, plan, run_dir, client, run_id, resolver=None, worker=Worker()):
+  """Training, evaluation and saving of a run whose MLflow run exists (``client`` and ``run_id``
+  are None on a worker other than the chief, which trains only). -> the job's value."""
+  import tempfile
+
+  from cbexp import training
+  trainer = cfg.trainer
+  # Before TensorFlow's first op: thread counts cannot change once its runtime has started.
+  training.configure_threads(trainer.threads)
+  training.seed_everything(trainer.seed, trainer.deterministic)
+  strategy = training.make_strategy(trainer.strategy, resolver,
+                                    trainer.get("collective_timeout_s"))
+  if worker.chief:
+    client.set_tag(run_id, "replicas", str(strategy.num_replicas_in_sync))
+    client.set_tag(run_id, "workers", str(worker.count))
+  if worker.count == 1:
+    return train_on_strategy(cfg, plan, run_dir, client, run_id, strategy, worker)
+  step = [None]  # the step being trained, for the message
+  try:
+    with tempfile.TemporaryDirectory(prefix=f"cbexp-worker{worker.index}-") as scratch:
+      return train_on_strategy(cfg, plan, run_dir, client, run_id, strategy, worker, step,
+                               scratch=pathlib.Path(scratch))
+  except training.PEER_ERRORS as error:
+    where = f"at step {step[0]}" if step[0] else "before training"
+    raise WorkerLost(f"worker {worker.index} stopped {where}: a worker is gone or not answering "
+                     f"({training.peer_failure(error)}); run the same command on every worker "
+                     f"to resume from the last checkpoint in {run_dir / 'checkpoints'}") \
+        from (error if os.environ.get("CBEXP_DEBUG") else None)
+
+
+def train_on_strategy(cfg, plan, run_dir, client, run_id, strategy, worker, current_step=None,
+                      scratch=None):
+  """Training under ``strategy``, then (chief) evaluation and saving. ``current_step``: a
+  one-element list that follows the step being trained; ``scratch``: where a worker other than
+  the chief writes its checkpoints (deleted after each save)."""
+  import shutil
+
+  import numpy as np
   import tensorflow as tf
   from tqdm import tqdm
 
@@ -407,11 +515,10 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
   from cbexp.config import build_model
   complete = run_dir / COMPLETE_FILE
   trainer = cfg.trainer
-  # Before TensorFlow's first op: thread counts cannot change once its runtime has started.
-  training.configure_threads(trainer.threads)
-  training.seed_everything(trainer.seed, trainer.deterministic)
-  strategy = training.make_strategy(trainer.strategy)
-  client.set_tag(run_id, "replicas", str(strategy.num_replicas_in_sync))
+  current_step = current_step if current_step is not None else [None]
+  if trainer.batch_size % strategy.num_replicas_in_sync:
+    raise ConfigError(f"trainer.batch_size={trainer.batch_size}: the global batch must split "
+                      f"evenly over the {strategy.num_replicas_in_sync} replicas")
   if trainer.steps >= PAPER_SCALE_STEPS and not tf.config.list_physical_devices("GPU"):
     log.warning(f"notice: no GPU found, and this run is {trainer.steps} steps (the paper's "
                 f"scale: days on a GPU, far longer on this CPU); experiment=quickstart is the "
@@ -422,34 +529,64 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     # The checkpoint files, not the manager's state file, say where to resume (cbexp.checkpoints).
-    restored = checkpoints.restore_latest(checkpoint, run_dir / "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"),
+    # Every worker resumes from the chief's checkpoints; only the chief tidies their folder.
+    restored = checkpoints.restore_latest(checkpoint, run_dir / "checkpoints",
+                                          read_only=not worker.chief)
+    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the others
+    # into a temporary folder emptied after each save (TensorFlow's multi-worker guide).
+    folder = run_dir / "checkpoints" if worker.chief else scratch / "checkpoints"
+    manager = tf.train.CheckpointManager(checkpoint, str(folder),
                                          max_to_keep=trainer.max_checkpoints,
                                          checkpoint_name=checkpoints.PREFIX)
   start = int(optimizer.iterations.numpy())
+  if worker.count > 1:
+    starts = training.steps_of_all_workers(strategy, start)
+    if len(set(starts)) > 1:
+      raise checkpoints.CheckpointError(
+          f"the workers resume from different steps ({', '.join(map(str, starts))}): "
+          f"{run_dir / 'checkpoints'} must be on a filesystem every worker reads (the chief's "
+          f"checkpoints are the run's)")
   if start:
     log.info(f"resuming from {restored} at step {start}")
+  if start or worker.index:
     # New training noise after a resume (the crops below move on the same way): the weights and
     # the optimizer come from the checkpoint, the noise sequence restarts from seed + step.
-    training.seed_everything(trainer.seed + start)
+    # The other workers each draw noise of their own (the chief's weights were broadcast to
+    # them when the variables were created, whatever their seed).
+    training.seed_everything(trainer.seed + start if not worker.index else int(
+        np.random.SeedSequence([trainer.seed, start, worker.index]).generate_state(1)[0]))
 
-  if cfg.dataset.source == "tfds":
-    train_data = data.tfds_random_crops(cfg.dataset.tfds_name, cfg.dataset.train_split,
-                                        trainer.patch_size, trainer.batch_size,
-                                        cfg.dataset.data_dir)
+  def train_data(context):
+    """This input pipeline's share of every global batch (one pipeline per worker), batched per
+    replica: the same crops as one process would train on, whatever the number of workers."""
+    part = (context.input_pipeline_id, context.num_input_pipelines)
+    if cfg.dataset.source == "tfds":
+      crops = data.tfds_random_crops(cfg.dataset.tfds_name, cfg.dataset.train_split,
+                                     trainer.patch_size, trainer.batch_size,
+                                     cfg.dataset.data_dir, part=part)
+    else:  # a resumed run draws new crops rather than repeating the first ones
+      crops = data.random_crops(plan["train"], trainer.patch_size, trainer.batch_size,
+                                seed=trainer.seed + start, check_sizes=False, part=part)
+    per_replica = context.get_per_replica_batch_size(trainer.batch_size)
+    if per_replica != trainer.batch_size // part[1]:  # several replicas (GPUs) on this worker
+      crops = crops.unbatch().batch(per_replica)
+    return crops
+
+  val_batch = None  # validation metrics are the chief's
+  if not worker.chief:
+    pass
+  elif cfg.dataset.source == "tfds":
     val_batch = data.tfds_center_crops(cfg.dataset.tfds_name, cfg.dataset.val_split,
                                        trainer.patch_size, cfg.dataset.val_images,
                                        cfg.dataset.data_dir)
-  else:
-    # A resumed run draws new crops rather than repeating the first ones.
-    train_data = data.random_crops(plan["train"], trainer.patch_size, trainer.batch_size,
-                                   seed=trainer.seed + start, check_sizes=False)
-    val_batch = data.center_crops(plan["val"], trainer.patch_size) if plan["val"] else None
-  batches = iter(strategy.experimental_distribute_dataset(train_data))
+  elif plan["val"]:
+    val_batch = data.center_crops(plan["val"], trainer.patch_size)
+  batches = iter(strategy.distribute_datasets_from_function(train_data))
   train_step = training.make_distributed_train_step(model, optimizer, strategy)
   # Steps a previous attempt of this run already logged (it may have flushed metrics and died
-  # before its checkpoint): not logged again.
-  metrics = MetricLog(client, run_id, logged_through=logged_steps(client, run_id))
+  # before its checkpoint): not logged again. Workers other than the chief log nothing.
+  metrics = MetricLog(client, run_id, logged_through=logged_steps(client, run_id)) \
+      if worker.chief else MetricLog(None, None)
 
   def validate_now(step):
     if val_batch is None:
@@ -464,7 +601,8 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
       ProgressLog(trainer.steps, start)
   with progress:
     for step in range(start, trainer.steps):
-      values = train_step(next(batches))
+      current_step[0] = step + 1
+      values = train_step(batches)
       if not math.isfinite(float(values["loss"])):
         raise TrainingDiverged(
             f"non-finite training loss at step {step + 1}: training stopped; the last checkpoint "
@@ -492,7 +630,12 @@ def train_logged_run(cfg, plan, run_dir, client, run_id):
                                  f"last checkpoint ({manager.latest_checkpoint or 'none yet'}) "
                                  f"is kept")
         checkpoints.save(manager, done)
+        if not worker.chief:
+          shutil.rmtree(folder, ignore_errors=True)  # the manager writes it again next time
       progress.update(1)
+  if not worker.chief:
+    log.info(f"worker {worker.index}: training done; the chief evaluates and saves the model")
+    return None
   metrics.flush()
 
   summary = evaluate_and_save(model, cfg, plan["eval"], run_dir, client, run_id, metrics)
@@ -586,7 +729,8 @@ def run_job(cfg):
   try:
     return train_and_evaluate(cfg)
   except (ConfigError, DataError, ScheduleError, tracking.TrackingError, files.RecordError,
-          MissingMandatoryValue, TrainingDiverged, checkpoints.CheckpointError) as error:
+          MissingMandatoryValue, TrainingDiverged, checkpoints.CheckpointError,
+          WorkerLost) as error:
     if os.environ.get("CBEXP_DEBUG"):
       raise
     line = str(error).strip().splitlines()[0]

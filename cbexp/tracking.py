@@ -22,6 +22,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import unittest.mock
 import uuid
 
 from omegaconf import DictConfig, OmegaConf
@@ -76,17 +77,8 @@ def fluent_store(uri):
   """Points MLflow's fluent API (``start_run``, ``log_model``, ``register_model``, ``models:/``
   and logged-model downloads), which reads the process-wide tracking and registry URIs, at
   ``uri`` inside the block, through their environment variables, restored after."""
-  keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-  saved = {key: os.environ.get(key) for key in keys}
-  os.environ.update(dict.fromkeys(keys, uri))
-  try:
+  with unittest.mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri):
     yield
-  finally:
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
 
 
 def check_uri(uri, timeout=5.0):

@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import unittest.mock
 
 import numpy as np
 import pandas as pd
@@ -452,17 +453,9 @@ def test_notebook_regenerates_the_figures_from_mlflow(synthetic_store, tmp_path)
       "commit the notebook without outputs"
   env = {"MLFLOW_TRACKING_URI": synthetic_store["uri"], "CBEXP_EXPERIMENT": EXPERIMENT,
          "CBEXP_SWEEP_ID": SWEEP, "CBEXP_ANALYSIS_OUT": str(tmp_path / "out")}
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  try:
+  with unittest.mock.patch.dict(os.environ, env):
     NotebookClient(notebook, timeout=240, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-  finally:
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
   for stem in ("rd_psnr", "rd_msssim"):
     assert Image.open(tmp_path / "out" / f"{stem}.png").size == figures.PNG_SIZE
   images = [o for cell in notebook.cells for o in cell.get("outputs", [])

@@ -116,7 +116,22 @@ def test_bench_bfloat16_on_a_model_directory_with_a_live_lrp(image_folder, tmp_p
   assert summary.loc["bfloat16", "psnr_vs_float32_db_min"] > 40
 
 
+def test_bench_compares_two_values_of_a_config_key(image_folder, tmp_path):
+  # The checkerboard context at the coded positions against the full grid, same weights, side
+  # by side in one process (README: decoding speed).
+  out = tmp_path / "bench.csv"
+  assert bench.main(["entropy=checkerboard", "compare=entropy.context_positions=coded,full_grid",
+                     f"images={image_folder}", "max_images=1", "repeats=1", f"out={out}"]
+                    + TINY) == 0
+  summary = pd.read_csv(out).set_index("entropy")
+  assert list(summary.index) == ["checkerboard+coded", "checkerboard+full_grid"]
+  assert summary.trainable_parameters.nunique() == 1
+  kmac = summary.decode_kmac_per_pixel_context
+  assert kmac["checkerboard+full_grid"] / kmac["checkerboard+coded"] == pytest.approx(25 / 9)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["compare=context_positions"], "compare must be <config key>=<value>"),
     (["bogus=1"], "unknown argument 'bogus'"),
     (["repeats=x"], "repeats must be an integer"),
     (["precision=float16"], "precision must be among"),

@@ -8,16 +8,22 @@ from cbexp import bitstream
 from cbexp.bitstream import FORMAT_VERSION, MAGIC, Bitstream, BitstreamError
 
 FINGERPRINT = "0123456789abcdef0123456789abcdef"
+CHECKS = (b"\x01\x02\x03\x04", b"\xa0\xb0\xc0\xd0", b"\xff\x00\xff\x00")
 
 
 def make_stream(strings=(b"zz", b"\x00\x01\x02anchors", b"non-anchors\xff"), name="checkerboard",
-                height=512, width=768):
+                height=512, width=768, checks=CHECKS):
+  """A format-2 stream (with symbol checks, one per string); ``checks=None``: format 1."""
+  if checks is not None:
+    checks = checks[:len(strings)] + tuple(bytes([i, 0, 0, 7]) for i in range(
+        len(strings) - len(checks)))
   return Bitstream(entropy_model=name, fingerprint=FINGERPRINT, height=height, width=width,
-                   strings=strings)
+                   strings=strings, checks=checks)
 
 
 def header_size(stream):
-  return (len(MAGIC) + 2 + len(stream.entropy_model) + 16 + 8 + 1 + 4 * len(stream.strings))
+  per_string = 4 if stream.checks is None else 8  # length (+ symbol check)
+  return len(MAGIC) + 2 + len(stream.entropy_model) + 16 + 8 + 1 + per_string * len(stream.strings)
 
 
 def test_round_trip_and_documented_layout():
@@ -26,16 +32,44 @@ def test_round_trip_and_documented_layout():
   assert Bitstream.from_bytes(data) == stream
   # The layout table of the module docstring, field by field.
   n = len("checkerboard")
-  assert data[:4] == b"\x89CBX" and data[4] == FORMAT_VERSION and data[5] == n
+  assert FORMAT_VERSION == 2 and stream.version == 2
+  assert data[:4] == b"\x89CBX" and data[4] == 2 and data[5] == n
   assert data[6:6 + n] == b"checkerboard"
   assert data[6 + n:22 + n] == bytes.fromhex(FINGERPRINT)
   assert struct.unpack(">II", data[22 + n:30 + n]) == (512, 768)
   assert data[30 + n] == 3
   lengths = struct.unpack(">III", data[31 + n:43 + n])
   assert list(lengths) == [len(s) for s in stream.strings]
-  assert data[43 + n:-4] == b"".join(stream.strings)
+  assert data[43 + n:55 + n] == b"".join(CHECKS)  # 31+n+4k: the symbol checks
+  assert data[55 + n:-4] == b"".join(stream.strings)  # 31+n+8k: the strings
   assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
   assert len(data) == header_size(stream) + sum(lengths) + 4
+
+
+def test_version_1_layout_is_still_written_and_read():
+  """A stream without symbol checks is format 1: the layout before format 2 (no checks)."""
+  stream = make_stream(checks=None)
+  data = stream.to_bytes()
+  n = len("checkerboard")
+  assert stream.version == 1 and data[4] == 1
+  assert data[43 + n:-4] == b"".join(stream.strings)  # the strings right after the lengths
+  assert len(data) == header_size(stream) + sum(len(s) for s in stream.strings) + 4
+  assert Bitstream.from_bytes(data) == stream
+  assert make_stream().to_bytes() != data and len(make_stream().to_bytes()) == len(data) + 12
+
+
+def test_symbol_checks_must_match_the_strings():
+  with pytest.raises(BitstreamError, match="as many symbol checks"):
+    Bitstream(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
+              strings=(b"a", b"b"), checks=(b"1234",))
+  with pytest.raises(BitstreamError, match="symbol checks of 4 bytes"):
+    Bitstream(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
+              strings=(b"a",), checks=(b"12345",))
+
+
+def test_symbol_check_size_is_the_graphs():
+  from cbexp.entropy.base import SYMBOL_CHECK_BYTES
+  assert bitstream.SYMBOL_CHECK_BYTES == SYMBOL_CHECK_BYTES
 
 
 def test_bpp_counts_the_whole_file():
@@ -92,6 +126,7 @@ def test_wrong_magic():
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 255])
 def test_future_version_is_refused_by_name(version):
+  assert FORMAT_VERSION + 1 == 3
   data = bytearray(make_stream().to_bytes())
   data[4] = version
   with pytest.raises(BitstreamError, match=f"format version {version} is newer"):
@@ -101,8 +136,15 @@ def test_future_version_is_refused_by_name(version):
 def test_version_zero_is_refused():
   data = bytearray(make_stream().to_bytes())
   data[4] = 0
-  with pytest.raises(BitstreamError, match="unknown format version 0"):
+  with pytest.raises(BitstreamError, match="unknown format version 0 .*reads versions 1 and 2"):
     Bitstream.from_bytes(bytes(data))
+
+
+def test_every_truncation_of_a_version_1_file_is_refused():
+  data = make_stream(checks=None).to_bytes()
+  for length in range(1, len(data)):
+    with pytest.raises(BitstreamError, match="truncated|corrupted"):
+      Bitstream.from_bytes(data[:length])
 
 
 def test_string_count_change_is_refused():
@@ -111,7 +153,7 @@ def test_string_count_change_is_refused():
   stream = make_stream()
   data = stream.to_bytes()
   damaged = bytearray(data)
-  count_at = header_size(stream) - 4 * len(stream.strings) - 1
+  count_at = header_size(stream) - 8 * len(stream.strings) - 1
   damaged[count_at] = 2  # claims 2 strings, CRC not updated
   with pytest.raises(BitstreamError):
     Bitstream.from_bytes(bytes(damaged))
@@ -142,6 +184,9 @@ def test_write_and_read_files(tmp_path):
   (tmp_path / "bad.cbx").write_bytes(path.read_bytes()[:-1])
   with pytest.raises(BitstreamError, match="bad.cbx: truncated"):
     bitstream.read(tmp_path / "bad.cbx")
+  old = make_stream(checks=None)  # format 1 files are read too
+  bitstream.write(tmp_path / "old.cbx", old)
+  assert bitstream.read(tmp_path / "old.cbx")[0] == old
 
 
 def test_atomic_write_leaves_nothing_when_it_fails(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ COMMANDS = {
     "cbexp.codec": ["compress", "decompress", "eval", "python -m cbexp.codec compress --model"],
     "cbexp.export": ["--from", "out=DIR", "python -m cbexp.export out="],
     "cbexp.datasets": ["download-kodak", "python -m cbexp.datasets download-kodak"],
+    "cbexp.conformance": ["model_dir=", "configs=", "numerics=", "onednn_off",
+                          "python -m cbexp.conformance model_dir="],
 }
 # What TensorFlow prints on start-up on a machine without a GPU (C++ and Python logs).
 TF_NOISE = ("cuda", "cuDNN", "TensorRT", "oneDNN", "cpu_feature_guard")

@@ -151,7 +151,7 @@ def _damaged(data, stream):
   files = {"empty": (b"", "empty file"),
            "wrong_magic": (b"\x89PNG" + data[4:], "not a .cbx file"),
            "future_version": (data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:],
-                              "format version 2 is newer"),
+                              f"format version {bitstream.FORMAT_VERSION + 1} is newer"),
            "flipped_bit_header": (_flip(data, height_at + 3), "checksum mismatch"),
            "flipped_bit_payload": (_flip(data, header + 5), "checksum mismatch")}
   for length in (3, 12, header - 1, header + 2, len(data) - 1):

@@ -47,13 +47,22 @@ def test_checkerboard_decode_counts(checkerboard):
   anchors = 16 * (40 * 120 + 120 * 80 + 80 * 80)
   non_anchors = 16 * (40 * 120 + 80 * 120 + 120 * 80 + 80 * 80)
   expected = {"hyper_synthesis": HYPER_SYNTHESIS,
-              "context": LATENT * 25 * 40 * 80,  # masked 5x5 40->80 computed at every position
+              # at the 16 non-anchors only: 3x3 over the two packed anchor grids, 2 x 40 -> 80
+              "context": 16 * 9 * 2 * 40 * 80,
               "entropy_parameters": anchors + non_anchors,
               "lrp": slice_transform(40, 40),
               "synthesis": SYNTHESIS}
   for stage, macs in expected.items():
     assert got[stage] == pytest.approx(kmac(macs)), stage
   assert got["total"] == pytest.approx(kmac(sum(expected.values())))
+
+
+def test_full_grid_context_counts():
+  # the masked 5x5 40->80 computed at every position: 25 * 32 / (18 * 16) = 2.8x the coded one
+  got = decode_kmac_per_pixel(build_model(compose([
+      "transform=tiny", "entropy=checkerboard", "entropy.hidden_filters=[16,16]",
+      "entropy.context_positions=full_grid"])), height=64, width=128)
+  assert got["context"] == pytest.approx(kmac(LATENT * 25 * 40 * 80))
 
 
 def test_checkerboard_encode_counts(checkerboard):
@@ -108,7 +117,7 @@ def test_issue_7_models_decode_counts():
   # charm_checkerboard, tiny slices [2, 2, 4, 8, 24] (the paper's [16, 16, 32, 64, 192] scaled to
   # 40 channels), every earlier slice as support: per slice d, channel context (two slice
   # transforms on concat[hyper, support] -> d), g_ep d->3d->2d->2d (+2d context) on 16 anchors and
-  # 16 non-anchors, a masked 5x5 d->2d context at all 32 positions, LRP on concat[hyper, support,
+  # 16 non-anchors, the d->2d context at the 16 non-anchors, LRP on concat[hyper, support,
   # y_hat_i].
   got = decode_kmac_per_pixel(tiny("charm_checkerboard"), height=64, width=128)
   slices = [2, 2, 4, 8, 24]
@@ -118,7 +127,7 @@ def test_issue_7_models_decode_counts():
     channel += 2 * slice_transform(40 + support, d)
     params += (16 * (2 * d * 3 * d + 3 * d * 2 * d + 2 * d * 2 * d)
                + 16 * (2 * d * 3 * d + 2 * d * 3 * d + 3 * d * 2 * d + 2 * d * 2 * d))
-    context += LATENT * 25 * d * 2 * d
+    context += 16 * 9 * 2 * d * 2 * d
     lrp += slice_transform(40 + support + d, d)
   assert got["hyper_synthesis"] == pytest.approx(kmac(2 * HYPER_SYNTHESIS))
   assert got["entropy_parameters"] == pytest.approx(kmac(channel + params))
@@ -137,3 +146,32 @@ def test_issue_7_models_decode_counts():
   assert got["total"] == pytest.approx(sum(got[s] for s in ("hyper_synthesis", "context",
                                                             "entropy_parameters", "lrp",
                                                             "synthesis")))
+
+
+def profiler_macs(fn, *specs):
+  """MACs of the convolutions and matrix products in ``fn``'s graph, counted by TensorFlow's
+  own profiler (its registered flops statistics, 2 per MAC)."""
+  import tensorflow as tf
+  from tensorflow.python.profiler import model_analyzer, option_builder
+  graph = tf.function(fn).get_concrete_function(*specs).graph
+  options = option_builder.ProfileOptionBuilder.float_operation()
+  options["account_type_regexes"] = ["Conv2D", "Conv2DBackpropInput", "MatMul", "BatchMatMulV2"]
+  options["output"] = "none"
+  return model_analyzer.profile(graph, options=options).total_float_ops // 2
+
+
+@pytest.mark.parametrize("entropy", ["hyperprior", "checkerboard", "charm", "charm_checkerboard"])
+def test_counts_agree_with_tensorflows_profiler(entropy):
+  # The shape-based count (kept because the profiler counts a while-loop body once, so it cannot
+  # count the autoregressive decoder, and needs a graph traced per stage and size) against
+  # TensorFlow's profiler on the traced graphs of the same stages: the entropy model's compress
+  # (hyper-synthesis, context, entropy parameters, LRP: the decoder's work) and the synthesis.
+  import tensorflow as tf
+  model = tiny(entropy)
+  model.build_coders()
+  got = decode_kmac_per_pixel(model, height=64, width=128)
+  entropy_stages = sum(got[s] for s in ("hyper_synthesis", "context", "entropy_parameters", "lrp"))
+  latent, z = tf.TensorSpec([1, 4, 8, 40]), tf.TensorSpec([1, 1, 2, 16])
+  assert profiler_macs(model.entropy_model.compress, latent, z) == round(
+      entropy_stages * PIXELS * 1e3)
+  assert profiler_macs(model.synthesis, latent) == round(got["synthesis"] * PIXELS * 1e3)

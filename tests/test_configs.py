@@ -116,3 +116,18 @@ def test_optuna_sweeper_config_composes():
     cfg = hydra_compose("config", ["hydra/sweeper=lr_search"], return_hydra_config=True)
   assert cfg.hydra.sweeper.storage is None and cfg.hydra.sweeper.direction == "minimize"
   assert cfg.hydra.sweeper.params["eval.objective"] == "rd_loss"
+
+
+def test_resuming_a_run_saved_before_a_new_entropy_key(tmp_path):
+  # A run directory whose config predates context_positions was built with the class default
+  # (full_grid): resuming it with that value passes, with the new "coded" default it is refused.
+  from omegaconf import OmegaConf
+  from cbexp.run import ConfigError, check_same_model
+  cfg = compose(["entropy=checkerboard", "run_dir=x"])
+  saved = OmegaConf.to_container(cfg, resolve=True)
+  del saved["entropy"]["context_positions"]
+  OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+  check_same_model(compose(["entropy=checkerboard", "entropy.context_positions=full_grid"]),
+                   tmp_path)
+  with pytest.raises(ConfigError, match="entropy.context_positions=full_grid, not coded"):
+    check_same_model(cfg, tmp_path)

@@ -47,6 +47,41 @@ def test_context_at_non_anchors_ignores_non_anchor_values():
   np.testing.assert_allclose(context_a, context_all, atol=1e-5)
 
 
+@pytest.mark.parametrize("height,width", [(2, 2), (4, 6), (8, 8)])
+def test_context_at_coded_positions_is_the_masked_convolution(height, width):
+  # The coded-positions context (3x3 over the packed anchor grids) computes the same function
+  # as the 5x5 masked convolution over the full grid, with the same weights (up to float
+  # summation order), at every non-anchor, borders included.
+  full = layers.CheckerboardContext(6, positions="full_grid", bias_initializer="random_normal")
+  coded = layers.CheckerboardContext(6, positions="coded")
+  rng = np.random.default_rng(0)
+  anchors, _ = layers.split_checkerboard(
+      tf.constant(rng.normal(size=[2, height, width, 3]), tf.float32))
+  expected = full(anchors)
+  coded(anchors)
+  coded.set_weights(full.get_weights())
+  got = coded(anchors)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  # each of the 12 unmasked taps is used exactly once per non-anchor parity
+  for parity in (0, 1):
+    taps = layers._non_anchor_taps(parity)
+    used = sorted(taps[taps < 25].tolist())
+    assert used == sorted(np.flatnonzero(layers.checkerboard_context_mask(5)).tolist())
+
+
+def test_models_saved_without_context_positions_keep_the_full_grid(model_factory):
+  # A model directory written before the option has no key: it must keep computing the
+  # context as it did, so that its .cbx files still decode; the configs choose "coded".
+  from cbexp.config import compose
+  from cbexp.entropy.checkerboard import CheckerboardEntropyModel
+  assert compose(["entropy=checkerboard"]).entropy.context_positions == "coded"
+  assert compose(["entropy=charm_checkerboard"]).entropy.context_positions == "coded"
+  legacy = CheckerboardEntropyModel(8, [8, 8], dict(num_scales=64, scale_min=0.11,
+                                                    scale_max=256.))
+  assert legacy.context_model.positions == "full_grid"
+
+
 def test_checkerboard_decodes_in_exactly_two_passes(model_factory, monkeypatch):
   model = model_factory(tiny_overrides("checkerboard"))
   entropy = model.entropy_model

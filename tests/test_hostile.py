@@ -56,9 +56,11 @@ def assert_main_refused(main, argv, capsys, message, output=None):
 
 
 def crafted(stream, **changes):
-  """A .cbx file's bytes with some fields changed and a valid checksum."""
+  """A .cbx file's bytes (format 2: the stream's symbol checks kept) with some fields changed and
+  a valid checksum."""
   values = dict(entropy_model=stream.entropy_model, fingerprint=stream.fingerprint,
-                height=stream.height, width=stream.width, strings=stream.strings)
+                height=stream.height, width=stream.width, strings=stream.strings,
+                checks=stream.checks)
   values.update(changes)
   return Bitstream(**values).to_bytes()
 
@@ -98,14 +100,14 @@ def test_hostile_sizes_are_refused_under_a_memory_limit(tiny, tmp_path):
                     cwd=tmp_path, address_space=ADDRESS_SPACE_LIMIT)
   assert legit.returncode == 0, legit.stderr  # the limit leaves TensorFlow room to work
 
-  # 59 bytes: a 16777216 x 1 image with empty strings (16777216 x 64 once padded).
+  # 71 bytes: a 16777216 x 1 image with empty strings (16777216 x 64 once padded).
   tall = crafted(stream, height=1, width=2**24, strings=(b"", b"", b""))
-  assert len(tall) == 59
+  assert len(tall) == 71
   (tmp_path / "tall.cbx").write_bytes(tall)
   # 1 GiB (sparse) for a 4096 x 4096 image: more than any stream of that size can need.
   header = crafted(stream, height=4096, width=4096, strings=(b"", b"", b""))[:-4]  # no strings
-  with open(tmp_path / "huge.cbx", "wb") as f:
-    f.write(header[:-12] + struct.pack(">III", 2**30, 0, 0))  # the three string lengths
+  with open(tmp_path / "huge.cbx", "wb") as f:  # the three string lengths, then the checks
+    f.write(header[:-24] + struct.pack(">III", 2**30, 0, 0) + header[-12:])
     f.truncate(len(header) + 2**30 + 4)
   cases = [("decompress", "tall.cbx", "out.png",
             r"16777216x1 pixels, coded as 16777216x64 = 1073741824 pixels .* above the limit "
@@ -144,8 +146,8 @@ def test_header_sizes_are_checked_before_the_model_loads(tiny, tmp_path, capsys)
                       "big.png: image of 5000x5000 pixels")
   # The whole string table must fit the file: lengths that announce more are refused.
   data = bytearray((folder / "good.cbx").read_bytes())
-  data[-4 - sum(map(len, stream.strings)) - 12:-4 - sum(map(len, stream.strings))] = struct.pack(
-      ">III", 2**31, 2**31, 2**31)
+  lengths_end = -4 - sum(map(len, stream.strings)) - 12  # the three lengths, then the checks
+  data[lengths_end - 12:lengths_end] = struct.pack(">III", 2**31, 2**31, 2**31)
   (tmp_path / "lying.cbx").write_bytes(bytes(data))
   assert_main_refused(codec.main, ["decompress", "--model", broken, tmp_path / "lying.cbx",
                                    tmp_path / "out.png"], capsys, "truncated or corrupted")

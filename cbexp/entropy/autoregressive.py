@@ -104,8 +104,11 @@ class AutoregressiveEntropyModel(EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
-               mean_steps=16, name="autoregressive"):
-    super().__init__(latent_depth, scale_table, name=name)
+               mean_steps=16, numerics="float", name="autoregressive"):
+    if numerics != "float":  # its serial loop would need its own integer context and g_ep
+      raise ValueError(f"autoregressive: entropy.numerics={numerics} is not supported (only "
+                       f"float); use hyperprior, checkerboard, charm or charm_checkerboard")
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
     self.context_model = MaskedConv2D(context_multiplier * latent_depth, raster_context_mask(5),
                                       name="context_model")
@@ -196,6 +199,9 @@ class AutoregressiveEntropyModel(EntropyModel):
     handle = gen_ops.create_range_encoder(tf.shape(y)[:1], coder.cdf)
     handle, q = self._serial(hyper, encode, handle)
     string = gen_ops.entropy_encode_finalize(handle)
+    # The symbol check (cbexp.bitstream) covers the coded integers q, which decide the image;
+    # the table indexes stay inside the loop.
+    self.gaussian.record_check(q)
     return [string], q + self._residual(hyper)
 
   def decompress(self, strings, z_hat, y_shape):
@@ -223,5 +229,7 @@ class AutoregressiveEntropyModel(EntropyModel):
     handles = (gen_ops.create_range_decoder(string, coder.cdf),
                gen_ops.create_range_encoder(batch, coder.cdf), tf.zeros(batch))
     (decoder, encoder, bits), q = self._serial(hyper, decode, handles)
-    return verify_strings(q, string, gen_ops.entropy_encode_finalize(encoder), bits,
-                          finalized=gen_ops.entropy_decode_finalize(decoder))
+    q = verify_strings(q, string, gen_ops.entropy_encode_finalize(encoder), bits,
+                       finalized=gen_ops.entropy_decode_finalize(decoder))
+    self.gaussian.record_check(q)  # as compress
+    return q

@@ -126,6 +126,17 @@ def verify_strings(decoded, strings, recoded, bits, finalized=None):
     return tf.identity(decoded)
 
 
+# Bytes of the symbol check of one string (GaussianConditional.symbol_check, cbexp.bitstream).
+SYMBOL_CHECK_BYTES = 4
+
+
+class _CheckLog:
+  """The symbol checks of one coding trace (a plain object: no checkpoint dependency)."""
+
+  def __init__(self):
+    self.checks = []
+
+
 @dataclasses.dataclass
 class LatentOutput:
   y_hat: tf.Tensor  # reconstruction fed to the synthesis (straight-through rounding, LRP added)
@@ -184,16 +195,53 @@ class GaussianConditional(tf.Module):
     return self._training_model.quantize(y, loc=loc)
 
   def compress(self, y, scale_indexes, loc):
-    return self.coder.compress(y, self.coded_indexes(scale_indexes), loc=loc)
+    """The string of y; records its symbol check (``record_check``)."""
+    indexes = self.coded_indexes(scale_indexes)
+    self.record_check(tf.round(y - loc))  # the symbols tfc codes: round(y - loc)
+    return self.coder.compress(y, indexes, loc=loc)
 
   def decompress(self, strings, scale_indexes, loc):
-    """The decoded values; the strings are verified (``verify_strings``)."""
+    """The decoded values; the strings are verified (``verify_strings``) and their symbol check
+    recorded (``record_check``)."""
     indexes = self.coded_indexes(scale_indexes)
     values = self.coder.decompress(strings, indexes, loc=loc)
     rows = tf.cast(indexes, tf.int32)
-    symbols = tf.cast(tf.round(values - loc), tf.int32) - tf.gather(self._cost.offsets, rows)
-    return verify_strings(values, strings, self.coder.compress(values, indexes, loc=loc),
-                          self._cost(symbols, rows))
+    decoded = tf.round(values - loc)  # the decoded symbols, as compress computed them
+    symbols = tf.cast(decoded, tf.int32) - tf.gather(self._cost.offsets, rows)
+    values = verify_strings(values, strings, self.coder.compress(values, indexes, loc=loc),
+                            self._cost(symbols, rows))
+    self.record_check(decoded)
+    return values
+
+  # --- the symbol check of each string (.cbx format 2, cbexp.bitstream) ------------------------
+  @staticmethod
+  def symbol_check(*parts):
+    """uint8 [batch, SYMBOL_CHECK_BYTES]: the first bytes of tf.fingerprint (farmhash64) of
+    ``parts`` (integer-valued tensors [batch, ...], e.g. coded scale indexes and symbols) as
+    int32, concatenated per batch element. Encoder and decoder compute it with the same ops
+    from what they coded, so equal checks mean the decoder used the encoder's indexes and got
+    back its symbols."""
+    batch = tf.shape(parts[0])[:1]
+    flat = [tf.reshape(tf.cast(p, tf.int32), tf.concat([batch, [-1]], 0)) for p in parts]
+    return tf.fingerprint(tf.concat(flat, axis=1))[:, :SYMBOL_CHECK_BYTES]
+
+  def start_checks(self):
+    """Starts collecting the check of every string coded from now on (one trace of
+    ``CompressionModel``'s coding functions); ``finish_checks`` returns them in coding order."""
+    self._check_log = _CheckLog()
+
+  def record_check(self, *parts):
+    """Records ``symbol_check(*parts)`` of the string just coded, if collecting. Entropy models
+    that code without ``compress``/``decompress`` (the autoregressive one) call it themselves,
+    once per string, in string order."""
+    log = getattr(self, "_check_log", None)
+    if log is not None:
+      log.checks.append(self.symbol_check(*parts))
+
+  def finish_checks(self):
+    """-> the checks recorded since ``start_checks`` (a list of uint8 [batch, 4]); stops."""
+    log, self._check_log = getattr(self, "_check_log", None), None
+    return [] if log is None else log.checks
 
   # --- diagnostics: the range coder's own model ------------------------------------------------
   def _coder_rows(self):
@@ -252,13 +300,33 @@ class EntropyModel(tf.keras.layers.Layer):
   #: number of strings ``compress`` returns for y (the z string is the model's, not counted here)
   num_strings = 1
 
-  def __init__(self, latent_depth, scale_table, name=None, **kwargs):
+  def __init__(self, latent_depth, scale_table, numerics="float", name=None, **kwargs):
     super().__init__(name=name, **kwargs)
+    from cbexp.entropy.exact import check_numerics
     self.latent_depth = int(latent_depth)
     self.gaussian = GaussianConditional(**scale_table)
+    # "float": compress/decompress use the layers themselves. "exact": integer versions of every
+    # network that decides a coded symbol, built from the trained weights by build_coders
+    # (cbexp.entropy.exact); training and the estimated rate stay float either way.
+    self.numerics = check_numerics(numerics)
+    self._exact_networks = None
 
   def build_coders(self):
     self.gaussian.build_coder()
+    if self.numerics == "exact":
+      from cbexp.entropy.exact import exact_networks
+      self._exact_networks = exact_networks(self)  # a snapshot of the current weights
+
+  def coding_networks(self):
+    """The networks compress/decompress compute the entropy parameters with: the model itself
+    (float numerics) or its integer snapshot (exact numerics, ``cbexp.entropy.exact``), which
+    has the same attribute names."""
+    if self.numerics == "float":
+      return self
+    if self._exact_networks is None:
+      raise RuntimeError("exact networks are not built: call model.build_coders() after "
+                         "training or restoring weights, before compress/decompress")
+    return self._exact_networks
 
   #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
   #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run

@@ -28,8 +28,11 @@ class ChannelSlices:
     self.hyper_synthesis_scale = HyperSynthesisTransform(
         hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
 
-  def _hyper_features(self, z_hat):
-    return self.hyper_synthesis_mean(z_hat), self.hyper_synthesis_scale(z_hat)
+  # ``nets``: the networks computing the entropy parameters, the model itself (training,
+  # float numerics) or ``coding_networks()`` (compress/decompress: float or exact numerics).
+  def _hyper_features(self, z_hat, nets=None):
+    nets = nets or self
+    return nets.hyper_synthesis_mean(z_hat), nets.hyper_synthesis_scale(z_hat)
 
   def _support(self, decoded):
     # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
@@ -41,16 +44,22 @@ class ChannelSlices:
     return (tf.concat([hyper_means] + support, axis=-1),
             tf.concat([hyper_scales] + support, axis=-1))
 
-  def _with_residual(self, i, mean_support, y_hat_slice):
-    residual = self.lrp[i](tf.concat([mean_support, y_hat_slice], axis=-1))
-    return y_hat_slice + 0.5 * tf.math.tanh(residual)
+  @property
+  def slice_residual(self):
+    """Per slice: x -> 0.5 * tanh(lrp_i(x)) (the exact networks use a table for tanh)."""
+    return [lambda x, lrp=lrp: 0.5 * tf.math.tanh(lrp(x)) for lrp in self.lrp]
+
+  def _with_residual(self, i, mean_support, y_hat_slice, nets=None):
+    residual = (nets or self).slice_residual[i](tf.concat([mean_support, y_hat_slice], axis=-1))
+    return y_hat_slice + residual
 
 
 class CharmEntropyModel(ChannelSlices, EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
-               hidden_filters=(224, 128), num_slices=10, max_support_slices=5, name="charm"):
-    super().__init__(latent_depth, scale_table, name=name)
+               hidden_filters=(224, 128), num_slices=10, max_support_slices=5,
+               numerics="float", name="charm"):
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     if latent_depth % num_slices:
       raise ValueError(f"charm: num_slices={num_slices} does not divide "
                        f"latent_depth={latent_depth}")
@@ -70,9 +79,10 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
     return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
             "slice_mean_scale": self.cc_mean + self.cc_scale, "lrp": self.lrp}
 
-  def _slice_params(self, i, hyper_means, hyper_scales, decoded):
+  def _slice_params(self, i, hyper_means, hyper_scales, decoded, nets=None):
+    nets = nets or self
     mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
-    return self.cc_mean[i](mean_support), self.cc_scale[i](scale_support), mean_support
+    return nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support), mean_support
 
   def call(self, y, z_hat, training):
     hyper_means, hyper_scales = self._hyper_features(z_hat)
@@ -84,19 +94,23 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
     return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
 
   def compress(self, y, z_hat):
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
+    nets = self.coding_networks()  # float layers, or their exact integer versions
+    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
     decoded, strings = [], []
     for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
-      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
+      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded,
+                                                           nets)
       strings.append(self.gaussian.compress(y_slice, scale_index, mean))
-      decoded.append(self._with_residual(i, mean_support, tf.round(y_slice - mean) + mean))
+      decoded.append(self._with_residual(i, mean_support, tf.round(y_slice - mean) + mean, nets))
     return strings, tf.concat(decoded, axis=-1)
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
+    nets = self.coding_networks()
+    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
     decoded = []
     for i in range(self.num_slices):
-      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
+      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded,
+                                                           nets)
       y_hat_slice = self.gaussian.decompress(strings[i], scale_index, mean)
-      decoded.append(self._with_residual(i, mean_support, y_hat_slice))
+      decoded.append(self._with_residual(i, mean_support, y_hat_slice, nets))
     return tf.concat(decoded, axis=-1)

@@ -6,7 +6,8 @@ For slice i (depth d_i; uneven sizes from config, e.g. 16, 16, 32, 64, 192 for M
   channel context: mean_feat  = cc_mean_i(concat[hyper_means, support])       (d_i channels)
                    scale_feat = cc_scale_i(concat[hyper_scales, support])      (d_i channels)
   pass 1, anchors:     params = g_ep_i(concat[mean_feat, scale_feat], context = 0)
-  pass 2, non-anchors: context = g_cm_i(decoded anchors of slice i only)   (5x5 checkerboard mask)
+  pass 2, non-anchors: context = g_cm_i(decoded anchors of slice i only)   (5x5 checkerboard mask,
+                                 computed at the non-anchors only: ``context_positions``)
                        params = g_ep_i(concat[mean_feat, scale_feat], context)
   y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
 ``support`` is the first min(i, max_support_slices) decoded slices (all earlier ones when
@@ -18,8 +19,8 @@ import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.charm import ChannelSlices
-from cbexp.entropy.layers import (EntropyParameters, MaskedConv2D, checkerboard_context_mask,
-                                  merge_checkerboard, split_checkerboard)
+from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
+                                  split_checkerboard)
 from cbexp.transforms import SliceTransform
 
 
@@ -43,8 +44,9 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                slices=(16, 16, 32, 64, 192), max_support_slices=-1, hidden_filters=(224, 128),
-               param_widths=(3, 2), context_multiplier=2, name="charm_checkerboard"):
-    super().__init__(latent_depth, scale_table, name=name)
+               param_widths=(3, 2), context_multiplier=2, context_positions="full_grid",
+               numerics="float", name="charm_checkerboard"):
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.slices = resolve_slices(slices, self.latent_depth)
     self.num_strings = 2 * len(self.slices)
     self.max_support_slices = int(max_support_slices)
@@ -54,9 +56,9 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
     for i, depth in enumerate(self.slices):
       self.cc_mean.append(SliceTransform(hidden_filters, depth, name=f"cc_mean_{i}"))
       self.cc_scale.append(SliceTransform(hidden_filters, depth, name=f"cc_scale_{i}"))
-      self.context_models.append(MaskedConv2D(context_multiplier * depth,
-                                              checkerboard_context_mask(5),
-                                              name=f"context_model_{i}"))
+      self.context_models.append(CheckerboardContext(context_multiplier * depth,
+                                                     positions=context_positions,
+                                                     name=f"context_model_{i}"))
       self.entropy_parameters.append(EntropyParameters(
           [w * depth for w in param_widths], depth, with_context=True,
           name=f"entropy_parameters_{i}"))
@@ -68,18 +70,20 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
             "context_model": self.context_models,
             "entropy_parameters": self.entropy_parameters, "lrp": self.lrp}
 
-  # Shared by training, compress and decompress (same ops, same shapes).
-  def _channel_features(self, i, hyper_means, hyper_scales, decoded):
+  # Shared by training, compress and decompress (same ops, same shapes). ``nets``: the model
+  # itself (training, float numerics) or ``coding_networks()`` (float or exact numerics).
+  def _channel_features(self, i, hyper_means, hyper_scales, decoded, nets=None):
     """-> (anchor features, non-anchor features, LRP's mean support)."""
+    nets = nets or self
     mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
-    features = tf.concat([self.cc_mean[i](mean_support), self.cc_scale[i](scale_support)], -1)
+    features = tf.concat([nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support)], -1)
     features_a, features_n = split_checkerboard(features)
     return features_a, features_n, mean_support
 
-  def _non_anchor_params(self, i, anchors_hat, features_n):
-    context = self.context_models[i](merge_checkerboard(anchors_hat, tf.zeros_like(anchors_hat)))
-    _, context_n = split_checkerboard(context)
-    return self.entropy_parameters[i](features_n, context_n)
+  def _non_anchor_params(self, i, anchors_hat, features_n, nets=None):
+    nets = nets or self
+    return nets.entropy_parameters[i](features_n,
+                                       nets.context_models[i](anchors_hat))
 
   def call(self, y, z_hat, training):
     hyper_means, hyper_scales = self._hyper_features(z_hat)
@@ -100,19 +104,21 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
   def _encode(self, y, z_hat, code):
     """compress's loop, with ``code(y_pass, index, mean)`` applied to each pass (anchors, then
     non-anchors, slice by slice). -> (list of code's results, y_hat)."""
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
+    nets = self.coding_networks()  # float layers, or their exact integer versions
+    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
     decoded, coded = [], []
     for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
       features_a, features_n, mean_support = self._channel_features(
-          i, hyper_means, hyper_scales, decoded)
+          i, hyper_means, hyper_scales, decoded, nets)
       y_a, y_n = split_checkerboard(y_slice)
-      mean_a, index_a = self.entropy_parameters[i](features_a)
+      mean_a, index_a = nets.entropy_parameters[i](features_a)
       coded.append(code(y_a, index_a, mean_a))
       y_hat_a = tf.round(y_a - mean_a) + mean_a
-      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
+      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n, nets)
       coded.append(code(y_n, index_n, mean_n))
       y_hat_n = tf.round(y_n - mean_n) + mean_n
-      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
+      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n),
+                                         nets))
     return coded, tf.concat(decoded, axis=-1)
 
   def compress(self, y, z_hat):
@@ -126,14 +132,16 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
     return self._encode(y, z_hat, self.gaussian.symbol_bits)[0]
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
+    nets = self.coding_networks()
+    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
     decoded = []
     for i in range(len(self.slices)):
       features_a, features_n, mean_support = self._channel_features(
-          i, hyper_means, hyper_scales, decoded)
-      mean_a, index_a = self.entropy_parameters[i](features_a)
+          i, hyper_means, hyper_scales, decoded, nets)
+      mean_a, index_a = nets.entropy_parameters[i](features_a)
       y_hat_a = self.gaussian.decompress(strings[2 * i], index_a, mean_a)  # pass 1
-      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
+      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n, nets)
       y_hat_n = self.gaussian.decompress(strings[2 * i + 1], index_n, mean_n)  # pass 2
-      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
+      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n),
+                                         nets))
     return tf.concat(decoded, axis=-1)

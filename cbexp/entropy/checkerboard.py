@@ -13,12 +13,15 @@ one difference at a time, so that a comparison with ChARM can separate context f
   two_hyper_paths: a second hyper-synthesis (as ChARM's mean and scale paths); g_ep sees
                    concat[mean path, scale path], LRP the mean path (ChARM's LRP sees hyper_means).
   lrp_on_y_hat:    LRP conditioned on concat[hyper, y_hat] (before the residual) as in ms2020.
+``context_positions`` (conf: "coded") computes the context only at the non-anchors
+(``cbexp.entropy.layers.CheckerboardContext``); "full_grid", the default for model directories
+saved before the option, is the masked convolution over the whole grid.
 """
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
-from cbexp.entropy.layers import (EntropyParameters, MaskedConv2D, checkerboard_context_mask,
-                                  merge_checkerboard, split_checkerboard)
+from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
+                                  split_checkerboard)
 from cbexp.transforms import HyperSynthesisTransform, SliceTransform
 
 
@@ -28,15 +31,16 @@ class CheckerboardEntropyModel(EntropyModel):
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
                hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
-               two_hyper_paths=False, lrp_on_y_hat=False, name="checkerboard"):
-    super().__init__(latent_depth, scale_table, name=name)
+               two_hyper_paths=False, lrp_on_y_hat=False, context_positions="full_grid",
+               numerics="float", name="checkerboard"):
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
     self.hyper_synthesis_scale = (HyperSynthesisTransform(
         hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
                                   if two_hyper_paths else None)
     self.lrp_on_y_hat = bool(lrp_on_y_hat)
-    self.context_model = MaskedConv2D(context_multiplier * latent_depth,
-                                      checkerboard_context_mask(5), name="context_model")
+    self.context_model = CheckerboardContext(context_multiplier * latent_depth,
+                                             positions=context_positions, name="context_model")
     self.entropy_parameters = EntropyParameters(
         [w * latent_depth for w in param_widths], latent_depth, with_context=True)
     self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
@@ -48,22 +52,25 @@ class CheckerboardEntropyModel(EntropyModel):
       groups["hyper_synthesis_scale"] = [self.hyper_synthesis_scale]
     return groups
 
-  def _hyper(self, z_hat):
+  # ``nets``: the networks computing the entropy parameters, the model itself (training,
+  # float numerics) or ``coding_networks()`` (compress/decompress: float or exact numerics).
+  def _hyper(self, z_hat, nets=None):
     """-> (features for g_ep, features for LRP): the same tensor unless two_hyper_paths."""
-    hyper = self.hyper_synthesis(z_hat)
+    nets = nets or self
+    hyper = nets.hyper_synthesis(z_hat)
     if self.hyper_synthesis_scale is None:
       return hyper, hyper
-    return tf.concat([hyper, self.hyper_synthesis_scale(z_hat)], axis=-1), hyper
+    return tf.concat([hyper, nets.hyper_synthesis_scale(z_hat)], axis=-1), hyper
 
   # The two passes, shared by training, compress and decompress so all three compute the
   # entropy parameters with the same ops on the same shapes.
-  def _anchor_params(self, hyper_anchors):
-    return self.entropy_parameters(hyper_anchors)
+  def _anchor_params(self, hyper_anchors, nets=None):
+    return (nets or self).entropy_parameters(hyper_anchors)
 
-  def _non_anchor_params(self, anchors_hat, hyper_non_anchors):
-    context = self.context_model(merge_checkerboard(anchors_hat, tf.zeros_like(anchors_hat)))
-    _, context_non_anchors = split_checkerboard(context)
-    return self.entropy_parameters(hyper_non_anchors, context_non_anchors)
+  def _non_anchor_params(self, anchors_hat, hyper_non_anchors, nets=None):
+    nets = nets or self
+    context = nets.context_model(anchors_hat)
+    return nets.entropy_parameters(hyper_non_anchors, context)
 
   def _residual(self, hyper, y_hat, decoding=False):
     """LRP from the hyper features, and from y_hat (without residual) if lrp_on_y_hat."""
@@ -85,13 +92,14 @@ class CheckerboardEntropyModel(EntropyModel):
     return LatentOutput(y_hat=y_hat, bits=bits)
 
   def compress(self, y, z_hat):
-    hyper, hyper_lrp = self._hyper(z_hat)
+    nets = self.coding_networks()  # float layers, or their exact integer versions
+    hyper, hyper_lrp = self._hyper(z_hat, nets)
     hyper_a, hyper_n = split_checkerboard(hyper)
     y_a, y_n = split_checkerboard(y)
-    mean_a, index_a = self._anchor_params(hyper_a)
+    mean_a, index_a = self._anchor_params(hyper_a, nets)
     string_a = self.gaussian.compress(y_a, index_a, mean_a)
     y_hat_a = tf.round(y_a - mean_a) + mean_a
-    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
+    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n, nets)
     string_n = self.gaussian.compress(y_n, index_n, mean_n)
     y_hat_n = tf.round(y_n - mean_n) + mean_n
     y_hat = merge_checkerboard(y_hat_a, y_hat_n)
@@ -99,11 +107,12 @@ class CheckerboardEntropyModel(EntropyModel):
     return [string_a, string_n], y_hat
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper, hyper_lrp = self._hyper(z_hat)
+    nets = self.coding_networks()
+    hyper, hyper_lrp = self._hyper(z_hat, nets)
     hyper_a, hyper_n = split_checkerboard(hyper)
-    mean_a, index_a = self._anchor_params(hyper_a)
+    mean_a, index_a = self._anchor_params(hyper_a, nets)
     y_hat_a = self.gaussian.decompress(strings[0], index_a, mean_a)  # pass 1
-    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
+    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n, nets)
     y_hat_n = self.gaussian.decompress(strings[1], index_n, mean_n)  # pass 2
     y_hat = merge_checkerboard(y_hat_a, y_hat_n)
     return y_hat + self._residual(hyper_lrp, y_hat, decoding=True)

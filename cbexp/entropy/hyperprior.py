@@ -16,8 +16,9 @@ class HyperpriorEntropyModel(EntropyModel):
   lrp_outside_entropy_loop = True  # LRP sees the hyper features only
 
   def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
-               hidden_filters=(224, 128), param_widths=(3, 2), name="hyperprior"):
-    super().__init__(latent_depth, scale_table, name=name)
+               hidden_filters=(224, 128), param_widths=(3, 2), numerics="float",
+               name="hyperprior"):
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
     self.entropy_parameters = EntropyParameters(
         [w * latent_depth for w in param_widths], latent_depth, with_context=False)
@@ -35,14 +36,16 @@ class HyperpriorEntropyModel(EntropyModel):
     return LatentOutput(y_hat=y_hat, bits=bits)
 
   def compress(self, y, z_hat):
-    hyper = self.hyper_synthesis(z_hat)
-    mean, scale_index = self.entropy_parameters(hyper)
+    nets = self.coding_networks()  # float layers, or their exact integer versions
+    hyper = nets.hyper_synthesis(z_hat)
+    mean, scale_index = nets.entropy_parameters(hyper)
     string = self.gaussian.compress(y, scale_index, mean)
     y_hat = tf.round(y - mean) + mean + self._residual(hyper)
     return [string], y_hat
 
   def decompress(self, strings, z_hat, y_shape):
-    hyper = self.hyper_synthesis(z_hat)
-    mean, scale_index = self.entropy_parameters(hyper)
+    nets = self.coding_networks()
+    hyper = nets.hyper_synthesis(z_hat)
+    mean, scale_index = nets.entropy_parameters(hyper)
     y_hat = self.gaussian.decompress(strings[0], scale_index, mean)
     return y_hat + self._residual(hyper, decoding=True)
