@@ -72,8 +72,13 @@ def config_json(cfg):
 def fingerprint(config_text, variables):
   """128-bit hex digest of the config text and every variable's shape, dtype and value, in
   order (``weights + tables``, see ``split_variables``)."""
+  from cbexp.entropy.exact import EXACT_SCHEME
   digest = hashlib.sha256()
   digest.update(config_text.encode("utf-8"))
+  if '"numerics":"exact"' in config_text:
+    # The same weights code other means and scale indexes under another integer scheme: its
+    # files are another model's (refused by the fingerprint check, not decoded wrong).
+    digest.update(f"|exact scheme {EXACT_SCHEME}|".encode("ascii"))
   for weight in variables:
     value = np.ascontiguousarray(weight.numpy())
     digest.update(f"|{value.dtype.str}{value.shape}|".encode("ascii"))

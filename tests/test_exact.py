@@ -2,8 +2,9 @@
 
 Tiny models, small images: every supported entropy model round-trips bit-exactly with exact
 numerics; the integer networks do not depend on the summation order; a decode in another
-process with oneDNN off and one thread gives the encoder's image; the range proof refuses what
-float64 cannot hold exactly; float numerics (the default) are the float layers themselves."""
+process with oneDNN off and one thread gives the encoder's image; the range proof splits what
+one float32 sum cannot hold exactly and refuses what no split can; float numerics (the default)
+are the float layers themselves."""
 import functools
 import json
 import os
@@ -47,7 +48,7 @@ def test_exact_round_trip_and_float_on_the_same_weights(entropy, image):
   assert isinstance(model.entropy_model.coding_networks(), exact.ExactNetworks)
   compressed = assert_round_trip(model, image)  # decoder's y_hat == encoder's, every element
   # The same weights with float numerics: the float layers themselves, and the rate of both
-  # paths about the same (the exact means and scale indexes are within 2**-10 of float's).
+  # paths about the same (8-bit weights, 11-bit activations: close to float's parameters).
   float_model = _cached(entropy, "float")
   assert float_model.entropy_model.coding_networks() is float_model.entropy_model
   float_compressed = assert_round_trip(float_model, image)
@@ -83,6 +84,15 @@ def _permuted_copy(transform, perm):
   return copy
 
 
+def _requantize_reference(u, step, bits):
+  """numpy version of exact.requantize (np.frexp gives the exponent exactly)."""
+  peak = np.abs(u).max()
+  exponent = int(np.clip(np.frexp(peak)[1] - 1 if peak > 0 else exact.MIN_EXPONENT,
+                         exact.MIN_EXPONENT, exact.MAX_EXPONENT))
+  shift = bits - 1 - exponent
+  return np.round(u * 2. ** shift), step * 2. ** -shift
+
+
 def test_exact_networks_do_not_depend_on_summation_order():
   rng = np.random.default_rng(0)
   from cbexp.transforms import SliceTransform
@@ -94,56 +104,75 @@ def test_exact_networks_do_not_depend_on_summation_order():
   perm = rng.permutation(40)
   permuted = _permuted_copy(transform, perm)
   x_perm = tf.gather(x, perm, axis=-1)
-  exact_out = exact.ExactTransform(transform)(x)
+  exact_transform = exact.ExactTransform(transform)
+  assert len(exact_transform.layers[0].groups) > 1  # 40 channels x 25 taps: several groups
+  exact_out = exact_transform(x)
   np.testing.assert_array_equal(exact_out, exact.ExactTransform(permuted)(x_perm))
   # The float32 layers on the same inputs agree only up to rounding (not asserted: how many
   # elements differ depends on the machine).
   np.testing.assert_allclose(transform(x), permuted(x_perm), rtol=1e-4, atol=1e-3)
 
-  # The entropy-parameter network: the first layer's accumulator as one product or as two
-  # partial sums over halves of the input channels, and a numpy int64 reference.
+  # The entropy-parameter network against a numpy int64 reference of the whole chain: grouped
+  # float32 products, bias on the accumulator's grid, per-channel scale, ReLU, requantization.
   model = _cached("checkerboard", "exact")
   ep = model.entropy_model.coding_networks().entropy_parameters
   hyper = tf.constant(rng.normal(scale=3., size=[1, 4, 8, 40]), tf.float32)
   context = tf.constant(rng.normal(scale=3., size=[1, 4, 8, 80]), tf.float32)
   mean, index = ep(hyper, context)
-  first = ep._steps[0]
-  a_h, a_c = exact.to_grid(hyper), exact.to_grid(context)
-  k_h, k_c = first._kernels
-  split = (exact._dense(a_h[..., :17], k_h[:17]) + exact._dense(a_c[..., :33], k_c[:33])
-           + exact._dense(a_c[..., 33:], k_c[33:]) + exact._dense(a_h[..., 17:], k_h[17:]))
-  np.testing.assert_array_equal(split, exact._dense(a_h, k_h) + exact._dense(a_c, k_c))
-  acc = (a_h.numpy().astype(np.int64) @ k_h.numpy().astype(np.int64)
-         + a_c.numpy().astype(np.int64) @ k_c.numpy().astype(np.int64))
-  a = np.maximum(np.round((acc + first._bias.numpy().astype(np.int64)) * first._shift.numpy()),
-                 0)
-  for step in ep._steps[1:]:
-    acc = a.astype(np.int64) @ step._kernels[0].numpy().astype(np.int64)
-    a = np.round((acc + step._bias.numpy().astype(np.int64)) * step._shift.numpy())
-    a = np.maximum(a, 0) if step._relu else a
-    a = np.clip(a, -exact.ACT_BOUND, exact.ACT_BOUND)
-  np.testing.assert_array_equal(np.concatenate([mean, index], -1),
-                                (a * 2. ** -exact.ACT_FRAC_BITS).astype(np.float32))
+  a, step = _requantize_reference(np.concatenate([hyper, context], -1).astype(np.float64), 1.,
+                                  exact.ACT_BITS)
+  layers = [ep._first_both] + ep._rest
+  for i, layer in enumerate(layers):
+    kernel = np.concatenate([k[0].numpy() for k in layer._kernels], axis=0)  # groups' rows
+    acc = (a.astype(np.int64) @ kernel.astype(np.int64)).astype(np.float64)
+    u = (acc + np.round(layer._bias.numpy() / step)) * layer._scale.numpy()
+    u = np.maximum(u, 0) if layer._relu else u
+    a, step = _requantize_reference(u, step, exact.OUT_BITS if i == len(layers) - 1
+                                    else exact.ACT_BITS)
+  np.testing.assert_array_equal(np.concatenate([mean, index], -1), (a * step).astype(np.float32))
 
 
-def test_exact_context_at_coded_positions_equals_the_full_grid_convolution():
-  model = _cached("checkerboard", "exact")
-  context = model.entropy_model.coding_networks().context_model
-  anchors = tf.constant(np.random.default_rng(1).normal(scale=5., size=[1, 4, 8, 40]),
-                        tf.float32)
-  np.testing.assert_array_equal(context(anchors), context.full_grid(anchors))
+def test_channel_groups_make_float32_sums_exact():
+  """Weights and activations at their bounds: one float32 product over all 512 channels rounds
+  (its partial sums pass 2**24); the layer's groups keep every partial sum exact."""
+  rng = np.random.default_rng(2)
+  w_max, a_max = 2 ** (exact.WEIGHT_BITS - 1), 2 ** exact.ACT_BITS
+  # Odd products of one sign: sums far past 2**24 that float32 cannot hold.
+  kernel = rng.choice([w_max - 1, w_max - 3, w_max - 5], size=[512, 16]).astype(np.float64)
+  a = rng.choice([a_max - 1, a_max - 3, a_max - 5], size=[64, 512]).astype(np.float64)
+  layer = exact.IntegerLayer("wide", exact._dense, [kernel], np.zeros(16), None, relu=False)
+  assert len(layer.groups) > 1
+  for start, stop in layer.groups:
+    assert np.abs(kernel[start:stop]).sum(0).max() * a_max <= exact.FLOAT32_EXACT
+  reference = a.astype(np.int64) @ kernel.astype(np.int64)
+  np.testing.assert_array_equal(layer.accumulate(tf.constant(a)), reference)
+  one_product = tf.matmul(tf.constant(a, tf.float32), tf.constant(kernel, tf.float32))
+  assert not np.array_equal(one_product.numpy().astype(np.int64), reference)
 
 
-def test_range_proof_refuses_what_float64_cannot_hold():
-  with pytest.raises(exact.ExactRangeError, match="2\\*\\*53"):  # too many taps
-    exact.quantize_layer([np.ones([1 << 17, 1])], None, "wide")
-  exact.quantize_layer([np.ones([1 << 15, 1])], None, "fits")
-  model = _model("hyperprior", "float")
-  em = model.entropy_model
-  em.entropy_parameters.out.bias.assign(tf.fill(em.entropy_parameters.out.bias.shape, 1e9))
-  em.numerics = "exact"
-  with pytest.raises(exact.ExactRangeError, match="entropy_parameters/layer_2"):
-    em.build_coders()  # a bias far beyond what the weights' scale can hold
+def test_requantize_chooses_the_step_from_exact_comparisons():
+  for peak in [1., 2. ** 7, np.nextafter(2. ** 7, 0), 3.75, 1e-30, 0., 1e300]:
+    u = tf.constant([peak, -peak / 3, peak / 7], tf.float64)
+    a, step = exact.requantize(u, tf.constant(2. ** -3, tf.float64), exact.ACT_BITS)
+    ref_a, ref_step = _requantize_reference(u.numpy(), 2. ** -3, exact.ACT_BITS)
+    np.testing.assert_array_equal(a, ref_a)
+    assert float(step) == ref_step
+    assert np.abs(a.numpy()).max() <= 2 ** exact.ACT_BITS
+    if peak >= 2 ** exact.MIN_EXPONENT:  # the largest magnitude uses the range
+      assert np.abs(a.numpy()).max() >= 2 ** (exact.ACT_BITS - 1)
+  for e in [-1022, -60, 0, 1, 52, 60]:
+    assert float(exact.power_of_two(tf.constant(e))) == 2. ** e
+
+
+def test_range_proof_refuses_what_float32_cannot_hold():
+  budget = exact.FLOAT32_EXACT // 2 ** exact.ACT_BITS
+  w_max = 2 ** (exact.WEIGHT_BITS - 1)
+  taps = budget // w_max
+  exact.channel_groups([np.full([taps, 1, 1], float(w_max))], "fits")
+  with pytest.raises(exact.ExactRangeError, match="input channel 0 alone"):  # too many taps
+    exact.channel_groups([np.full([taps + 1, 1, 1], float(w_max))], "wide")
+  groups = exact.channel_groups([np.full([taps // 2, 5, 1], float(w_max))], "split")
+  assert groups == [(0, 2), (2, 4), (4, 5)]
 
 
 def test_autoregressive_refuses_exact_numerics():
@@ -224,3 +253,14 @@ def test_bench_times_float_and_exact_side_by_side(tmp_path):
   per_image = pd.read_csv(tmp_path / "bench_per_image.csv").set_index("entropy")
   assert per_image.loc["charm_checkerboard+exact", "numerics"] == "exact"
   assert per_image.loc["charm_checkerboard+exact", "stage_entropy_parameters_s"] > 0
+
+
+def test_the_integer_scheme_is_part_of_an_exact_models_fingerprint(monkeypatch):
+  """Files of another exact scheme on the same weights are refused by the fingerprint check."""
+  from cbexp.export import fingerprint
+  weights = [tf.Variable([1., 2.])]
+  exact_text, float_text = '{"entropy":{"numerics":"exact"}}', '{"entropy":{"numerics":"float"}}'
+  before = fingerprint(exact_text, weights), fingerprint(float_text, weights)
+  monkeypatch.setattr(exact, "EXACT_SCHEME", exact.EXACT_SCHEME + 1)
+  assert fingerprint(exact_text, weights) != before[0]
+  assert fingerprint(float_text, weights) == before[1]

@@ -6,27 +6,40 @@ Why: in float32 the entropy parameters depend on the summation order (threads, o
 AVX-512, a GPU). One scale index on the other side of an integer or one mean moving a symbol's
 rounding desynchronises the range decoder, and the rest of the image is garbage.
 
-How (a post-training conversion, no calibration data, no training change):
+How (a post-training conversion: no calibration data, no training change):
 
-* Activations are fixed point with the step ``2**-ACT_FRAC_BITS`` and clamped to
-  ``|a_q| <= ACT_BOUND`` (a clamp is deterministic). A network's float32 input is put on that
-  grid (round half to even, elementwise: the same on every IEEE machine); its output is
-  ``a_q * 2**-ACT_FRAC_BITS``, exact in float32 (|a_q| <= 2**22 < 2**24).
-* Weights are quantized per output channel c to integers ``|w_q| < 2**WEIGHT_BITS`` with a
-  power-of-two scale ``2**s_c``; the bias to the accumulator's scale ``2**(s_c + ACT_FRAC_BITS)``.
-* Convolutions and dense layers run on these integers held in float64. Every product is below
-  2**(WEIGHT_BITS + 22) and the range proof, made when the network is built, shows that every
-  partial sum stays below 2**53 in *any* order: max_c (sum |w_q| * ACT_BOUND + |b_q|) < 2**53
-  (``ExactRangeError`` otherwise). So every summation order, thread split, blocking or vector
-  width gives the same exact integer. (Algorithms that transform the operands with non-integer
-  constants, Winograd or FFT convolutions, would not; TensorFlow's float64 CPU convolutions are
-  Eigen's GEMM contractions.)
-* Requantization multiplies by the power of two ``2**-s_c`` (exact) and rounds half to even;
-  ReLU and the clamp are exact.
+* Weights are quantized per output channel c to integers ``|w_q| <= 2**(WEIGHT_BITS - 1)`` with
+  a power-of-two scale ``2**-s_c``.
+* Activations are integers ``|a| <= 2**ACT_BITS`` times one power-of-two step per tensor. The
+  step is chosen per image and layer from the tensor's own largest magnitude (``requantize``):
+  a maximum of integers and comparisons with powers of two, exact operations, so encoder and
+  decoder choose the same step from the same integers. Every tensor uses its full range, with
+  no calibration set and no clamp.
+* Convolutions and dense layers run in **float32** on these integers. float32 holds every
+  integer up to 2**24 exactly, so a sum of integer products is exact, in any order, as long as
+  every partial sum stays within 2**24. The proof is made once per layer, when the network is
+  built (``channel_groups``): the input channels are split into contiguous groups with
+  ``sum |w_q| * 2**ACT_BITS <= 2**24`` over each group's taps, for every output channel. Each
+  group is one float32 convolution (exact, whatever order, threads, blocking or vector width
+  the library uses); the group sums are added in float64 (exact). A layer whose single input
+  channel already breaks the bound raises ``ExactRangeError``. (Algorithms that transform the
+  operands with non-integer constants, Winograd or FFT convolutions, would not be exact; the
+  CPU libraries TensorFlow uses compute direct or GEMM convolutions, and the integer ops are
+  pinned to the CPU.)
+* The bias is put on the accumulator's grid per image (a power-of-two scaling and a rounding,
+  elementwise in float64: the same on every IEEE machine); requantization to the next layer's
+  step is a power-of-two scaling and a rounding (half to even); ReLU is exact.
+* A network's outputs (means, scale indexes, the LRP) are requantized to ``OUT_BITS`` and
+  returned as float32 (exact: ``2**OUT_BITS < 2**24``).
 * ChARM-style models feed the LRP's ``0.5 * tanh`` into the next slices: it is looked up in a table
-  over the LRP's fixed-point output, computed once in float64 and rounded to ``2**-TANH_BITS``;
-  ``tanh_table`` checks that no entry lies within 1e-9 (of an output step) of a rounding boundary,
-  so every machine's libm builds the same table.
+  over ``2**-TANH_INDEX_BITS`` steps, computed once in float64 and rounded to ``2**-TANH_BITS``;
+  ``tanh_table`` checks that no entry lies within 1e-9 (of an output step) of a rounding
+  boundary, so every machine's libm builds the same table.
+
+The first version of this path held 15-bit weights and 32-bit activations in float64: exact too,
+but float64 convolutions run on Eigen, about 6x slower than oneDNN's float32 ones on this CPU, and
+ChARM's exact decode took 2.55x the float decode. Grouped float32 convolutions on integers cost
+about the float32 convolution itself (``python -m cbexp.bench numerics=float,exact``).
 
 Training, ``call`` and the estimated rate stay float; only ``compress``/``decompress`` use the
 networks built here (``EntropyModel.coding_networks``). They are snapshots of the weights: plain
@@ -39,16 +52,26 @@ import tensorflow_compression as tfc
 from cbexp.precision import MaterializedTransform
 
 NUMERICS = ("float", "exact")
-ACT_FRAC_BITS = 10  # activation step 2**-10
-ACT_BOUND = 2 ** 22  # |a_q| <= 2**22: about +-4096 in real units
-WEIGHT_BITS = 15  # |w_q| < 2**15 per output channel
-EXACT_LIMIT = 2 ** 53  # float64 holds every integer below this exactly
+# The integer scheme's version, part of an exact model's fingerprint (cbexp.export.fingerprint).
+# 1: 15-bit weights, 32-bit activations on a fixed 2**-10 grid, float64 products (the previous
+# stop). 2: the scheme below.
+EXACT_SCHEME = 2
+WEIGHT_BITS = 8  # |w_q| <= 2**7 per output channel (with the sign: 8 bits)
+ACT_BITS = 10  # |a| <= 2**10 between layers: 11 bits with the sign
+OUT_BITS = 22  # a network's outputs: |a| <= 2**22, exact in float32
+FLOAT32_EXACT = 2 ** 24  # float32 holds every integer up to this exactly
+FLOAT64_EXACT = 2 ** 53
+# The exponents ``floor_log2`` tells apart: up to float64's largest, so every finite peak gets
+# its own (|a| <= 2**bits holds for every finite input); a peak below 2**MIN_EXPONENT is taken
+# as 2**MIN_EXPONENT, which keeps steps and values far from float32's subnormals.
+MIN_EXPONENT, MAX_EXPONENT = -60, 1023
 TANH_RANGE = 16  # the LRP table covers [-16, 16]; 0.5 * tanh(16) rounds to 0.5 at 2**-20
+TANH_INDEX_BITS = 10  # table inputs on a 2**-10 grid
 TANH_BITS = 20  # table outputs on a 2**-20 grid
 
 
 class ExactRangeError(ValueError):
-  """A layer whose integer accumulations cannot be proven below 2**53."""
+  """A layer whose integer accumulations cannot be proven exact in float32."""
 
 
 def check_numerics(numerics):
@@ -57,42 +80,79 @@ def check_numerics(numerics):
   return numerics
 
 
-def to_grid(x):
-  """float -> fixed-point integers (float64) on the activation grid, clamped."""
-  x = tf.cast(x, tf.float64)
-  return tf.clip_by_value(tf.round(x * 2. ** ACT_FRAC_BITS), -ACT_BOUND, ACT_BOUND)
+_POWERS = np.ldexp(1., np.arange(MIN_EXPONENT, MAX_EXPONENT + 1))
 
 
-def from_grid(a):
-  """Fixed-point integers -> float32 real values (exact: |a| <= 2**22)."""
-  return tf.cast(a, tf.float32) * 2. ** -ACT_FRAC_BITS
+def floor_log2(m):
+  """floor(log2(m)) of a float64 scalar m >= 0 (at least MIN_EXPONENT), from comparisons with
+  exact powers of two (no logarithm, whose last bit may differ by machine)."""
+  count = tf.reduce_sum(tf.cast(m >= tf.constant(_POWERS, tf.float64), tf.int32))
+  return tf.maximum(count - 1, 0) + MIN_EXPONENT
 
 
-def quantize_layer(kernels, bias, name):
-  """Integer weights of one layer. ``kernels``: list of float64 arrays [..., in, out] whose
-  products are summed into one accumulator (e.g. g_ep's hyper and context parts), ``bias``:
-  [out] or None. -> (integer kernels as float64 arrays, integer bias, shifts s_c as float64
-  powers 2**-s_c for requantization). Raises ExactRangeError when the range proof fails."""
-  kernels = [np.asarray(k, np.float64) for k in kernels]
-  out = kernels[0].shape[-1]
-  peak = np.max([np.abs(k).reshape(-1, out).max(0) for k in kernels], axis=0)
-  # s_c with 2**(WEIGHT_BITS - 1) <= max|w| * 2**s_c < 2**WEIGHT_BITS (channels of zeros: any s).
-  shift = np.where(peak > 0, WEIGHT_BITS - 1 - np.floor(np.log2(np.where(peak > 0, peak, 1.))),
-                   WEIGHT_BITS)
-  scale = 2. ** shift
-  quantized = [np.round(k * scale) for k in kernels]
-  b_q = (np.zeros(out) if bias is None
-         else np.round(np.asarray(bias, np.float64) * scale * 2. ** ACT_FRAC_BITS))
-  total = sum(np.abs(q).reshape(-1, out).sum(0) for q in quantized)
-  bound = total * ACT_BOUND + np.abs(b_q)
-  peak_w = max(np.abs(q).max() for q in quantized)
-  if peak_w >= 2 ** WEIGHT_BITS or bound.max() >= EXACT_LIMIT:
-    c = int(np.argmax(bound))
-    raise ExactRangeError(
-        f"exact numerics: layer {name} cannot be computed exactly in float64: output channel "
-        f"{c} may reach {bound[c]:.3g} (sum |w_q| {total[c]:.3g} * {ACT_BOUND} + |b_q| "
-        f"{abs(b_q[c]):.3g}) >= 2**53")
-  return quantized, b_q, 2. ** -shift
+def power_of_two(exponent):
+  """2**exponent (int32 scalar) in float64, exactly: assembled from the IEEE-754 bits."""
+  bits = tf.bitwise.left_shift(tf.cast(exponent + 1023, tf.int64), tf.constant(52, tf.int64))
+  return tf.bitcast(bits, tf.float64)
+
+
+def requantize(u, step, bits):
+  """Real values ``u * step`` (u float64, step a float64 power of two) -> (a, new step): integers
+  ``|a| <= 2**bits`` (float64) with ``a * new_step`` the values rounded to the new step, chosen
+  so that the largest magnitude uses the range. Only exact operations and one elementwise
+  rounding: the same integers and step on every machine for the same input."""
+  peak = tf.reduce_max(tf.abs(u))
+  # 2**e <= peak < 2**(e + 1), so peak * 2**(bits - 1 - e) < 2**bits.
+  shift = bits - 1 - floor_log2(peak)
+  return tf.round(u * power_of_two(shift)), step * power_of_two(-shift)
+
+
+def to_fixed(x, bits=ACT_BITS):
+  """float -> (integers |a| <= 2**bits as float64, step): the network's input on its grid."""
+  return requantize(tf.cast(x, tf.float64), tf.constant(1., tf.float64), bits)
+
+
+def to_float(a, step):
+  """Integers and step -> float32 values (exact for |a| <= 2**24 and the steps used here)."""
+  return tf.cast(a * step, tf.float32)
+
+
+def quantize_kernel(kernel):
+  """float kernel [..., in, out] -> (integer kernel as float64, per-output-channel exponents s_c,
+  with kernel ~ w_q * 2**-s_c and 2**(WEIGHT_BITS - 2) <= max|w_q| <= 2**(WEIGHT_BITS - 1))."""
+  kernel = np.asarray(kernel, np.float64)
+  out = kernel.shape[-1]
+  peak = np.abs(kernel).reshape(-1, out).max(0)
+  # frexp and ldexp are exact (a logarithm's last bit may differ by machine, and a peak just below
+  # a power of two would then get another exponent). Channels of zeros: any exponent.
+  exponent = np.frexp(peak)[1] - 1  # 2**exponent <= peak < 2**(exponent + 1)
+  shift = np.where(peak > 0, WEIGHT_BITS - 2 - exponent, 0).astype(np.int32)
+  return np.round(np.ldexp(kernel, shift)), shift
+
+
+def channel_groups(kernels, name):
+  """The range proof: contiguous input-channel ranges [(start, stop), ...] over which every
+  output channel's ``sum |w_q| * 2**ACT_BITS <= 2**24``, for each of ``kernels`` (integer
+  kernels [..., in, out] reading the same input). Partial sums of products of such weights with
+  activations |a| <= 2**ACT_BITS then stay within 2**24 in any order: exact in float32.
+  Raises ExactRangeError when one input channel alone exceeds it."""
+  budget = FLOAT32_EXACT // 2 ** ACT_BITS
+  # [in, out]: per input channel, the largest over the kernels of sum over taps of |w_q|
+  per_channel = np.max([np.abs(k).reshape(-1, k.shape[-2], k.shape[-1]).sum(0)
+                        for k in kernels], axis=0)
+  groups, start, total = [], 0, np.zeros(per_channel.shape[1])
+  for channel, weights in enumerate(per_channel):
+    if weights.max() > budget:
+      raise ExactRangeError(
+          f"exact numerics: layer {name} cannot be computed exactly in float32: input channel "
+          f"{channel} alone sums {weights.max():.0f} |w_q| > 2**24 / 2**{ACT_BITS} (too many "
+          f"taps for {WEIGHT_BITS}-bit weights)")
+    if (total + weights).max() > budget:
+      groups.append((start, channel))
+      start, total = channel, np.zeros_like(total)
+    total = total + weights
+  groups.append((start, per_channel.shape[0]))
+  return groups
 
 
 def _is_relu(activation):
@@ -114,36 +174,77 @@ def _plain_kernel(layer):
   return layer.kernel_parameter.numpy()
 
 
-class _IntegerStep:
-  """One layer on fixed-point integers: accumulate in float64, requantize, activation, clamp."""
+class IntegerLayer:
+  """One layer on integers: ``apply(a, kernels)`` (float32 in, float32 out: a convolution or a
+  matrix product) per input-channel group, the groups' sums added in float64, then the bias on
+  the accumulator's grid, the per-channel scale, and ReLU. ``kernels``: integer kernels
+  [..., in, out] with the same output-channel scales, all applied to the same input (the
+  checkerboard context's two parities)."""
 
-  def __init__(self, apply, kernels, bias, shift, relu):
-    self._apply = apply  # (a, kernels) -> accumulator without bias
-    self._kernels = [tf.constant(k, tf.float64) for k in kernels]
-    self._bias = tf.constant(bias, tf.float64)
-    self._shift = tf.constant(shift, tf.float64)
+  def __init__(self, name, apply, kernels, shift, bias, relu):
+    self.name = name
+    self._apply = apply
+    self.groups = channel_groups(kernels, name)
+    self._kernels = [[tf.constant(k[..., start:stop, :], tf.float32) for k in kernels]
+                     for start, stop in self.groups]
+    shift = np.asarray(shift).astype(np.int32)
+    self._scale = tf.constant(np.ldexp(1., -shift), tf.float64)  # w = w_q * 2**-s_c
+    # The bias in the accumulator's units (times 2**s_c), rounded per image to its grid.
+    self._bias = tf.constant(np.ldexp(np.zeros(len(shift)) if bias is None
+                                      else np.asarray(bias, np.float64), shift), tf.float64)
     self._relu = relu
 
-  def __call__(self, *inputs):
+  def accumulate(self, a):
+    """Integers (float64, |a| <= 2**ACT_BITS) -> the exact integer accumulator (float64)."""
     # On the CPU even where a GPU is visible: a GPU library may pick FFT or Winograd algorithms,
-    # which are not exact on integers (not verified for cuDNN's float64 convolutions here).
+    # which are not exact on integers (not verified for cuDNN here).
     with tf.device("/CPU:0"):
-      acc = self._apply(inputs, self._kernels) + self._bias
-      a = tf.round(acc * self._shift)
+      a = tf.cast(a, tf.float32)
+      if len(self.groups) == 1:
+        return tf.cast(self._apply(a, self._kernels[0]), tf.float64)
+      parts = tf.split(a, [stop - start for start, stop in self.groups], axis=-1)
+      return tf.add_n([tf.cast(self._apply(part, kernels), tf.float64)
+                       for part, kernels in zip(parts, self._kernels)])
+
+  def finish(self, acc, step, bits=ACT_BITS):
+    """Accumulator (input step ``step``) -> (integers |a| <= 2**bits, their step): ``requantize``
+    of the layer's output, with the per-channel scales folded into one multiplication."""
+    with tf.device("/CPU:0"):
+      acc += tf.round(self._bias / step)  # step is a power of two: the division is exact
+      axes = list(range(len(acc.shape) - 1))
+      if self._relu:  # the largest output after ReLU (>= 0)
+        peak = tf.maximum(tf.reduce_max(tf.reduce_max(acc, axes) * self._scale), 0.)
+      else:
+        peak = tf.reduce_max(tf.maximum(tf.reduce_max(acc, axes), -tf.reduce_min(acc, axes))
+                             * self._scale)
+      shift = bits - 1 - floor_log2(peak)
+      # Powers of two times integers: exact, so the same as scaling first and rounding after.
+      a = tf.round(acc * (self._scale * power_of_two(shift)))
       if self._relu:
         a = tf.nn.relu(a)
-      return tf.clip_by_value(a, -ACT_BOUND, ACT_BOUND)
+      return a, step * power_of_two(-shift)
+
+  def __call__(self, a, step, bits=ACT_BITS):
+    return self.finish(self.accumulate(a), step, bits)
+
+
+def _run(layers, x):
+  """float input -> float32 output of a chain of IntegerLayers (last one at OUT_BITS)."""
+  a, step = to_fixed(x)
+  for i, layer in enumerate(layers):
+    a, step = layer(a, step, OUT_BITS if i == len(layers) - 1 else ACT_BITS)
+  return a, step
 
 
 class ExactTransform:
   """Integer version of a Sequential of tfc.SignalConv2D layers (the hyper-synthesis and the
   slice transforms: transposed upsampling or stride-1 convolutions, ReLU or no activation),
   with tfc's "same_zeros" geometry (``cbexp.precision.MaterializedTransform``). Called on float32
-  real values, returns float32 values on the 2**-ACT_FRAC_BITS grid."""
+  real values, returns float32 values on a power-of-two grid (``OUT_BITS``)."""
 
   def __init__(self, transform):
     self.name = transform.name
-    self._steps = []
+    self.layers = []
     for layer in transform.layers:
       if not isinstance(layer, tfc.SignalConv2D):
         raise ValueError(f"exact numerics: {transform.name}: unsupported layer {layer.name}")
@@ -153,26 +254,24 @@ class ExactTransform:
       if not relu and not _is_linear(spec["activation"]):
         raise ValueError(f"exact numerics: {transform.name}/{layer.name}: only ReLU or no "
                          f"activation")
-      bias = spec["bias"].numpy() if spec["bias"] is not None else None
-      kernels, b_q, shift = quantize_layer([spec["kernel"].numpy()], bias,
-                                           f"{transform.name}/{layer.name}")
+      kernel, shift = quantize_kernel(spec["kernel"].numpy())
       if spec["up"]:
-        apply = lambda a, k, layer=layer: MaterializedTransform._transpose_conv(layer, a[0], k[0])
+        apply = lambda a, k, layer=layer: MaterializedTransform._transpose_conv(layer, a, k[0])
       elif all(s == 1 for s in layer.strides_down):
         # stride 1, odd kernel: "same_zeros" is SAME padding (no separate pad op)
-        apply = lambda a, k: tf.nn.conv2d(a[0], k[0], 1, "SAME")
+        apply = lambda a, k: tf.nn.conv2d(a, k[0], 1, "SAME")
       else:
-        apply = lambda a, k, layer=layer: MaterializedTransform._correlate_down(layer, a[0], k[0])
-      self._steps.append(_IntegerStep(apply, kernels, b_q, shift, relu))
+        apply = lambda a, k, layer=layer: MaterializedTransform._correlate_down(layer, a, k[0])
+      bias = spec["bias"].numpy() if spec["bias"] is not None else None
+      self.layers.append(IntegerLayer(f"{transform.name}/{layer.name}", apply, [kernel], shift,
+                                      bias, relu))
 
-  def integers(self, x):
-    a = to_grid(x)
-    for step in self._steps:
-      a = step(a)
-    return a
+  def fixed(self, x):
+    """-> (integers |a| <= 2**OUT_BITS as float64, step)."""
+    return _run(self.layers, x)
 
   def __call__(self, x):
-    return from_grid(self.integers(x))
+    return to_float(*self.fixed(x))
 
 
 class ExactMaskedConv:
@@ -186,84 +285,95 @@ class ExactMaskedConv:
     from cbexp.entropy.layers import _non_anchor_taps
     if not _is_linear(layer.activation) or tuple(layer.strides) != (1, 1):
       raise ValueError(f"exact numerics: {layer.name}: only a linear stride-1 masked conv")
-    kernel = (layer.kernel * layer.mask).numpy()
+    k_q, shift = quantize_kernel((layer.kernel * layer.mask).numpy())
     bias = layer.bias.numpy() if layer.use_bias else None
-    (k_q,), b_q, shift = quantize_layer([kernel], bias, layer.name)
-    self._full = _IntegerStep(lambda a, k: tf.nn.conv2d(a[0], k[0], 1, "SAME"),
-                              [k_q], b_q, shift, relu=False)
-    flat = k_q.reshape([25] + list(k_q.shape[2:]))
-    flat = np.concatenate([flat, np.zeros_like(flat[:1])])  # index 25: no tap
+    self._full = IntegerLayer(f"{layer.name}/full_grid",
+                              lambda a, k: tf.nn.conv2d(a, k[0], 1, "SAME"),
+                              [k_q], shift, bias, relu=False)
     c_in, c_out = k_q.shape[2:]
-    self._coded = _IntegerStep(
-        lambda a, k: tf.concat([tf.nn.conv2d(a[0], k[0], 1, "SAME"),
-                                tf.nn.conv2d(a[0], k[1], 1, "SAME")], axis=2),
-        [flat[_non_anchor_taps(p)].reshape([3, 3, 2 * c_in, c_out]) for p in (0, 1)],
-        b_q, shift, relu=False)
+    flat = k_q.reshape([25, c_in, c_out])
+    flat = np.concatenate([flat, np.zeros_like(flat[:1])])  # index 25: no tap
+    # [3, 3, 2 * c_in, c_out]: input channels ordered (grid, channel), as the stacked grids are
+    parity_kernels = [flat[_non_anchor_taps(p)].reshape([3, 3, 2 * c_in, c_out])
+                      for p in (0, 1)]
+    self._coded = IntegerLayer(
+        layer.name,
+        lambda a, k: tf.concat([tf.nn.conv2d(a, k[0], 1, "SAME"),
+                                tf.nn.conv2d(a, k[1], 1, "SAME")], axis=2),
+        parity_kernels, shift, bias, relu=False)
 
   def __call__(self, anchors):
     """Packed anchors -> the context at the non-anchors, packed like ``split_checkerboard``
     (the interface of CheckerboardContext)."""
-    grids = tf.concat(tf.split(to_grid(anchors), 2, axis=2), axis=-1)  # [p01 | p10] stacked
-    return from_grid(self._coded(grids))
+    a, step = to_fixed(anchors)
+    grids = tf.concat(tf.split(a, 2, axis=2), axis=-1)  # [p01 | p10] stacked
+    return to_float(*self._coded(grids, step, OUT_BITS))
 
   def full_grid(self, anchors):
     """The same values from the masked convolution over the whole (zero-filled) grid."""
     from cbexp.entropy.layers import merge_checkerboard, split_checkerboard
-    a = to_grid(anchors)
-    return from_grid(split_checkerboard(self._full(merge_checkerboard(a, tf.zeros_like(a))))[1])
+    a, step = to_fixed(anchors)
+    acc = self._full.accumulate(merge_checkerboard(a, tf.zeros_like(a)))
+    return to_float(*self._full.finish(split_checkerboard(acc)[1], step, OUT_BITS))
 
 
-def _dense(a, kernel):
-  """[..., in] x [in, out] on float64 integers (a matrix product: exact, see module doc)."""
+def _dense(a, kernels):
+  """[..., in] x [in, out] (float32 integers, a matrix product)."""
   shape = tf.shape(a)
   flat = tf.reshape(a, [-1, shape[-1]])
-  return tf.reshape(tf.matmul(flat, kernel), tf.concat([shape[:-1], [-1]], 0))
+  return tf.reshape(tf.matmul(flat, kernels[0]), tf.concat([shape[:-1], [-1]], 0))
 
 
 class ExactEntropyParameters:
-  """Integer version of ``cbexp.entropy.layers.EntropyParameters``: the first layer's hyper and
-  context parts share one per-channel scale so that their accumulators add exactly."""
+  """Integer version of ``cbexp.entropy.layers.EntropyParameters``. The first layer's hyper and
+  context parts are one dense layer on the concatenation (as in the float model): one set of
+  output-channel scales, and one step for both inputs; without context (anchors, the
+  hyperprior) only its hyper rows."""
 
   def __init__(self, ep):
     first = [ep.from_hyper.kernel.numpy()]
     if ep.from_context is not None:
       first.append(ep.from_context.kernel.numpy())
-    kernels, b_q, shift = quantize_layer(first, ep.from_hyper.bias.numpy(),
-                                         f"{ep.name}/layer_0")
-
-    def first_layer(a, k):
-      acc = _dense(a[0], k[0])
-      if len(a) > 1 and a[1] is not None:
-        acc += _dense(a[1], k[1])
-      return acc
-
-    self._steps = [_IntegerStep(first_layer, kernels, b_q, shift, relu=True)]
+    kernel, shift = quantize_kernel(np.concatenate(first, axis=0))
+    bias = ep.from_hyper.bias.numpy()
+    name = f"{ep.name}/layer_0"
+    hyper_rows = first[0].shape[0]
+    self._first_hyper = IntegerLayer(name, _dense, [kernel[:hyper_rows]], shift, bias, True)
+    self._first_both = (IntegerLayer(name, _dense, [kernel], shift, bias, True)
+                        if len(first) > 1 else None)
+    self._rest = []
     for layer in ep.hidden + [ep.out]:
       relu = _is_relu(layer.activation)
       if not relu and not _is_linear(layer.activation):
         raise ValueError(f"exact numerics: {ep.name}/{layer.name}: only ReLU or no activation")
-      kernels, b_q, shift = quantize_layer([layer.kernel.numpy()], layer.bias.numpy(),
-                                           f"{ep.name}/{layer.name}")
-      self._steps.append(_IntegerStep(lambda a, k: _dense(a[0], k[0]), kernels, b_q, shift, relu))
+      kernel, shift = quantize_kernel(layer.kernel.numpy())
+      self._rest.append(IntegerLayer(f"{ep.name}/{layer.name}", _dense, [kernel], shift,
+                                     layer.bias.numpy(), relu))
+
+  @property
+  def layers(self):
+    return [self._first_hyper] + ([self._first_both] if self._first_both else []) + self._rest
 
   def __call__(self, hyper, context=None):
-    a = self._steps[0](to_grid(hyper), None if context is None else to_grid(context))
-    for step in self._steps[1:]:
-      a = step(a)
-    mean, scale_index = tf.split(from_grid(a), 2, axis=-1)
+    if context is None:
+      first, x = self._first_hyper, hyper
+    else:
+      first, x = self._first_both, tf.concat([hyper, context], axis=-1)
+    a, step = _run([first] + self._rest, x)
+    mean, scale_index = tf.split(to_float(a, step), 2, axis=-1)
     return mean, scale_index
 
 
 def tanh_table():
-  """0.5 * tanh(x) for x = k * 2**-ACT_FRAC_BITS, |x| <= TANH_RANGE, rounded to 2**-TANH_BITS,
+  """0.5 * tanh(x) for x = k * 2**-TANH_INDEX_BITS, |x| <= TANH_RANGE, rounded to 2**-TANH_BITS,
   as float32. Raises if an entry lies within 1e-9 (in output steps) of a rounding boundary:
   then another libm's tanh could round it the other way."""
-  k = np.arange(-TANH_RANGE * 2 ** ACT_FRAC_BITS, TANH_RANGE * 2 ** ACT_FRAC_BITS + 1)
-  scaled = 0.5 * np.tanh(k * 2. ** -ACT_FRAC_BITS) * 2. ** TANH_BITS
+  k = np.arange(-TANH_RANGE * 2 ** TANH_INDEX_BITS, TANH_RANGE * 2 ** TANH_INDEX_BITS + 1)
+  scaled = 0.5 * np.tanh(k * 2. ** -TANH_INDEX_BITS) * 2. ** TANH_BITS
   distance = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5)
   if distance.min() < 1e-9:
     raise RuntimeError(f"exact numerics: the tanh table has an entry within 1e-9 of a rounding "
-                       f"boundary (x = {k[np.argmin(distance)] * 2. ** -ACT_FRAC_BITS})")
+                       f"boundary (x = {k[np.argmin(distance)] * 2. ** -TANH_INDEX_BITS})")
   return (np.round(scaled) * 2. ** -TANH_BITS).astype(np.float32)
 
 
@@ -275,9 +385,11 @@ class ExactResidual:
     self._table = table
 
   def __call__(self, x):
-    a = tf.clip_by_value(self._lrp.integers(x), -TANH_RANGE * 2 ** ACT_FRAC_BITS,
-                         TANH_RANGE * 2 ** ACT_FRAC_BITS)
-    return tf.gather(self._table, tf.cast(a, tf.int32) + TANH_RANGE * 2 ** ACT_FRAC_BITS)
+    a, step = self._lrp.fixed(x)
+    limit = TANH_RANGE * 2 ** TANH_INDEX_BITS
+    # The LRP's value on the table's grid: a power-of-two scaling and one rounding (exact ops).
+    k = tf.clip_by_value(tf.round(a * step * 2. ** TANH_INDEX_BITS), -limit, limit)
+    return tf.gather(self._table, tf.cast(k, tf.int32) + limit)
 
 
 class ExactNetworks:
