@@ -10,6 +10,18 @@ from cbexp.config import CONF_DIR, build_model, compose
 ENTROPY_MODELS = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
 PAPER_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]
 
+# The test files that take longest (minutes each in CI, on 2 cores) run first; the others follow
+# in their usual order. With `-n 2` each worker takes whole files in this order (pyproject.toml:
+# --dist=loadfile), so that no long file starts last while the other worker has nothing to do.
+LONGEST_FIRST = ["test_analysis_sweep.py", "test_laptop_study.py", "test_run_faults.py",
+                 "test_repeatable.py", "test_run_multiworker.py", "test_run.py",
+                 "test_run_bad_config.py", "test_run_sweep.py", "test_codec_cli.py"]
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
 
 def tiny_overrides(entropy, *extra):
   return ["transform=tiny", f"entropy={entropy}", "entropy.hidden_filters=[16,16]", *extra]

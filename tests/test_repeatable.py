@@ -8,7 +8,8 @@ import sys
 
 import pandas as pd
 import pytest
-from run_helpers import environment, experiment_runs, run_cbexp, tiny_run_overrides
+from run_helpers import (command, environment, experiment_runs, run_cbexp,
+                         tiny_run_overrides)
 
 SAME = ("eval/bpp", "eval/bpp_estimated", "eval/psnr", "eval/ms_ssim", "eval/ms_ssim_db",
         "model/trainable_parameters")
@@ -16,14 +17,25 @@ SAME = ("eval/bpp", "eval/bpp_estimated", "eval/psnr", "eval/ms_ssim", "eval/ms_
 
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory):
-  """The same command in two run directories, and once more with another seed."""
+  """The same command in two run directories, and once more with another seed; the three
+  processes run at the same time (each with TensorFlow's default threads, as alone)."""
   tmp_path = tmp_path_factory.mktemp("repeat")
   arguments = tiny_run_overrides(tmp_path, entropy="checkerboard", steps=6)
+  processes = {name: subprocess.Popen(command(arguments + [f"run_dir={tmp_path / name}", *extra]),
+                                      cwd=tmp_path, env=environment(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+               for name, extra in (("a", []), ("b", []), ("seed1", ["trainer.seed=1"]))}
   runs = {}
-  for name, extra in (("a", []), ("b", []), ("seed1", ["trainer.seed=1"])):
-    result = run_cbexp(arguments + [f"run_dir={tmp_path / name}", *extra], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs[name] = json.loads((tmp_path / name / "mlflow_run.json").read_text())["run_id"]
+  try:
+    for name, process in processes.items():
+      stderr = process.communicate(timeout=900)[1]
+      assert process.returncode == 0, stderr[-3000:]
+      runs[name] = json.loads((tmp_path / name / "mlflow_run.json").read_text())["run_id"]
+  finally:  # none left running after a failure
+    for process in processes.values():
+      if process.poll() is None:
+        process.kill()
+        process.wait()
   return {"tmp_path": tmp_path, "uri": f"sqlite:///{tmp_path}/mlflow.db", "runs": runs}
 
 
