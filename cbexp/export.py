@@ -253,9 +253,11 @@ def check_graph_ops(path):
       if name in library and name not in exposed:
         exposed.add(name)
         stack += called(library[name].node_def)
+    # Sorted by name: the library's order depends on how many functions the saving process had
+    # traced before, and the first refusal named should not.
     places = [("the graph", meta_graph.graph_def.node, False)] + [
-        (f"function {name}", function.node_def, name in exposed)
-        for name, function in library.items()]
+        (f"function {name}", library[name].node_def, name in exposed)
+        for name in sorted(library)]
     for where, nodes, is_exposed in places:
       for node in nodes:
         if node.op in OUTSIDE_OPS or (is_exposed and node.op in CHECKPOINT_OPS):
