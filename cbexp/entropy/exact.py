@@ -60,7 +60,6 @@ WEIGHT_BITS = 8  # |w_q| <= 2**7 per output channel (with the sign: 8 bits)
 ACT_BITS = 10  # |a| <= 2**10 between layers: 11 bits with the sign
 OUT_BITS = 22  # a network's outputs: |a| <= 2**22, exact in float32
 FLOAT32_EXACT = 2 ** 24  # float32 holds every integer up to this exactly
-FLOAT64_EXACT = 2 ** 53
 # The exponents ``floor_log2`` tells apart: up to float64's largest, so every finite peak gets
 # its own (|a| <= 2**bits holds for every finite input); a peak below 2**MIN_EXPONENT is taken
 # as 2**MIN_EXPONENT, which keeps steps and values far from float32's subnormals.
@@ -349,10 +348,6 @@ class ExactEntropyParameters:
       kernel, shift = quantize_kernel(layer.kernel.numpy())
       self._rest.append(IntegerLayer(f"{ep.name}/{layer.name}", _dense, [kernel], shift,
                                      layer.bias.numpy(), relu))
-
-  @property
-  def layers(self):
-    return [self._first_hyper] + ([self._first_both] if self._first_both else []) + self._rest
 
   def __call__(self, hyper, context=None):
     if context is None:
