@@ -19,6 +19,7 @@ from cbexp import bitstream, codec, export
 from cbexp.bitstream import Bitstream
 from cbexp.codec import STRINGS_REFUSED, Codec, CodecError
 from cbexp.config import build_model, compose
+from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
 from cbexp.model_io import save_model_dir
 from conftest import ENTROPY_MODELS, tiny_overrides
@@ -285,3 +286,23 @@ def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread
   assert pyfunc.codec.symbol_checks
   np.testing.assert_array_equal(pyfunc.predict(None, spread.image)["reconstruction"],
                                 spread.codec.decode(spread.stream))
+
+
+def test_long_high_rate_strings_of_the_top_table_symbols_are_accepted():
+  """A model must decode its own files. tfc's range coder narrows its interval by
+  floor(s*v/2**p) - floor(s*u/2**p), which for the top of a table is more than s*m/2**p: over
+  786,432 such symbols the string holds about 400 bits less than their information content, so
+  the strings check bounds the cost from tfc's arithmetic (base.CodingCost), not by it."""
+  gaussian = GaussianConditional()
+  gaussian.build_coder()
+  shape = [1, 64, 64, 192]
+  rng = np.random.default_rng(0)
+  precision, _, lengths, offsets = gaussian._coder_rows()
+  top = offsets[0] + lengths[0] - 3  # the largest value in the smallest scale's table
+  y = (np.full(shape, top) - rng.integers(0, 2, shape)).astype(np.float32)
+  indexes, loc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+  string = gaussian.compress(y, indexes, loc)
+  information = gaussian.table_bits(y, indexes, loc)[0]
+  capacity = 8 * len(string.numpy()[0]) + base.TRAILING_ZEROS_BITS
+  assert information > capacity  # the case the information content refuses
+  np.testing.assert_array_equal(gaussian.decompress(string, indexes, loc).numpy(), y)

@@ -227,7 +227,7 @@ class AutoregressiveEntropyModel(EntropyModel):
     string = tf.convert_to_tensor(string, tf.string)
     batch = tf.shape(hyper)[:1]
     handles = (gen_ops.create_range_decoder(string, coder.cdf),
-               gen_ops.create_range_encoder(batch, coder.cdf), tf.zeros(batch))
+               gen_ops.create_range_encoder(batch, coder.cdf), tf.zeros(batch, tf.float64))
     (decoder, encoder, bits), q = self._serial(hyper, decode, handles)
     q = verify_strings(q, string, gen_ops.entropy_encode_finalize(encoder), bits,
                        finalized=gen_ops.entropy_decode_finalize(decoder))

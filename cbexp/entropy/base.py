@@ -21,6 +21,7 @@ To add an entropy model: one module in ``cbexp/entropy/`` with a subclass of ``E
 and one file ``conf/entropy/<name>.yaml`` whose ``_target_`` names the class. Nothing else.
 """
 import dataclasses
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,12 @@ STRINGS_MISMATCH = "range-coded strings do not match their decoded symbols"
 # Bits a string may hold beyond 8 * its length: what tfc's encoder leaves out at the end (the
 # final state's trailing zero bytes, which the decoder supplies). A few bytes in practice.
 TRAILING_ZEROS_BITS = 128
+# tfc's range coder keeps its interval size at or above 2**16 before each symbol (range_coder.cc).
+MIN_RANGE_BITS = 16
+# Relative margin for rounding in the float64 cost sums: each term's logarithm is within a few
+# ulps and a sum of n positive terms within n ulps of the total, so below 2**-20 of it for any
+# n < 2**30 symbols per string.
+COST_ROUNDING = 2. ** -20
 
 
 @dataclasses.dataclass
@@ -73,10 +80,23 @@ def gamma_bits(gamma):
   return 2. * (np.floor(np.log2(np.maximum(gamma, 1))) + 1.)
 
 
+def _bit_length(n):
+  """floor(log2 n) + 1 of int32 n >= 1, exactly: the exponent field of n as a float64."""
+  exponent = tf.bitwise.right_shift(tf.bitcast(tf.cast(n, tf.float64), tf.int64), 52) - 1023
+  return tf.cast(exponent + 1, tf.float64)
+
+
 class CodingCost:
-  """What a tfc coder's range coder spends on symbols, from its own quantized tables (exact up
-  to the coder's few bytes of termination): ``cost(symbols, rows)`` -> bits per batch element,
-  ``symbols`` being the coder's (value - offsets[row]; escaped ones outside [0, escape)).
+  """A lower bound of the bits tfc's range coder writes for symbols, from its own quantized
+  tables: ``cost(symbols, rows)`` -> float64 bits per batch element, ``symbols`` being the
+  coder's (value - offsets[row]; escaped ones outside [0, escape)).
+
+  Why a bound and not the information content: tfc narrows an interval of size s (s >= 2**16)
+  for a symbol of mass m at precision p to floor(s*v/2**p) - floor(s*u/2**p) <= s*m/2**p + 1,
+  so the interval shrinks by at least the factor (m + 2**(p-16)) / 2**p: each symbol writes at
+  least p - log2(m + 2**(p-16)) bits, a little under -log2(m/2**p). Summed over a long,
+  high-rate string the difference reaches tens of bits, so the information content itself
+  would refuse correct strings. The escape code's bits are coded at precision 1 (mass 1).
   A plain object: it reads the coder's own ``cdf`` variable and keeps two small constants (where
   each row starts, where its escape symbol is), so it adds no checkpoint dependency."""
 
@@ -94,28 +114,32 @@ class CodingCost:
     escape = tf.gather(self._escape, rows)
     overflow = (symbols < 0) | (symbols >= escape)
     at = tf.gather(self._starts, rows) + tf.where(overflow, escape, symbols)
-    mass = tf.gather(self._cdf, at + 1) - tf.gather(self._cdf, at)
-    bits = self._precision - tf.math.log(tf.cast(tf.maximum(mass, 1), tf.float32)) / tf.math.log(2.)
-    gamma = tf.cast(tf.where(symbols < 0, -symbols, symbols - escape + 1), tf.float32)
-    bits += tf.where(overflow, 2. * (tf.math.floor(tf.math.log(tf.maximum(gamma, 1.))
-                                                   / tf.math.log(2.)) + 1.), 0.)
+    mass = tf.cast(tf.gather(self._cdf, at + 1) - tf.gather(self._cdf, at), tf.float64)
+    slack = 2. ** (self._precision - MIN_RANGE_BITS)
+    log2 = lambda x: tf.math.log(x) / tf.math.log(tf.constant(2., tf.float64))
+    bits = self._precision - log2(mass + slack)
+    gamma = tf.where(symbols < 0, -symbols, symbols - escape + 1)
+    per_escape_bit = 1. - math.log2(1. + 2. ** (1 - MIN_RANGE_BITS))  # precision 1, mass 1
+    escape_bits = 2. * _bit_length(tf.maximum(gamma, 1)) * per_escape_bit
+    bits += tf.where(overflow, escape_bits, tf.zeros_like(bits))
     return tf.reduce_sum(tf.reshape(bits, [tf.shape(bits)[0], -1]), axis=-1)
 
 
 def verify_strings(decoded, strings, recoded, bits, finalized=None):
   """``decoded`` once the strings are verified: ``recoded`` (the encoder's strings for the
   decoded symbols) must equal ``strings``, the symbols' cost under the coder's tables
-  (``bits``, a CodingCost) must fit in the strings (8 bits a byte + TRAILING_ZEROS_BITS), and
-  the decoder's own sanity check ``finalized``, if given, must hold.
+  (``bits``, float64, the lower bound of a CodingCost, less its rounding margin) must fit in
+  the strings (8 bits a byte + TRAILING_ZEROS_BITS), and the decoder's own sanity check
+  ``finalized``, if given, must hold.
 
   tfc's range decoder reads implicit zeros past the end of a string and its finalize check is
   weak: empty, truncated, zero-padded or random strings, or a header claiming a larger image,
   often decode without an error, to a wrong image. The encoder is deterministic, so a string it
   wrote is exactly what coding its decoded symbols again gives, and holds their cost; anything
   else fails here (tf.errors.InvalidArgumentError naming STRINGS_MISMATCH; cbexp.codec turns it
-  into one line). Costs one range encoding and a table look-up per symbol: measured +3% decoding
-  time for the hyperprior, +4% for checkerboard (paper configuration, untrained, 768x512, CPU)."""
-  capacity = 8. * tf.cast(tf.strings.length(strings), tf.float32) + TRAILING_ZEROS_BITS
+  into one line). Costs one range encoding and a table look-up per symbol."""
+  capacity = 8. * tf.cast(tf.strings.length(strings), tf.float64) + TRAILING_ZEROS_BITS
+  bits = tf.cast(bits, tf.float64) * (1. - COST_ROUNDING)
   checks = [tf.debugging.assert_equal(recoded, strings, message=STRINGS_MISMATCH, summarize=0),
             tf.debugging.assert_less_equal(bits, capacity, message=STRINGS_MISMATCH,
                                            summarize=0)]
