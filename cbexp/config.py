@@ -146,7 +146,7 @@ def entropy_defaults(target):
 def build_model(cfg: DictConfig):
   """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
   validated first (``model_config``); the entropy class is one of cbexp's own."""
-  from cbexp.model import CompressionModel
+  from cbexp.models.compression import CompressionModel
   model = model_config(cfg)
   t = model["transform"]
   entropy = dict(model["entropy"])

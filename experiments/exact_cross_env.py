@@ -22,9 +22,9 @@ def main(mode, work, *rest):
   threads = int(os.environ.get("CBEXP_THREADS", "0"))
   if threads:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-  from cbexp import data
-  from cbexp.model import Compressed
-  from cbexp.model_io import load_model_dir
+  from cbexp.training import data
+  from cbexp.models.compression import Compressed
+  from cbexp.codec.model_dir import load_model_dir
   work = pathlib.Path(work)
   if mode == "encode":
     model_dir, images = rest[0], rest[1:]

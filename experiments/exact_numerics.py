@@ -27,9 +27,9 @@ def main(out_dir, model_dirs):
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(1)  # 2 shared cores: less noise
   tf.config.threading.set_inter_op_parallelism_threads(1)
-  from cbexp import data
+  from cbexp.training import data
   from cbexp.analysis.bd import bd_pair
-  from cbexp.model_io import load_model_dir
+  from cbexp.codec.model_dir import load_model_dir
   kodak = pathlib.Path(os.environ["CBEXP_KODAK_DIR"])
   images = [(name, tf.constant(data.load_image(kodak / name))) for name in EVAL_IMAGES]
   out_dir = pathlib.Path(out_dir)

@@ -35,11 +35,12 @@ def main():
   import tensorflow as tf
   from PIL import Image
 
-  from cbexp import bitstream, export
-  from cbexp.bitstream import Bitstream
-  from cbexp.codec import Codec
+  from cbexp.codec import bitstream
+  from cbexp.codec import savedmodel as export
+  from cbexp.codec.bitstream import Bitstream
+  from cbexp.codec.codec import Codec
   from cbexp.config import build_model, compose
-  from cbexp.model_io import save_model_dir
+  from cbexp.codec.model_dir import save_model_dir
 
   work = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="hostile-"))
   work.mkdir(parents=True, exist_ok=True)

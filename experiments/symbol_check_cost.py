@@ -28,10 +28,10 @@ def main():
   args = parser.parse_args()
 
   import tensorflow as tf
-  from cbexp import export
-  from cbexp.codec import Codec
+  from cbexp.codec import savedmodel as export
+  from cbexp.codec.codec import Codec
   from cbexp.config import build_model, compose
-  from cbexp.data import list_images, load_image
+  from cbexp.training.data import list_images, load_image
   from cbexp.entropy.base import SYMBOL_CHECK_BYTES, GaussianConditional
 
   cfg = compose(args.overrides)

@@ -53,7 +53,7 @@ def kodak_dir():
 
 @pytest.fixture(scope="session")
 def kodak_image(kodak_dir):
-  from cbexp.data import load_image
+  from cbexp.training.data import load_image
   return load_image(kodak_dir / "kodim01.png")  # 768x512 (landscape)
 
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cbexp import bench
+from cbexp.evaluation import bench
 from cbexp.config import build_model, compose
 
 TINY = ["transform=tiny", "entropy.hidden_filters=[16,16]"]
@@ -98,7 +98,7 @@ def test_bench_bfloat16_on_a_model_directory_with_a_live_lrp(image_folder, tmp_p
   """model_dir= and bfloat16 with an LRP whose output is not zero (random biases), so that the
   bfloat16 LRP really changes y_hat: the bench checks symbols against the float32 decoder, not
   y_hat against the encoder's."""
-  from cbexp.model_io import save_model_dir
+  from cbexp.codec.model_dir import save_model_dir
   overrides = ["entropy=checkerboard"] + TINY
   model = tiny("checkerboard")
   rng = np.random.default_rng(0)
@@ -159,7 +159,7 @@ def test_float32_decode_matches_tfc_synthesis(entropy):
 
 def _range_decoder_outputs(model, compressed, monkeypatch):
   """Every tensor the y range decoder returns during one decode (run eagerly, spied)."""
-  from cbexp.model import padded_size
+  from cbexp.models.compression import padded_size
   gaussian, outputs = model.entropy_model.gaussian, []
   original = gaussian.decompress
 
@@ -218,7 +218,7 @@ def test_bfloat16_decoding_same_symbols_small_psnr_change(entropy, monkeypatch):
 def test_materialized_transforms_are_bit_identical():
   """g_a, h_a, g_s and the LRP (stride-1: tfc flips the kernel) with kernels computed once
   give exactly tfc's outputs."""
-  from cbexp.precision import MaterializedTransform
+  from cbexp.models.precision import MaterializedTransform
   model = tiny("hyperprior")
   x = tf.constant(smooth_image(64, 128)[None], tf.float32)
   y = model.analysis(x)

@@ -4,8 +4,8 @@ import zlib
 
 import pytest
 
-from cbexp import bitstream
-from cbexp.bitstream import FORMAT_VERSION, MAGIC, Bitstream, BitstreamError
+from cbexp.codec import bitstream
+from cbexp.codec.bitstream import FORMAT_VERSION, MAGIC, Bitstream, BitstreamError
 
 FINGERPRINT = "0123456789abcdef0123456789abcdef"
 CHECKS = (b"\x01\x02\x03\x04", b"\xa0\xb0\xc0\xd0", b"\xff\x00\xff\x00")

@@ -11,13 +11,14 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from cbexp import codec, export
-from cbexp.bitstream import Bitstream
-from cbexp.codec import Codec, CodecError
+from cbexp.codec import codec
+from cbexp.codec import savedmodel as export
+from cbexp.codec.bitstream import Bitstream
+from cbexp.codec.codec import Codec, CodecError
 from cbexp.config import build_model, compose
-from cbexp.data import load_image
-from cbexp.model import Compressed
-from cbexp.model_io import save_model_dir
+from cbexp.training.data import load_image
+from cbexp.models.compression import Compressed
+from cbexp.codec.model_dir import save_model_dir
 from conftest import tiny_overrides
 
 BASE_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]

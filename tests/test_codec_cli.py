@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbexp import bitstream, export
-from cbexp.codec import Codec
+from cbexp.codec import bitstream
+from cbexp.codec import savedmodel as export
+from cbexp.codec.codec import Codec
 from cbexp.config import build_model, compose
-from cbexp.data import load_image
-from cbexp.model import Compressed
-from cbexp.model_io import save_model_dir
+from cbexp.training.data import load_image
+from cbexp.models.compression import Compressed
+from cbexp.codec.model_dir import save_model_dir
 from conftest import tiny_overrides
 
 

@@ -2,7 +2,7 @@
 (latent grid 4x8 = 32 positions, z grid 1x2)."""
 import pytest
 
-from cbexp.complexity import decode_kmac_per_pixel, encode_kmac_per_pixel
+from cbexp.evaluation.complexity import decode_kmac_per_pixel, encode_kmac_per_pixel
 from cbexp.config import build_model, compose
 
 PIXELS = 64 * 128

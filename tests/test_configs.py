@@ -3,9 +3,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from cbexp.config import CONF_DIR, compose
-from cbexp.run import check_group_overrides
-from cbexp.schedules import ScheduleError, check, first_steps
-from cbexp.tracking import flatten, run_name
+from cbexp.training.run import check_group_overrides
+from cbexp.training.schedules import ScheduleError, check, first_steps
+from cbexp.tracking.runs import flatten, run_name
 
 GROUPS = ("transform", "entropy", "schedule", "dataset", "trainer", "eval", "tracking")
 RUN_KEYS = ("schedule", "dataset", "trainer", "eval", "tracking", "run_dir")
@@ -122,7 +122,7 @@ def test_resuming_a_run_saved_before_a_new_entropy_key(tmp_path):
   # A run directory whose config predates context_positions was built with the class default
   # (full_grid): resuming it with that value passes, with the new "coded" default it is refused.
   from omegaconf import OmegaConf
-  from cbexp.run import ConfigError, check_same_model
+  from cbexp.training.run import ConfigError, check_same_model
   cfg = compose(["entropy=checkerboard", "run_dir=x"])
   saved = OmegaConf.to_container(cfg, resolve=True)
   del saved["entropy"]["context_positions"]

@@ -46,7 +46,7 @@ def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path
 
 
 def test_record_comparison_counts_indexes_and_symbols():
-  from cbexp.conformance import compare_records
+  from cbexp.evaluation.conformance import compare_records
   encoder = [{"indexes": np.array([1, 2, 3]), "symbols": np.array([0, 1, -1]),
               "means": np.zeros(3, np.float32)}]
   decoder = [{"indexes": np.array([1, 3, 3]), "symbols": np.array([0, 1, 0]),
@@ -75,6 +75,6 @@ def test_bad_arguments_are_one_line(tmp_path):
 
 
 def test_the_numerics_choices_are_the_exact_paths():
-  from cbexp import conformance
+  from cbexp.evaluation import conformance
   from cbexp.entropy import exact
   assert conformance.NUMERICS == exact.NUMERICS

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbexp import data, datasets
+from cbexp.training import data
+from cbexp.cli import datasets
 
 
 def write_images(folder, sizes, suffix=".png"):
@@ -103,7 +104,7 @@ def test_dark_16_bit_png_stays_dark(tmp_path):
   """16-bit samples are scaled by the 16-bit range, not by the image's own maximum."""
   import numpy as np
   from PIL import Image
-  from cbexp.data import load_image
+  from cbexp.training.data import load_image
   values = np.array([[0, 257], [1000, 65535]], dtype=np.uint16)
   path = tmp_path / "dark16.png"
   Image.fromarray(values).save(path)

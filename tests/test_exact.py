@@ -71,7 +71,7 @@ def test_float_numerics_gives_the_strings_of_the_float_layers(image):
 
 def _permuted_copy(transform, perm):
   """A copy of a SliceTransform whose first layer reads its input channels in order ``perm``."""
-  from cbexp.transforms import SliceTransform
+  from cbexp.models.transforms import SliceTransform
   first = transform.layers[0]
   copy = SliceTransform([transform.layers[0].filters, transform.layers[1].filters],
                         transform.layers[2].filters)
@@ -95,7 +95,7 @@ def _requantize_reference(u, step, bits):
 
 def test_exact_networks_do_not_depend_on_summation_order():
   rng = np.random.default_rng(0)
-  from cbexp.transforms import SliceTransform
+  from cbexp.models.transforms import SliceTransform
   transform = SliceTransform([24, 16], 8)
   transform.build(tf.TensorShape([None, None, None, 40]))
   for weight in transform.weights:  # a trained-like spread: weights and biases not tiny
@@ -193,8 +193,8 @@ DECODE_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from cbexp.model import Compressed
-    from cbexp.model_io import load_model_dir
+    from cbexp.models.compression import Compressed
+    from cbexp.codec.model_dir import load_model_dir
     spec = json.load(open(sys.argv[1]))
     model, _ = load_model_dir(spec["model_dir"], numerics="exact")
     strings = [bytes.fromhex(s) for s in spec["strings"]]
@@ -206,12 +206,12 @@ DECODE_SCRIPT = textwrap.dedent("""
 def test_exact_decode_in_another_numeric_environment(tmp_path, image):
   """Encoded here (oneDNN as configured, default threads); decoded in a fresh process with
   oneDNN off and one intra-op thread (set before TensorFlow imports): the same image."""
-  from cbexp.model_io import save_model_dir
+  from cbexp.codec.model_dir import save_model_dir
   overrides = tiny_overrides("charm_checkerboard", *FEW_SLICES["charm_checkerboard"])
   tf.keras.utils.set_random_seed(0)
   cfg = compose(overrides)
   save_model_dir(build_model(cfg), cfg, tmp_path / "model")  # trained in float (weights)
-  from cbexp.model_io import load_model_dir
+  from cbexp.codec.model_dir import load_model_dir
   model, loaded_cfg = load_model_dir(tmp_path / "model", numerics="exact")
   assert loaded_cfg.entropy.numerics == "exact"
   compressed = model.compress(image)
@@ -230,7 +230,7 @@ def test_exact_decode_in_another_numeric_environment(tmp_path, image):
 
 
 def test_load_model_dir_numerics_override(tmp_path):
-  from cbexp.model_io import ModelDirError, load_model_dir, save_model_dir
+  from cbexp.codec.model_dir import ModelDirError, load_model_dir, save_model_dir
   cfg = compose(tiny_overrides("hyperprior"))
   save_model_dir(build_model(cfg), cfg, tmp_path)
   with pytest.raises(ModelDirError, match="numerics must be one of"):
@@ -241,7 +241,7 @@ def test_bench_times_float_and_exact_side_by_side(tmp_path):
   """cbexp.bench numerics=float,exact: both variants of the same weights in one process, the
   staged decode of the exact one reproducing its decoder (bench raises otherwise)."""
   import pandas as pd
-  from cbexp import bench
+  from cbexp.evaluation import bench
   from run_helpers import write_images
   folder = write_images(tmp_path / "images", [(64, 64)])
   out = tmp_path / "bench.csv"
@@ -257,7 +257,7 @@ def test_bench_times_float_and_exact_side_by_side(tmp_path):
 
 def test_the_integer_scheme_is_part_of_an_exact_models_fingerprint(monkeypatch):
   """Files of another exact scheme on the same weights are refused by the fingerprint check."""
-  from cbexp.export import fingerprint
+  from cbexp.codec.savedmodel import fingerprint
   weights = [tf.Variable([1., 2.])]
   exact_text, float_text = '{"entropy":{"numerics":"exact"}}', '{"entropy":{"numerics":"float"}}'
   before = fingerprint(exact_text, weights), fingerprint(float_text, weights)

@@ -23,10 +23,12 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-from cbexp import bitstream, codec, export
-from cbexp.bitstream import Bitstream
+from cbexp.codec import bitstream
+from cbexp.codec import codec
+from cbexp.codec import savedmodel as export
+from cbexp.codec.bitstream import Bitstream
 from cbexp.config import build_model, compose
-from cbexp.data import load_image
+from cbexp.training.data import load_image
 from conftest import tiny_overrides
 from test_codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
 
@@ -210,7 +212,7 @@ def test_a_string_that_hangs_tfcs_decoder_is_stopped(tiny, tmp_path):
   """tfc's overflow decoding (Elias gamma) loops forever when its value sits exactly on the
   escape interval's lower end and only implicit zeros follow: a 2-byte z string does it."""
   from cbexp.entropy.base import coder_tables
-  from cbexp.model_io import load_model_dir
+  from cbexp.codec.model_dir import load_model_dir
   folder, stream = tiny
   model, _ = load_model_dir(folder / "model")
   tables = coder_tables(model.z_coder)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbexp import data, training
+from cbexp.training import data
+from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
 from cbexp.entropy import layers
 from cbexp.entropy.autoregressive import raster_context_mask
 from cbexp.entropy.charm_checkerboard import resolve_slices
-from cbexp.model import pad_replicate, padded_size
+from cbexp.models.compression import pad_replicate, padded_size
 from conftest import assert_round_trip, tiny_overrides
 
 TINY_SLICES = "entropy.slices=[4,4,8,8,16]"

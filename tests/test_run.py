@@ -203,11 +203,11 @@ def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, caplog):
   would promise an ETA of hours for a run of minutes."""
   import logging
 
-  from cbexp import run as run_module
+  from cbexp.training import run as run_module
   clock = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0])  # 100 s of tracing, then 1 step/s
   monkeypatch.setattr(run_module.time, "monotonic", lambda: next(clock))
   progress = run_module.ProgressLog(total=10, start=0, interval=3.5)
-  with caplog.at_level(logging.INFO, logger="cbexp.run"):
+  with caplog.at_level(logging.INFO, logger="cbexp.training.run"):
     for _ in range(5):
       progress.update(1)
   assert caplog.messages == ["train step 5/10 (50%), 1.00 steps/s, ETA 0:00:05"]
@@ -231,7 +231,7 @@ def test_the_runs_model_is_an_mlflow_model_and_registers(resumed_run):
   import numpy as np
   from PIL import Image
 
-  from cbexp import mlflow_model
+  from cbexp.tracking import pyfunc as mlflow_model
   tmp, uri, run_id = resumed_run["tmp_path"], resumed_run["uri"], resumed_run["run_id"]
   image = tmp / "eval" / "im00.png"
   env = dict(environment(), MLFLOW_TRACKING_URI=uri)

@@ -20,7 +20,7 @@ from run_helpers import (command, environment, experiment_runs, run_cbexp, tiny_
 CRASHING_RUN = textwrap.dedent("""
     import os, runpy, sys
     import tensorflow as tf
-    from cbexp import checkpoints
+    from cbexp.training import checkpoints
     point, step = os.environ["CRASH_POINT"], int(os.environ["CRASH_STEP"])
     if point == "files_written":
       record = tf.train.CheckpointManager._record_state
@@ -96,7 +96,7 @@ def test_kills_around_checkpoints_and_damaged_checkpoints_neither_repeat_nor_los
 
 def test_a_checkpoint_that_cannot_be_read_falls_back_and_none_readable_is_one_clear_error(tmp_path):
   import tensorflow as tf
-  from cbexp import checkpoints
+  from cbexp.training import checkpoints
   variable = tf.Variable(tf.range(1000, dtype=tf.float32))
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), 5)
   for step in (1, 2):

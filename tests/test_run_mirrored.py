@@ -14,7 +14,7 @@ SPLIT_CPU_AND_RUN = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     assert len(tf.config.list_logical_devices("CPU")) == 2
     sys.argv = ["cbexp.run"] + sys.argv[1:]
-    from cbexp.run import main
+    from cbexp.training.run import main
     main()
 """)
 

@@ -26,7 +26,7 @@ from run_helpers import command, environment, experiment_runs, free_port, tiny_r
 # step CRASH_AFTER_CHECKPOINT was saved: deterministic, between two training steps.
 CRASHING_RUN = textwrap.dedent("""
     import os, runpy, sys, time
-    from cbexp import checkpoints
+    from cbexp.training import checkpoints
     step, save = int(os.environ["CRASH_AFTER_CHECKPOINT"]), checkpoints.save
     def save_then_crash(manager, at):
       result = save(manager, at)
@@ -157,7 +157,8 @@ SLURM_TASK_1_OF_2_NODES = {
 def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_path):
   """SlurmClusterResolver on a recorded environment (no Slurm here): both nodes, this task's
   index and role, ports from the job id, and no program run (no scontrol, no nvidia-smi)."""
-  from cbexp import run, training
+  from cbexp.training import run
+  from cbexp.training import distributed as training
   monkeypatch.delenv("TF_CONFIG", raising=False)
   for key, value in SLURM_TASK_1_OF_2_NODES.items():
     monkeypatch.setenv(key, value)
@@ -190,7 +191,7 @@ def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_
 SLURM_TASK = textwrap.dedent("""
     import os
     import tensorflow as tf
-    from cbexp import training
+    from cbexp.training import distributed as training
     resolver = training.cluster_resolver()
     strategy = training.make_strategy("multi_worker", resolver)
     value = strategy.experimental_distribute_values_from_function(
@@ -203,7 +204,7 @@ SLURM_TASK = textwrap.dedent("""
 def free_port_pair():
   """A job id whose two Slurm worker ports (training.SLURM_PORT_BASE + id, + 1) are free."""
   import socket
-  from cbexp import training
+  from cbexp.training import distributed as training
   for job_id in range(0, 10000, 7):
     port = training.SLURM_PORT_BASE + job_id
     try:
@@ -253,7 +254,7 @@ def test_the_workers_shares_of_the_crops_make_the_batches_of_one_process(tmp_pat
   workers' crops are distinct and together exactly the crops one process trains on."""
   import numpy as np
 
-  from cbexp import data
+  from cbexp.training import data
   from run_helpers import write_images
   paths = [str(p) for p in sorted(write_images(tmp_path, [(96, 96), (80, 128)]).iterdir())]
   whole = [b.numpy() for b in data.random_crops(paths, 64, 4, seed=3).take(3)]

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from cbexp.config import compose
-from cbexp.schedules import learning_rate_schedule
+from cbexp.training.schedules import learning_rate_schedule
 
 
 def applied_learning_rate(optimizer, variable, step):

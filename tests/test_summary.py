@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cbexp.summary import breakdown, summarize
+from cbexp.evaluation.size import breakdown, summarize
 from conftest import tiny_overrides
 
 M, N_HYPER = 320, 192

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbexp import bitstream, codec, export
-from cbexp.bitstream import Bitstream
-from cbexp.codec import STRINGS_REFUSED, Codec, CodecError
+from cbexp.codec import bitstream
+from cbexp.codec import codec
+from cbexp.codec import savedmodel as export
+from cbexp.codec.bitstream import Bitstream
+from cbexp.codec.codec import STRINGS_REFUSED, Codec, CodecError
 from cbexp.config import build_model, compose
 from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
-from cbexp.model_io import save_model_dir
+from cbexp.codec.model_dir import save_model_dir
 from conftest import ENTROPY_MODELS, tiny_overrides
 from test_codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
 
@@ -257,7 +259,7 @@ def _old_format_export(model, cfg, path):
 
 def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread, tmp_path,
                                                                            capsys):
-  from cbexp.mlflow_model import EXPORT, MODEL_DIR, CodecModel
+  from cbexp.tracking.pyfunc import EXPORT, MODEL_DIR, CodecModel
   assert export.EXPORT_FORMAT_VERSION == 3
   path = _old_format_export(spread.model, spread.cfg, tmp_path / "old_export")
   old = codec.load_codec(path)

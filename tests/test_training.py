@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbexp import data, training
+from cbexp.training import data
+from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
 from conftest import PAPER_ENTROPY_MODELS, tiny_overrides
 

@@ -7,7 +7,7 @@ import pytest
 
 from cbexp.analysis import uncertainty
 from cbexp.analysis.uncertainty import CurveSamples
-from cbexp.evaluate import ms_ssim_db
+from cbexp.evaluation.evaluate import ms_ssim_db
 
 LMBDAS = [0.003, 0.01, 0.03, 0.1]
 IMAGES = [f"kodim{i:02d}.png" for i in range(13, 25)]

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 
 from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
-from cbexp.evaluate import ms_ssim_db
+from cbexp.evaluation.evaluate import ms_ssim_db
 
 REFERENCE_FILE = "published_kodak.json"
 
@@ -18,7 +18,7 @@ REFERENCE_FILE = "published_kodak.json"
 def load_published():
   """-> the bundled JSON document (curves with id, label, name, family, kind, source, bpp, psnr
   [, msssim])."""
-  text = importlib.resources.files("cbexp.reference").joinpath(REFERENCE_FILE).read_text()
+  text = importlib.resources.files("cbexp.analysis.published").joinpath(REFERENCE_FILE).read_text()
   return json.loads(text)
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from cbexp.analysis import bd as bd_lib
 from cbexp.analysis import figures, reference, runs as runs_lib, tables, uncertainty
 from cbexp.analysis.points import AnalysisError, slug
-from cbexp import tracking
+from cbexp.tracking import runs as tracking
 
 
 class Outputs:

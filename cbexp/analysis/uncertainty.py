@@ -24,7 +24,7 @@ import pandas as pd
 
 from cbexp.analysis.bd import bd_pair
 from cbexp.analysis.points import AnalysisError
-from cbexp.evaluate import ms_ssim_db
+from cbexp.evaluation.evaluate import ms_ssim_db
 
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
 # Largest share of bootstrap draws without a BD value for which an interval is still given.

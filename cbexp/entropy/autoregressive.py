@@ -33,7 +33,7 @@ from tensorflow_compression.python.ops import gen_ops
 
 from cbexp.entropy.base import CodingCost, EntropyModel, LatentOutput, verify_strings
 from cbexp.entropy.layers import EntropyParameters, MaskedConv2D
-from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
 
 
 def raster_context_mask(kernel_size=5):

@@ -361,7 +361,7 @@ class EntropyModel(tf.keras.layers.Layer):
   def set_decode_precision(self, precision):
     """Decoder-side precision of the LRP (``self.lrp``) when ``lrp_outside_entropy_loop``;
     ``CompressionModel.set_decode_precision`` calls it. float32 is the layer itself."""
-    from cbexp.precision import MaterializedTransform, check_precision
+    from cbexp.models.precision import MaterializedTransform, check_precision
     reduced = check_precision(precision) != "float32" and self.lrp_outside_entropy_loop
     # A plain object (kernels snapshot): no checkpoint dependency. Rebuilt by build_coders.
     self._decoding_lrp = MaterializedTransform(self.lrp, precision) if reduced else None

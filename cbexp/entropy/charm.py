@@ -14,7 +14,7 @@ the channel context's inputs (hyper features + support slices) and the LRP.
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
-from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
 
 
 class ChannelSlices:

@@ -21,7 +21,7 @@ from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.charm import ChannelSlices
 from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
                                   split_checkerboard)
-from cbexp.transforms import SliceTransform
+from cbexp.models.transforms import SliceTransform
 
 
 def resolve_slices(slices, latent_depth):

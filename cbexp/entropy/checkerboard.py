@@ -22,7 +22,7 @@ import tensorflow as tf
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
                                   split_checkerboard)
-from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
 
 
 class CheckerboardEntropyModel(EntropyModel):

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.precision import MaterializedTransform
+from cbexp.models.precision import MaterializedTransform
 
 NUMERICS = ("float", "exact")
 # The integer scheme's version, part of an exact model's fingerprint (cbexp.export.fingerprint).

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.layers import EntropyParameters
-from cbexp.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
 
 
 class HyperpriorEntropyModel(EntropyModel):

@@ -28,7 +28,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from cbexp.bitstream import bits_per_pixel  # whole file: header and checksum included
+from cbexp.codec.bitstream import bits_per_pixel  # whole file: header and checksum included
 
 COLUMNS = ("image", "height", "width", "bytes", "bpp", "bpp_estimated", "psnr", "ms_ssim",
            "ms_ssim_db", "encode_s", "decode_s")
@@ -58,7 +58,7 @@ def quality(original, decoded):
 
 def evaluate_image(codec, image, name="image", estimate_bits=None):
   """One row of the per-image table: ``image`` (uint8) through a real ``.cbx`` byte string."""
-  from cbexp.bitstream import Bitstream
+  from cbexp.codec.bitstream import Bitstream
   height, width = image.shape[:2]
   start = time.perf_counter()
   data = codec.encode(image).to_bytes()
@@ -100,7 +100,7 @@ def evaluate(codec, paths, warmup=True, progress=None, estimate_bits=None):
 
   ``progress(row)`` is called after each image; ``estimate_bits(image) -> {"y", "z"}`` (a
   model's ``estimate_bits``) fills ``bpp_estimated``. -> (per-image DataFrame, summary dict)."""
-  from cbexp.data import load_image
+  from cbexp.training.data import load_image
   if not paths:
     raise ValueError("evaluate: no images given")
   rows, warmed_up = [], set()

@@ -38,8 +38,8 @@ with warnings.catch_warnings():
     """pyfunc wrapper of a cbexp export: a uint8 image in, its reconstruction and bpp out."""
 
     def load_context(self, context):
-      from cbexp import export
-      from cbexp.codec import Codec, load_codec
+      from cbexp.codec import savedmodel as export
+      from cbexp.codec.codec import Codec, load_codec
       module = export.load(context.artifacts[EXPORT])
       if int(module.format_version.numpy()) < export.EXPORT_FORMAT_VERSION:
         # An export from before the symbol checks (export format 2) cannot write .cbx format 2:
@@ -50,7 +50,7 @@ with warnings.catch_warnings():
         self.codec = Codec(module, "MLflow model")
 
     def predict(self, context, model_input, params=None):
-      from cbexp.bitstream import Bitstream, bits_per_pixel
+      from cbexp.codec.bitstream import Bitstream, bits_per_pixel
       image = np.asarray(model_input, dtype=np.uint8)
       data = self.codec.encode(image).to_bytes()
       reconstruction = self.codec.decode(Bitstream.from_bytes(data))
@@ -100,7 +100,7 @@ def quiet_logging():
 def log_model(tracking_uri, run_id, model_dir, export_dir, example):
   """Logs the MLflow model of a run (``runs:/<run id>/model``); -> the logged model's URI.
   ``example``: a small uint8 image, stored as the input example."""
-  from cbexp.tracking import fluent_store
+  from cbexp.tracking.runs import fluent_store
   client = mlflow.MlflowClient(tracking_uri)
   status = client.get_run(run_id).info.status
   with fluent_store(tracking_uri), quiet_logging(), mlflow.start_run(run_id=run_id):
@@ -114,7 +114,7 @@ def log_model(tracking_uri, run_id, model_dir, export_dir, example):
 
 def register(tracking_uri, model_uri, name):
   """Registers a logged model in the Model Registry of the tracking store; -> its version."""
-  from cbexp.tracking import fluent_store
+  from cbexp.tracking.runs import fluent_store
   with fluent_store(tracking_uri):
     return mlflow.register_model(model_uri, name).version
 

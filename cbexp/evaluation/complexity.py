@@ -35,7 +35,7 @@ import math
 
 import tensorflow_compression as tfc
 
-from cbexp.model import padded_size
+from cbexp.models.compression import padded_size
 
 STAGES = ("hyper_synthesis", "context", "entropy_parameters", "lrp", "synthesis")
 ENCODER_STAGES = ("analysis", "hyper_analysis") + STAGES[:-1]

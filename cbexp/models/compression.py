@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from cbexp.entropy.base import CodingCost, EntropyModel, GaussianConditional, verify_strings
-from cbexp.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
+from cbexp.models.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
 
 # g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
 # checkerboard partition of y).
@@ -105,7 +105,7 @@ class CompressionModel(tf.keras.Model):
     self.entropy_model.build_coders()
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
-    from cbexp.precision import MaterializedTransform
+    from cbexp.models.precision import MaterializedTransform
     self._coding_analysis = MaterializedTransform(self.analysis)
     self._coding_hyper_analysis = MaterializedTransform(self.hyper_analysis)
     self._compress_graph = tf.function(self._compress_padded, input_signature=[
@@ -177,7 +177,7 @@ class CompressionModel(tf.keras.Model):
     """Runs the synthesis in "float32" (the reference) or "bfloat16" when decoding
     (cbexp.precision): the strings do not change, the reconstruction slightly does. The
     kernels are a snapshot of the weights; ``build_coders`` takes a new one."""
-    from cbexp.precision import LowPrecisionSynthesis, check_precision
+    from cbexp.models.precision import LowPrecisionSynthesis, check_precision
     self._decode_precision = check_precision(precision)
     # Kernels materialized once (a plain object, no tf.Module: no checkpoint dependencies).
     # In float32 the output is bit-identical to self.synthesis, without recomputing the RDFT
@@ -204,7 +204,7 @@ class CompressionModel(tf.keras.Model):
     """Inverse of ``compress``: the uint8 image [H, W, 3] (and y_hat if asked). If
     ``compressed.checks`` is given, the decoder's symbol checks must equal them
     (SymbolCheckError otherwise, naming the first string that differs)."""
-    from cbexp.bitstream import compare_symbol_checks
+    from cbexp.codec.bitstream import compare_symbol_checks
     if self._z_coder is None:
       self.z_coder
     height, width = compressed.image_shape

@@ -32,8 +32,8 @@ import time
 import numpy as np
 
 from cbexp import files
-from cbexp.bitstream import Bitstream, bits_per_pixel
-from cbexp.cli import one_line_parser, run_argparse_cli
+from cbexp.codec.bitstream import Bitstream, bits_per_pixel
+from cbexp.cli.common import one_line_parser, run_argparse_cli
 
 
 # The largest image coded by default: 2**24 pixels (e.g. 4096 x 4096). Measured with the paper
@@ -162,7 +162,7 @@ class Codec:
     rejects: its sanity check) raise CodecError(STRINGS_REFUSED); symbol checks that differ
     from the file's raise CodecError naming the string (``compare_symbol_checks``)."""
     import tensorflow as tf
-    from cbexp.bitstream import SymbolCheckError, compare_symbol_checks
+    from cbexp.codec.bitstream import SymbolCheckError, compare_symbol_checks
     self.check_compatible(bitstream)
     if bitstream.checks is not None and not self.symbol_checks:
       self._refuse_old_export("check the symbols of a .cbx file of format 2")
@@ -206,8 +206,8 @@ def load_codec(spec, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS, precision
   """An export folder, a model directory or ``runs:/<run id>`` -> ``Codec``. ``precision``:
   the decoding precision (cbexp.precision; None: the export's, or float32); an export's is
   fixed when it is exported."""
-  from cbexp import export
-  from cbexp.precision import check_precision
+  from cbexp.codec import savedmodel as export
+  from cbexp.models.precision import check_precision
   check_model_path(spec)
   if precision is not None:
     check_precision(precision)
@@ -240,7 +240,7 @@ def describe_image_file(path, max_pixels):
   whose padded size is above the pixel limit before their pixels are decoded (Pillow's own
   limit does not apply here: ours is checked instead; load_image(path, max_pixels) decodes)."""
   from PIL import Image
-  from cbexp.data import DataError, check_image_path, load_image, pillow_pixel_limit
+  from cbexp.training.data import DataError, check_image_path, load_image, pillow_pixel_limit
   path = check_image_path(path)
   try:
     with pillow_pixel_limit(None), Image.open(path) as image:  # lazy: the header only
@@ -373,8 +373,8 @@ def _check_not_same(input_path, output):
 
 
 def compress_command(args):
-  from cbexp import bitstream
-  from cbexp.data import load_image
+  from cbexp.codec import bitstream
+  from cbexp.training.data import load_image
   output = _check_output(args.output, (".cbx",), args.force)
   _check_not_same(args.input, output)
   check_model_path(args.model)
@@ -392,7 +392,7 @@ def compress_command(args):
 
 
 def decompress_command(args):
-  from cbexp import bitstream
+  from cbexp.codec import bitstream
   output = _check_output(args.output, DECODED_SUFFIXES, args.force)
   _check_not_same(args.input, output)
   check_model_path(args.model)
@@ -416,8 +416,8 @@ def decompress_command(args):
 
 
 def eval_command(args):
-  from cbexp import evaluate
-  from cbexp.data import list_images, pillow_pixel_limit
+  from cbexp.evaluation import evaluate
+  from cbexp.training.data import list_images, pillow_pixel_limit
   check_model_path(args.model)
   paths = list_images(args.folder)
   if args.csv:

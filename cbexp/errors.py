@@ -1,0 +1,10 @@
+"""The one base class of a user's mistake: every command prints such an error as one line and
+exits with USER_ERROR (``cbexp.cli.common.run_command``); anything else is a bug and keeps its
+traceback."""
+
+USER_ERROR = 2  # the exit status of a refused input or config, in every command
+
+
+class CbexpError(Exception):
+  """A problem with the user's input, config, files or environment; the message is one line
+  that names it."""

@@ -1,0 +1,2 @@
+"""MLflow: the store, runs (start, resume, parameters, metrics), sweeps, and the trained model
+as an MLflow pyfunc model."""
