@@ -7,8 +7,6 @@ import pytest
 
 from cbexp.config import CONF_DIR, build_model, compose
 
-ENTROPY_MODELS = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
-PAPER_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]
 
 # The test files that take longest (minutes each in CI, on 2 cores) run first; the others follow
 # in their usual order. With `-n 2` each worker takes whole files in this order (pyproject.toml:
@@ -21,24 +19,6 @@ LONGEST_FIRST = ["test_analysis_sweep.py", "test_laptop_study.py", "test_run_fau
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
-
-def tiny_overrides(entropy, *extra):
-  return ["transform=tiny", f"entropy={entropy}", "entropy.hidden_filters=[16,16]", *extra]
-
-
-def assert_round_trip(model, image):
-  """Compresses and decompresses ``image`` (uint8 [H, W, 3]); checks the decoded image's shape and
-  dtype, that the decoder reproduces the encoder's quantized latents exactly (every element), and
-  the number of strings. Returns the ``Compressed``."""
-  import numpy as np
-  import tensorflow as tf
-  compressed = model.compress(image)
-  decoded, y_hat = model.decompress(compressed, return_latent=True)
-  assert decoded.shape == image.shape and decoded.dtype == tf.uint8
-  np.testing.assert_array_equal(y_hat.numpy(), compressed.y_hat.numpy())
-  assert len(compressed.strings) == 1 + model.entropy_model.num_strings
-  return compressed
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import textwrap
 import time
 
 import pytest
-from run_helpers import command, environment, experiment_runs, free_port, tiny_run_overrides
+from helpers.runs import command, environment, experiment_runs, free_port, tiny_run_overrides
 
 # ``python -m cbexp.run`` that dies (os._exit, as a SIGKILL would) right after the checkpoint of
 # step CRASH_AFTER_CHECKPOINT was saved: deterministic, between two training steps.

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cbexp.entropy import layers
-from conftest import ENTROPY_MODELS, PAPER_ENTROPY_MODELS, assert_round_trip, tiny_overrides
+from helpers.models import ENTROPY_MODELS, PAPER_ENTROPY_MODELS, assert_round_trip, tiny_overrides
 
 
 # --- the checkerboard partition ------------------------------------------------------------

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pandas as pd
-from run_helpers import environment
+from helpers.runs import environment
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ["autoregressive", "charm", "checkerboard", "hyperprior"]
 
 

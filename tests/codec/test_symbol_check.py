@@ -24,8 +24,8 @@ from cbexp.config import build_model, compose
 from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
 from cbexp.codec.model_dir import save_model_dir
-from conftest import ENTROPY_MODELS, tiny_overrides
-from test_codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
+from helpers.models import ENTROPY_MODELS, tiny_overrides
+from helpers.codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
 
 ENVIRONMENT = "numeric environment differs from the encoder's"
 

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from cbexp.config import build_model, compose
 from cbexp.entropy import exact
-from conftest import assert_round_trip, tiny_overrides
-from run_helpers import environment, smooth_image
+from helpers.models import assert_round_trip, tiny_overrides
+from helpers.runs import environment, smooth_image
 
 EXACT_MODELS = ["hyperprior", "checkerboard", "charm", "charm_checkerboard"]
 # Two slices keep the channel-slice models' graphs small (every network kind is still there).
@@ -220,7 +220,7 @@ def test_exact_decode_in_another_numeric_environment(tmp_path, image):
           "strings": [s.hex() for s in compressed.strings]}
   (tmp_path / "spec.json").write_text(json.dumps(spec))
   env = dict(environment(), TF_ENABLE_ONEDNN_OPTS="0", OMP_NUM_THREADS="1")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if "PYTHONPATH" in env else []))
   result = subprocess.run([sys.executable, "-c", DECODE_SCRIPT, str(tmp_path / "spec.json"),
                            str(tmp_path / "decoded.npy")], env=env, capture_output=True,

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
-from run_helpers import (command, environment, experiment_runs, run_cbexp,
+from helpers.runs import (command, environment, experiment_runs, run_cbexp,
                          tiny_run_overrides)
 
 SAME = ("eval/bpp", "eval/bpp_estimated", "eval/psnr", "eval/ms_ssim", "eval/ms_ssim_db",

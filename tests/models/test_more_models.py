@@ -14,7 +14,7 @@ from cbexp.entropy import layers
 from cbexp.entropy.autoregressive import raster_context_mask
 from cbexp.entropy.charm_checkerboard import resolve_slices
 from cbexp.models.compression import pad_replicate, padded_size
-from conftest import assert_round_trip, tiny_overrides
+from helpers.models import assert_round_trip, tiny_overrides
 
 TINY_SLICES = "entropy.slices=[4,4,8,8,16]"
 TINY_VARIANTS = {

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from run_helpers import (command, environment, experiment_runs, run_cbexp, tiny_run_overrides,
+from helpers.runs import (command, environment, experiment_runs, run_cbexp, tiny_run_overrides,
                          write_images)
 
 # Runs ``python -m cbexp.run`` with a deterministic crash: os._exit(137), as a SIGKILL would, at

@@ -1,7 +1,7 @@
 """Bad configuration stops ``python -m cbexp.run`` with one line on stderr and exit status 2,
 before any training (no tracking store, no checkpoint is created)."""
 import pytest
-from run_helpers import free_port, run_cbexp, tiny_run_overrides, write_images
+from helpers.runs import free_port, run_cbexp, tiny_run_overrides, write_images
 
 
 def replace(arguments, **values):

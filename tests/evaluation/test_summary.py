@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cbexp.evaluation.size import breakdown, summarize
-from conftest import tiny_overrides
+from helpers.models import tiny_overrides
 
 M, N_HYPER = 320, 192
 

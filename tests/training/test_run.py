@@ -17,7 +17,7 @@ import urllib.request
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from run_helpers import (PER_IMAGE_COLUMNS, SCHEMA_EVAL, SCHEMA_TAGS, SCHEMA_TRAIN, SCHEMA_VAL,
+from helpers.runs import (PER_IMAGE_COLUMNS, SCHEMA_EVAL, SCHEMA_TAGS, SCHEMA_TRAIN, SCHEMA_VAL,
                          command, environment, experiment_runs, free_port, run_cbexp,
                          tiny_run_overrides)
 

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from test_codec_cli import run_codec
+from helpers.codec_cli import run_codec
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "format2"
 

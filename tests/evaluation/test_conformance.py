@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from run_helpers import environment, write_images
+from helpers.runs import environment, write_images
 
 
 def conformance(arguments, cwd, timeout=900):

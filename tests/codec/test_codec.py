@@ -19,7 +19,7 @@ from cbexp.config import build_model, compose
 from cbexp.training.data import load_image
 from cbexp.models.compression import Compressed
 from cbexp.codec.model_dir import save_model_dir
-from conftest import tiny_overrides
+from helpers.models import tiny_overrides
 
 BASE_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]
 

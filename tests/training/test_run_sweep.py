@@ -4,7 +4,7 @@ import glob
 import json
 import math
 
-from run_helpers import experiment_runs, run_cbexp, tiny_run_overrides
+from helpers.runs import experiment_runs, run_cbexp, tiny_run_overrides
 
 
 def test_joblib_sweep_logs_four_grouped_runs(tmp_path):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from run_helpers import environment, experiment_runs, tiny_run_overrides
+from helpers.runs import environment, experiment_runs, tiny_run_overrides
 
 SPLIT_CPU_AND_RUN = textwrap.dedent("""
     import sys

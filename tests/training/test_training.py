@@ -13,7 +13,7 @@ import tensorflow as tf
 from cbexp.training import data
 from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
-from conftest import PAPER_ENTROPY_MODELS, tiny_overrides
+from helpers.models import PAPER_ENTROPY_MODELS, tiny_overrides
 
 # 300 steps at 1e-3, then 100 at 1e-4 so that the predicted scales settle: a short run that ends
 # at a high rate leaves rare symbols far outside their predicted scale, which the range coder's

@@ -1,0 +1,1 @@
+"""Helpers shared by the test files (tests/ is on pytest's pythonpath: pyproject.toml)."""

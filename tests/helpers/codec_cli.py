@@ -1,0 +1,62 @@
+"""The codec command in a fresh process, its refusal contract, and a tiny model with a file it
+wrote (shared by the codec tests)."""
+import os
+import re
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cbexp.codec import bitstream
+from cbexp.codec import savedmodel as export
+from cbexp.codec.codec import Codec
+from cbexp.codec.model_dir import save_model_dir
+from cbexp.config import build_model, compose
+from helpers.models import tiny_overrides
+
+
+def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
+  """``python -m module args`` in ``cwd``; ``address_space``: its RLIMIT_AS in bytes."""
+  # TF_CPP_MIN_LOG_LEVEL=0: the command itself must keep TensorFlow's logs off stderr.
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "MALLOC_ARENA_MAX": "2"}
+  env.pop("CBEXP_DEBUG", None)
+
+  def limit_address_space():
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=900,
+                        preexec_fn=limit_address_space if address_space else None)
+
+
+def assert_refused(result, output, message):
+  """Non-zero exit, exactly one line on stderr naming the problem, no traceback, no output
+  (nor a temporary file beside it)."""
+  assert result.returncode != 0, result.stdout
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  assert re.search(message, lines[0]), lines[0]
+  assert not output.exists()
+  assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(model_factory, tmp_path_factory):
+  """A tiny model directory, a .cbx file it wrote, and a model directory with other weights."""
+  folder = tmp_path_factory.mktemp("tiny")
+  overrides = tiny_overrides("checkerboard")
+  cfg = compose(overrides)
+  model = model_factory(overrides)
+  save_model_dir(model, cfg, folder / "model")
+  tiny_codec = Codec(export.codec_module(model, cfg), "memory")
+  image = np.random.default_rng(0).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+  stream = tiny_codec.encode(image)
+  bitstream.write(folder / "good.cbx", stream)
+  tf.random.set_seed(1)
+  other = build_model(cfg)
+  save_model_dir(other, cfg, folder / "other_model")
+  return folder, stream
