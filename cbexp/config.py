@@ -17,6 +17,8 @@ import pathlib
 
 from omegaconf import DictConfig, OmegaConf
 
+from cbexp.errors import CbexpError
+
 # The configs ship inside the package (a regular install, a wheel, runs them); the repository's
 # top-level conf/ is a link to this folder, the place a reader looks and edits.
 CONF_DIR = pathlib.Path(__file__).resolve().parent / "conf"
@@ -25,7 +27,7 @@ MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
 _SCALARS = (bool, int, float, str)
 
 
-class ConfigError(ValueError):
+class ConfigError(CbexpError, ValueError):
   """A model config that is refused; the message names the key."""
 
 
@@ -34,6 +36,11 @@ def compose(overrides=(), config_name="config"):
   from hydra import compose as hydra_compose, initialize_config_dir
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def entropy_names():
+  """The entropy models a config may select (``entropy=<name>``): conf/entropy/*.yaml."""
+  return sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,8 +11,37 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 
-class UsageError(ValueError):
+from cbexp.errors import USER_ERROR, CbexpError
+
+
+class UsageError(CbexpError, ValueError):
   """A user mistake with a message that says what to change."""
+
+
+# What a command reports as the user's mistake in one line: cbexp's own errors, and Hydra's and
+# OmegaConf's (a bad override or config value).
+USER_ERRORS = (CbexpError, HydraException, OmegaConfBaseException)
+
+
+def run_command(prog, body, *args):
+  """Runs ``body(*args)`` for the command ``prog`` (e.g. "cbexp codec"): a user error
+  (USER_ERRORS) -> ``<prog>: error: <one line>`` on stderr and exit status USER_ERROR;
+  Ctrl-C -> ``<prog>: interrupted``, 130. Anything else is a bug: its traceback stays.
+  CBEXP_DEBUG=1 shows TensorFlow's logs and re-raises user errors too. Returns the exit status."""
+  debug = bool(os.environ.get("CBEXP_DEBUG"))
+  if not debug:
+    _quiet_libraries()
+  try:
+    body(*args)
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+  except USER_ERRORS as error:
+    if debug:
+      raise
+    print(f"{prog}: error: {describe(error)}", file=sys.stderr)
+    return USER_ERROR
+  return 0
 
 
 def describe(error):
@@ -20,9 +49,8 @@ def describe(error):
   text = str(error).strip().splitlines()
   first = text[0] if text else error.__class__.__name__
   if "Could not find 'entropy/" in first or "Could not load 'entropy/" in first:
-    from cbexp.config import CONF_DIR
-    names = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
-    return f"{first.rstrip('.')}: known entropy models are {', '.join(names)}"
+    from cbexp.config import entropy_names
+    return f"{first.rstrip('.')}: known entropy models are {', '.join(entropy_names())}"
   return first
 
 
