@@ -22,7 +22,7 @@ def main(mode, work, *rest):
   threads = int(os.environ.get("CBEXP_THREADS", "0"))
   if threads:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-  from cbexp.training import data
+  from cbexp import images
   from cbexp.models.compression import Compressed
   from cbexp.codec.model_dir import load_model_dir
   work = pathlib.Path(work)
@@ -33,7 +33,7 @@ def main(mode, work, *rest):
       model, _ = load_model_dir(model_dir, numerics=numerics)
       for path in images:
         name = f"{numerics}_{pathlib.Path(path).stem}"
-        compressed = model.compress(tf.constant(data.load_image(path)))
+        compressed = model.compress(tf.constant(images.load_image(path)))
         np.save(work / f"{name}.npy", model.decompress(compressed).numpy())
         spec["images"][name] = {"numerics": numerics, "shape": list(compressed.image_shape),
                                 "strings": [s.hex() for s in compressed.strings]}

@@ -27,11 +27,11 @@ def main(out_dir, model_dirs):
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(1)  # 2 shared cores: less noise
   tf.config.threading.set_inter_op_parallelism_threads(1)
-  from cbexp.training import data
+  from cbexp import images
   from cbexp.analysis.bd import bd_pair
   from cbexp.codec.model_dir import load_model_dir
   kodak = pathlib.Path(os.environ["CBEXP_KODAK_DIR"])
-  images = [(name, tf.constant(data.load_image(kodak / name))) for name in EVAL_IMAGES]
+  images = [(name, tf.constant(images.load_image(kodak / name))) for name in EVAL_IMAGES]
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows = []

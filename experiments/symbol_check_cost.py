@@ -31,7 +31,7 @@ def main():
   from cbexp.codec import savedmodel as export
   from cbexp.codec.codec import Codec
   from cbexp.config import build_model, compose
-  from cbexp.training.data import list_images, load_image
+  from cbexp.images import list_images, load_image
   from cbexp.entropy.base import SYMBOL_CHECK_BYTES, GaussianConditional
 
   cfg = compose(args.overrides)

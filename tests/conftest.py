@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from cbexp.config import CONF_DIR, build_model, compose
+from cbexp.config import build_model, compose
 
 
 # The test files that take longest (minutes each in CI, on 2 cores) run first; the others follow
@@ -33,7 +33,7 @@ def kodak_dir():
 
 @pytest.fixture(scope="session")
 def kodak_image(kodak_dir):
-  from cbexp.training.data import load_image
+  from cbexp.images import load_image
   return load_image(kodak_dir / "kodim01.png")  # 768x512 (landscape)
 
 

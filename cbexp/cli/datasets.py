@@ -19,7 +19,7 @@ KODAK_NAMES = tuple(f"kodim{i:02d}.png" for i in range(1, 25))
 def download_kodak(directory, base_url=KODAK_URL, timeout=60.0):
   """Downloads the missing Kodak images into ``directory``; returns their paths. Every file is
   checked to be a PNG before it is kept (a proxy's HTML page is not an image)."""
-  from cbexp.training.data import DataError, load_image
+  from cbexp.images import DataError, load_image
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   paths = []

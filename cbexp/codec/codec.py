@@ -240,7 +240,7 @@ def describe_image_file(path, max_pixels):
   whose padded size is above the pixel limit before their pixels are decoded (Pillow's own
   limit does not apply here: ours is checked instead; load_image(path, max_pixels) decodes)."""
   from PIL import Image
-  from cbexp.training.data import DataError, check_image_path, load_image, pillow_pixel_limit
+  from cbexp.images import DataError, check_image_path, load_image, pillow_pixel_limit
   path = check_image_path(path)
   try:
     with pillow_pixel_limit(None), Image.open(path) as image:  # lazy: the header only
@@ -374,7 +374,7 @@ def _check_not_same(input_path, output):
 
 def compress_command(args):
   from cbexp.codec import bitstream
-  from cbexp.training.data import load_image
+  from cbexp.images import load_image
   output = _check_output(args.output, (".cbx",), args.force)
   _check_not_same(args.input, output)
   check_model_path(args.model)
@@ -417,7 +417,7 @@ def decompress_command(args):
 
 def eval_command(args):
   from cbexp.evaluation import evaluate
-  from cbexp.training.data import list_images, pillow_pixel_limit
+  from cbexp.images import list_images, pillow_pixel_limit
   check_model_path(args.model)
   paths = list_images(args.folder)
   if args.csv:

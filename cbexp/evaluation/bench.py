@@ -127,14 +127,14 @@ def load_images(folder, max_images):
   loader (cbexp.data: the suffixes, EXIF orientation and conversions of every command)."""
   import tensorflow as tf
 
-  from cbexp.training import data
+  from cbexp import images
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise BenchError(f"images folder {folder} does not exist")
-  paths = data.list_images(folder)
+  paths = images.list_images(folder)
   if max_images:
     paths = paths[:max_images]
-  return [(pathlib.Path(p).name, tf.constant(data.load_image(p))) for p in paths]
+  return [(pathlib.Path(p).name, tf.constant(images.load_image(p))) for p in paths]
 
 
 def machine_info():
@@ -581,7 +581,7 @@ def print_summary(summary):
 
 def main(argv=None):
   from cbexp.cli.common import HELP_FLAGS, config_groups_help, quiet_unless_debug
-  from cbexp.training.data import DataError
+  from cbexp.images import DataError
   argv = sys.argv[1:] if argv is None else argv
   if any(a in HELP_FLAGS for a in argv):
     print(__doc__.strip() + "\n\n" + config_groups_help())

@@ -335,7 +335,7 @@ def encode_worker(job):
   """Reference configuration: .cbx files, the encoder's records, the reference decodes."""
   import tensorflow as tf
   from cbexp.codec import bitstream
-  from cbexp.training.data import load_image
+  from cbexp.images import load_image
   work = pathlib.Path(job["work"])
   for subject in job["subjects"]:
     model, cfg = load_model(subject["dir"], subject["numerics"])
@@ -588,7 +588,7 @@ def run(args, overrides, argv):
 
 def _run(args, overrides, argv, out, work):
   from cbexp.evaluation.bench import machine_info
-  from cbexp.training.data import list_images
+  from cbexp.images import list_images
   started = time.perf_counter()
   paths = list_images(args["images"])
   if args["max_images"]:
@@ -677,7 +677,7 @@ def main(argv=None):
     print(__doc__.strip() + "\n\n" + config_groups_help())
     return 0
   quiet_unless_debug()
-  from cbexp.training.data import DataError
+  from cbexp.images import DataError
   try:
     args, overrides = parse_args(argv)
     run(args, overrides, argv)

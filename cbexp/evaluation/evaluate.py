@@ -100,7 +100,7 @@ def evaluate(codec, paths, warmup=True, progress=None, estimate_bits=None):
 
   ``progress(row)`` is called after each image; ``estimate_bits(image) -> {"y", "z"}`` (a
   model's ``estimate_bits``) fills ``bpp_estimated``. -> (per-image DataFrame, summary dict)."""
-  from cbexp.training.data import load_image
+  from cbexp.images import load_image
   if not paths:
     raise ValueError("evaluate: no images given")
   rows, warmed_up = [], set()

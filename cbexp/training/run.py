@@ -126,6 +126,7 @@ def check_group_overrides(arguments):
 def validate(cfg):
   """-> a plan (train/val/eval image paths, tracking URI). Raises a ValueError subclass with
   a one-line message on the first problem."""
+  from cbexp import images
   from cbexp.training import data
   from cbexp.training import schedules
   known_entropy = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
@@ -173,15 +174,15 @@ def validate(cfg):
     except ImportError as error:
       raise ConfigError(f"dataset {dataset.name}: tensorflow-datasets missing ({error})") from None
   else:
-    paths = data.config_image_paths(dataset.source, dataset.path, "dataset",
+    paths = images.config_image_paths(dataset.source, dataset.path, "dataset",
                                     dataset.get("files"))
     plan["train"], plan["val"] = data.split_train_val(paths, dataset.val_images)
-    data.check_images(paths, trainer.patch_size)
-  eval_paths = data.config_image_paths(cfg.eval.source, cfg.eval.path, "eval",
+    images.check_images(paths, trainer.patch_size)
+  eval_paths = images.config_image_paths(cfg.eval.source, cfg.eval.path, "eval",
                                        cfg.eval.get("files"))
   if cfg.eval.max_images:
     eval_paths = eval_paths[:cfg.eval.max_images]
-  data.check_images(eval_paths)  # a bad evaluation image must not wait for the end of training
+  images.check_images(eval_paths)  # a bad evaluation image must not wait for the end of training
   plan["eval"] = eval_paths
   plan["run_dir"] = run_directory(cfg)
   check_run_dir(plan["run_dir"])
@@ -514,6 +515,7 @@ def train_on_strategy(cfg, plan, run_dir, client, run_id, strategy, worker, curr
   import tensorflow as tf
   from tqdm import tqdm
 
+
   from cbexp.training import data
   from cbexp.training import schedules
   from cbexp.training import distributed as training
@@ -689,12 +691,13 @@ def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
   # (the SavedModel that pyfunc's predict runs), with signature and an input example.
   import shutil
 
-  from cbexp.training import data
+  from cbexp import images
+
   from cbexp.tracking import pyfunc as mlflow_model
   model_dir = model_io.save_model_dir(model, cfg, run_dir / "model")
   shutil.rmtree(run_dir / "export", ignore_errors=True)  # an earlier attempt's, if any
   export.save(model, cfg, run_dir / "export", module=codec.module)
-  example = data.load_image(eval_paths[0])[:64, :64]
+  example = images.load_image(eval_paths[0])[:64, :64]
   model_uri = mlflow_model.log_model(tracking.resolve_uri(cfg.tracking.uri), run_id, model_dir,
                                      run_dir / "export", example)
   client.set_tag(run_id, "model_uri", model_uri)
@@ -732,7 +735,7 @@ def run_job(cfg):
   """Bad input -> one line on stderr, exit status 2 (CBEXP_DEBUG=1 shows the traceback)."""
   from omegaconf.errors import MissingMandatoryValue
 
-  from cbexp.training.data import DataError
+  from cbexp.images import DataError
   from cbexp.training.schedules import ScheduleError
   try:
     return train_and_evaluate(cfg)

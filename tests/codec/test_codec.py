@@ -16,7 +16,7 @@ from cbexp.codec import savedmodel as export
 from cbexp.codec.bitstream import Bitstream
 from cbexp.codec.codec import Codec, CodecError
 from cbexp.config import build_model, compose
-from cbexp.training.data import load_image
+from cbexp.images import load_image
 from cbexp.models.compression import Compressed
 from cbexp.codec.model_dir import save_model_dir
 from helpers.models import tiny_overrides

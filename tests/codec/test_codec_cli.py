@@ -4,9 +4,7 @@ The paper configuration (untrained) round-trips Kodak images of both orientation
 compress and decompress, and every bad input ends with a non-zero exit, one line on stderr, no
 traceback and no output file. Most bad inputs are caught before TensorFlow loads, so those
 processes are short."""
-import os
 import re
-import resource
 import subprocess
 import sys
 
@@ -16,12 +14,10 @@ import tensorflow as tf
 
 from cbexp.codec import bitstream
 from cbexp.codec import savedmodel as export
-from cbexp.codec.codec import Codec
-from cbexp.config import build_model, compose
-from cbexp.training.data import load_image
+from cbexp.config import compose
+from cbexp.images import load_image
 from cbexp.models.compression import Compressed
-from cbexp.codec.model_dir import save_model_dir
-from helpers.models import tiny_overrides
+from helpers.codec_cli import assert_refused, run_codec
 
 
 # --- the paper configuration round trip --------------------------------------------------------

@@ -28,9 +28,9 @@ from cbexp.codec import codec
 from cbexp.codec import savedmodel as export
 from cbexp.codec.bitstream import Bitstream
 from cbexp.config import build_model, compose
-from cbexp.training.data import load_image
+from cbexp.images import load_image
 from helpers.models import tiny_overrides
-from helpers.codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
+from helpers.codec_cli import assert_refused, run_codec
 
 REFUSED_STRINGS = ("the strings are corrupt or were not written by this model, or the decoder's "
                    "numeric environment differs from the encoder's")

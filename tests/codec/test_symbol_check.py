@@ -25,7 +25,7 @@ from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
 from cbexp.codec.model_dir import save_model_dir
 from helpers.models import ENTROPY_MODELS, tiny_overrides
-from helpers.codec_cli import assert_refused, run_codec, tiny_files  # noqa: F401 (a fixture)
+from helpers.codec_cli import assert_refused, run_codec
 
 ENVIRONMENT = "numeric environment differs from the encoder's"
 

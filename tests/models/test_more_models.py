@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cbexp import images
+
 from cbexp.training import data
 from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
@@ -218,10 +220,10 @@ def _train_briefly(overrides, paths):
 
 @pytest.mark.parametrize("variant", sorted(GAP_VARIANTS))
 def test_actual_rate_matches_estimated_rate_after_training(variant, kodak_dir):
-  paths = data.list_images(kodak_dir)
+  paths = images.list_images(kodak_dir)
   tf.keras.utils.set_random_seed(0)  # weights, crops and noise: repeatable across processes
   model = _train_briefly(GAP_VARIANTS[variant], paths)
-  image = data.load_image(paths[0])  # held out
+  image = images.load_image(paths[0])  # held out
   compressed = assert_round_trip(model, image)
   actual = 8 * compressed.num_bytes
   estimate = model.estimate_bits(image)
@@ -235,10 +237,10 @@ def test_uneven_slices_strings_are_the_coder_tables(kodak_dir):
   """charm_checkerboard with tiny uneven slices: the real strings are the range coder's table
   bits (within 1%), the Gaussian summed by ``coding_costs`` is the estimate, and the estimate's
   excess over the strings is (almost) all in symbols the Gaussian gives p < 2**-precision."""
-  paths = data.list_images(kodak_dir)
+  paths = images.list_images(kodak_dir)
   tf.keras.utils.set_random_seed(0)
   model = _train_briefly(TINY_VARIANTS["charm_checkerboard"], paths)
-  image = data.load_image(paths[0])  # held out
+  image = images.load_image(paths[0])  # held out
   compressed = assert_round_trip(model, image)
   costs = coding_costs(model, image)
   precision = int(model.entropy_model.gaussian.coder.range_coder_precision)

@@ -254,6 +254,8 @@ def test_the_workers_shares_of_the_crops_make_the_batches_of_one_process(tmp_pat
   workers' crops are distinct and together exactly the crops one process trains on."""
   import numpy as np
 
+  from cbexp import images
+
   from cbexp.training import data
   from run_helpers import write_images
   paths = [str(p) for p in sorted(write_images(tmp_path, [(96, 96), (80, 128)]).iterdir())]
@@ -264,5 +266,5 @@ def test_the_workers_shares_of_the_crops_make_the_batches_of_one_process(tmp_pat
     assert parts[0][step].shape == (2, 64, 64, 3)
     np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), whole[step])
   assert not np.array_equal(parts[0][0], parts[1][0])
-  with pytest.raises(data.DataError, match="batch size 4 cannot be split into 3 equal parts"):
+  with pytest.raises(images.DataError, match="batch size 4 cannot be split into 3 equal parts"):
     data.random_crops(paths, 64, 4, part=(0, 3))

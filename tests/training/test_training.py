@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cbexp import images as image_files
 from cbexp.training import data
 from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
@@ -27,7 +28,7 @@ def images():
   """Held-out evaluation images and training images: Kodak if configured, else the offline
   default (scikit-image's photographs)."""
   folder = os.environ.get("CBEXP_KODAK_DIR")
-  paths = data.list_images(folder) if folder else data.default_image_paths()
+  paths = image_files.list_images(folder) if folder else image_files.default_image_paths()
   return paths[:2], paths[2:]
 
 
@@ -36,7 +37,7 @@ def trained(request, images):
   held_out, train_paths = images
   tf.keras.utils.set_random_seed(0)  # python, numpy and TF: independent of the tests run before
   model = build_model(compose(tiny_overrides(request.param)))
-  x = tf.cast(data.load_image(held_out[0])[None], tf.float32)
+  x = tf.cast(image_files.load_image(held_out[0])[None], tf.float32)
   loss_before = float(model(x, training=False).loss)
   history = training.fit(model, data.random_crops(train_paths, PATCH, BATCH, seed=1), STEPS,
                          learning_rate=LEARNING_RATE)
@@ -56,7 +57,7 @@ def test_training_lowers_the_rate_distortion_loss(trained):
 def test_actual_rate_matches_estimated_rate(trained, images):
   name, model, *_ = trained
   for path in images[0]:
-    image = data.load_image(path)
+    image = image_files.load_image(path)
     actual = 8 * model.compress(image).num_bytes
     estimate = model.estimate_bits(image)
     estimated = estimate["y"] + estimate["z"]
