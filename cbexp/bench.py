@@ -1,7 +1,9 @@
-"""``python -m cbexp.bench``: decode-time benchmark. The same as ``cbexp bench`` (``cbexp.evaluation.bench``)."""
+"""``python -m cbexp.bench``: the decode-time benchmark, the same as ``cbexp bench``
+(``cbexp.cli.bench``)."""
+
 import sys
 
-from cbexp.evaluation.bench import main
+from cbexp.cli.bench import main
 
 if __name__ == "__main__":
   sys.exit(main())

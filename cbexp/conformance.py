@@ -1,7 +1,9 @@
-"""``python -m cbexp.conformance``: the cross-environment conformance matrix. The same as ``cbexp conformance`` (``cbexp.evaluation.conformance``)."""
+"""``python -m cbexp.conformance``: the decode conformance matrix, the same as
+``cbexp conformance`` (``cbexp.cli.conformance``)."""
+
 import sys
 
-from cbexp.evaluation.conformance import main
+from cbexp.cli.conformance import main
 
 if __name__ == "__main__":
   sys.exit(main())

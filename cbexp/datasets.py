@@ -1,4 +1,6 @@
-"""``python -m cbexp.datasets``: data downloads (Kodak). The same as ``cbexp datasets`` (``cbexp.cli.datasets``)."""
+"""``python -m cbexp.datasets``: data downloads (Kodak); the same as ``cbexp datasets``
+(``cbexp.cli.datasets``)."""
+
 import sys
 
 from cbexp.cli.datasets import main

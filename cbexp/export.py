@@ -1,7 +1,8 @@
-"""``python -m cbexp.export``: exports a trained model as a SavedModel. The same as ``cbexp export`` (``cbexp.codec.savedmodel``)."""
+"""``python -m cbexp.export``: the same as ``cbexp export`` (``cbexp.cli.export``)."""
+
 import sys
 
-from cbexp.codec.savedmodel import main
+from cbexp.cli.export import main
 
 if __name__ == "__main__":
   sys.exit(main())

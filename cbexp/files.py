@@ -1,6 +1,7 @@
 """Small files that must never be half-written or trusted blindly: outputs written atomically
 (a temporary file beside the target, renamed into place) and JSON records read with a one-line
 error that names the file."""
+
 import json
 import os
 import pathlib

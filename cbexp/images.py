@@ -1,6 +1,7 @@
 """Image files in: loading with clear errors (EXIF orientation, 16-bit, grayscale, pixel limits),
 image folders and the configured image sets. NumPy and Pillow only, so that checking a config
 or a command's input is fast; every package that reads images uses this module."""
+
 import contextlib
 import glob
 import os
@@ -13,8 +14,15 @@ from cbexp.errors import CbexpError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 # Colour photographs that ship inside the scikit-image wheel: the offline default.
-SKIMAGE_COLOUR_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
-                         "motorcycle_left.png", "hubble_deep_field.jpg", "ihc.png")
+SKIMAGE_COLOUR_PHOTOS = (
+  "astronaut.png",
+  "chelsea.png",
+  "coffee.png",
+  "rocket.jpg",
+  "motorcycle_left.png",
+  "hubble_deep_field.jpg",
+  "ihc.png",
+)
 
 
 class DataError(CbexpError, ValueError):
@@ -27,6 +35,7 @@ def pillow_pixel_limit(max_pixels):
   restored after: the caller's own pixel limit is the one that counts (Pillow refuses images
   above twice its limit, 179 megapixels by default, whatever the caller allows)."""
   from PIL import Image
+
   previous = Image.MAX_IMAGE_PIXELS
   Image.MAX_IMAGE_PIXELS = max_pixels
   try:
@@ -53,6 +62,7 @@ def load_image(path, max_pixels=None):
   ``max_pixels``: Pillow's decompression-bomb limit while reading (default: Pillow's own).
   Anything unreadable raises DataError."""
   from PIL import Image, ImageOps, UnidentifiedImageError
+
   path = check_image_path(path)
   limit = pillow_pixel_limit(max_pixels) if max_pixels else contextlib.nullcontext()
   try:
@@ -67,8 +77,9 @@ def load_image(path, max_pixels=None):
         return np.repeat(array[..., None], 3, axis=-1)
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except Image.DecompressionBombError:
-    raise DataError(f"{path}: image above the pixel limit of "
-                    f"{max_pixels or Image.MAX_IMAGE_PIXELS} pixels") from None
+    raise DataError(
+      f"{path}: image above the pixel limit of {max_pixels or Image.MAX_IMAGE_PIXELS} pixels"
+    ) from None
   except (UnidentifiedImageError, OSError, SyntaxError) as error:
     raise DataError(f"{path}: not a readable image ({error.__class__.__name__})") from None
 
@@ -78,8 +89,11 @@ def list_images(pattern):
   pattern = str(pattern)
   if os.path.isdir(pattern):
     pattern = os.path.join(pattern, "*")
-  paths = sorted(p for p in glob.glob(pattern, recursive=True)
-                 if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p))
+  paths = sorted(
+    p
+    for p in glob.glob(pattern, recursive=True)
+    if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p)
+  )
   if not paths:
     raise DataError(f"{pattern}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
   return paths
@@ -88,6 +102,7 @@ def list_images(pattern):
 def default_image_paths():
   """The offline default: scikit-image's bundled colour photographs."""
   import skimage
+
   folder = pathlib.Path(skimage.__file__).parent / "data"
   return [str(folder / name) for name in SKIMAGE_COLOUR_PHOTOS if (folder / name).is_file()]
 
@@ -101,16 +116,20 @@ def config_image_paths(source, path, what="dataset", files=None):
   if source != "folder":
     raise DataError(f"{what}.source: unknown source {source!r} (skimage, folder or tfds)")
   if not path:
-    raise DataError(f"{what}.path is not set (for Kodak: set CBEXP_KODAK_DIR or {what}.path; "
-                    f"python -m cbexp.datasets download-kodak <dir> fetches it)")
+    raise DataError(
+      f"{what}.path is not set (for Kodak: set CBEXP_KODAK_DIR or {what}.path; "
+      f"python -m cbexp.datasets download-kodak <dir> fetches it)"
+    )
   paths = list_images(os.path.expanduser(str(path)))
   if not files:
     return paths
   by_name = {os.path.basename(p): p for p in paths}
   missing = [name for name in files if name not in by_name]
   if missing:
-    raise DataError(f"{what}.files: {missing[0]} is not in {path}"
-                    + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    raise DataError(
+      f"{what}.files: {missing[0]} is not in {path}"
+      + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
+    )
   return [by_name[name] for name in files]
 
 
@@ -119,6 +138,7 @@ def check_images(paths, patch_size=None):
   training) and, with ``patch_size``, refuses images smaller than the patch. Raises DataError
   naming the first bad image; images are not kept."""
   from PIL import Image, UnidentifiedImageError
+
   small = []
   for path in paths:
     try:
@@ -126,13 +146,18 @@ def check_images(paths, patch_size=None):
         width, height = image.size
         image.load()  # the whole file: Pillow's open() reads the header only
     except Image.DecompressionBombError:
-      raise DataError(f"{path}: image above Pillow's pixel limit ({Image.MAX_IMAGE_PIXELS})") \
-          from None
+      raise DataError(
+        f"{path}: image above Pillow's pixel limit ({Image.MAX_IMAGE_PIXELS})"
+      ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-      raise DataError(f"{path}: not a readable image ({error.__class__.__name__}: "
-                      f"{str(error).splitlines()[0] if str(error) else ''})") from None
+      raise DataError(
+        f"{path}: not a readable image ({error.__class__.__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''})"
+      ) from None
     if patch_size and (height < patch_size or width < patch_size):
       small.append(f"{path} ({width}x{height})")
   if small:
-    raise DataError(f"image smaller than the {patch_size}x{patch_size} patch: {small[0]}"
-                    + (f" and {len(small) - 1} more" if len(small) > 1 else ""))
+    raise DataError(
+      f"image smaller than the {patch_size}x{patch_size} patch: {small[0]}"
+      + (f" and {len(small) - 1} more" if len(small) > 1 else "")
+    )

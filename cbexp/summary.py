@@ -1,7 +1,9 @@
-"""``python -m cbexp.summary``: parameter counts of a model config. The same as ``cbexp summary`` (``cbexp.evaluation.size``)."""
+"""``python -m cbexp.summary``: parameter counts of a model config; the same as ``cbexp summary``
+(``cbexp.cli.summary``)."""
+
 import sys
 
-from cbexp.evaluation.size import main
+from cbexp.cli.summary import main
 
 if __name__ == "__main__":
   sys.exit(main())

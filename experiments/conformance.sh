@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The decode conformance matrix (issue 13): every trained model of a sweep at one lambda, encoded
+# The decode conformance matrix: every trained model of a sweep at one lambda, encoded
 # on the 24 Kodak images in the reference configuration and decoded in fresh processes with other
 # thread counts, oneDNN off, an AVX2 cap and bfloat16 synthesis (and the GPU when one is visible).
 # Results: $OUT/conformance.csv, conformance_per_image.csv, conformance.json (command, machine,
@@ -8,7 +8,7 @@
 #   SWEEP=/work/studies/sweep LAMBDA=0.013 experiments/conformance.sh
 #
 # Variables: PYTHON, SWEEP (a Hydra multirun folder whose jobs hold model/), LAMBDA, ENTROPY
-# (models to take from the sweep), NUMERICS (float, or float,exact once the exact path exists),
+# (models to take from the sweep), NUMERICS (float, or float,exact),
 # CONFIGS (empty: the command's defaults), MAX_IMAGES (0: all), OUT, TRACKING (MLflow URI).
 # Extra arguments are passed to python -m cbexp.conformance.
 set -euo pipefail
@@ -36,8 +36,8 @@ if [[ ${#dirs[@]} -eq 0 ]]; then
   echo "conformance.sh: no model found" >&2
   exit 2
 fi
-model_dir=$(IFS=,; echo "${dirs[*]}")
-args=("model_dir=$model_dir" "numerics=$NUMERICS" "max_images=$MAX_IMAGES" "out=$OUT"
+models=$(IFS=,; echo "${dirs[*]}")
+args=("model=$models" "numerics=$NUMERICS" "max_images=$MAX_IMAGES" "out=$OUT"
       "mlflow=$TRACKING")
 [[ -n "$CONFIGS" ]] && args+=("configs=$CONFIGS")
 mkdir -p "$OUT"

@@ -1,9 +1,9 @@
-"""The exact entropy path's cost (issue 13, item 3): float vs exact numerics of trained models.
+"""The exact entropy path's cost: float vs exact numerics of trained models.
 
     python experiments/exact_numerics.py OUT_DIR MODEL_DIR [MODEL_DIR ...]
 
 For every model directory: the model is loaded twice in this process, with its float numerics and
-with ``numerics="exact"`` (``cbexp.model_io.load_model_dir``), and every evaluation image
+with ``numerics="exact"`` (``cbexp.load.load_model``), and every evaluation image
 (kodim13-24 of $CBEXP_KODAK_DIR, never trained on) is compressed and decompressed with both:
 real bitstreams, the decoder's y_hat checked against the encoder's. Decode times are measured
 side by side: per image, ``REPEATS`` rounds alternating float and exact decodes (after one
@@ -11,6 +11,7 @@ untimed warm-up per orientation), median per image, then the median over images 
 exact/float ratio. BD-rate of exact against float per entropy model over its lambdas
 (``cbexp.analysis.bd.bd_pair``, pchip). Writes per_image.csv, per_model.csv, bd_rate.csv.
 """
+
 import os
 import pathlib
 import sys
@@ -25,18 +26,21 @@ EVAL_IMAGES = [f"kodim{i}.png" for i in range(13, 25)]
 
 def main(out_dir, model_dirs):
   import tensorflow as tf
+
   tf.config.threading.set_intra_op_parallelism_threads(1)  # 2 shared cores: less noise
   tf.config.threading.set_inter_op_parallelism_threads(1)
-  from cbexp import images
   from cbexp.analysis.bd import bd_pair
-  from cbexp.codec.model_dir import load_model_dir
+  from cbexp.evaluation import metrics
+  from cbexp.images import load_image
+  from cbexp.load import load_model
+
   kodak = pathlib.Path(os.environ["CBEXP_KODAK_DIR"])
-  images = [(name, tf.constant(images.load_image(kodak / name))) for name in EVAL_IMAGES]
+  images = [(name, tf.constant(load_image(kodak / name))) for name in EVAL_IMAGES]
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows = []
   for directory in model_dirs:
-    models = {n: load_model_dir(directory, numerics=n) for n in ("float", "exact")}
+    models = {n: load_model(directory, numerics=n) for n in ("float", "exact")}
     cfg = models["float"][1]
     for name, image in images:
       shape = tuple(image.shape[:2])
@@ -56,21 +60,40 @@ def main(out_dir, model_dirs):
       h, w = shape
       for numerics in models:
         compressed, decoded = coded[numerics]
-        mse = float(tf.reduce_mean(tf.math.squared_difference(
-            tf.cast(image, tf.float32), tf.cast(decoded, tf.float32))))
-        rows.append({"entropy": str(cfg.entropy.name), "lmbda": float(cfg.lmbda),
-                     "model_dir": str(directory), "numerics": numerics, "image": name,
-                     "bytes": compressed.num_bytes, "bpp": 8. * compressed.num_bytes / (h * w),
-                     "psnr": 10 * np.log10(255. ** 2 / mse),
-                     "decode_s": float(np.median(times[numerics]))})
-      print(rows[-2]["entropy"], rows[-2]["lmbda"], name, "bytes float/exact",
-            rows[-2]["bytes"], rows[-1]["bytes"], "decode s", round(rows[-2]["decode_s"], 3),
-            round(rows[-1]["decode_s"], 3), flush=True)
+        rows.append(
+          {
+            "entropy": str(cfg.entropy.name),
+            "lmbda": float(cfg.lmbda),
+            "model_dir": str(directory),
+            "numerics": numerics,
+            "image": name,
+            "bytes": compressed.num_bytes,
+            "bpp": 8.0 * compressed.num_bytes / (h * w),
+            "psnr": metrics.psnr(image, decoded),
+            "decode_s": float(np.median(times[numerics])),
+          }
+        )
+      print(
+        rows[-2]["entropy"],
+        rows[-2]["lmbda"],
+        name,
+        "bytes float/exact",
+        rows[-2]["bytes"],
+        rows[-1]["bytes"],
+        "decode s",
+        round(rows[-2]["decode_s"], 3),
+        round(rows[-1]["decode_s"], 3),
+        flush=True,
+      )
   frame = pd.DataFrame(rows)
   frame.to_csv(out_dir / "per_image.csv", index=False)
-  wide = frame.pivot_table(index=["entropy", "lmbda", "image"], columns="numerics",
-                           values=["bpp", "psnr", "decode_s", "bytes"])
-  per_model = pd.DataFrame({
+  wide = frame.pivot_table(
+    index=["entropy", "lmbda", "image"],
+    columns="numerics",
+    values=["bpp", "psnr", "decode_s", "bytes"],
+  )
+  per_model = pd.DataFrame(
+    {
       "bpp_float": wide["bpp"]["float"].groupby(level=[0, 1]).mean(),
       "bpp_exact": wide["bpp"]["exact"].groupby(level=[0, 1]).mean(),
       "psnr_float": wide["psnr"]["float"].groupby(level=[0, 1]).mean(),
@@ -80,21 +103,31 @@ def main(out_dir, model_dirs):
       "decode_s_float_median": wide["decode_s"]["float"].groupby(level=[0, 1]).median(),
       "decode_s_exact_median": wide["decode_s"]["exact"].groupby(level=[0, 1]).median(),
       "decode_ratio_median": (wide["decode_s"]["exact"] / wide["decode_s"]["float"])
-                             .groupby(level=[0, 1]).median(),
-  }).reset_index()
+      .groupby(level=[0, 1])
+      .median(),
+    }
+  ).reset_index()
   per_model.to_csv(out_dir / "per_model.csv", index=False)
   bd = []
   for entropy, group in per_model.groupby("entropy"):
     group = group.sort_values("lmbda")
     if len(group) < 2:
       continue
-    rate, quality = bd_pair(group.bpp_float, group.psnr_float, group.bpp_exact,
-                            group.psnr_exact, "pchip")
+    rate, quality = bd_pair(
+      group.bpp_float, group.psnr_float, group.bpp_exact, group.psnr_exact, "pchip"
+    )
     images = wide.loc[entropy]
-    bd.append({"entropy": entropy, "lambdas": len(group), "bd_rate_percent": rate,
-               "bd_psnr_db": quality,
-               "decode_ratio_median_all_images": float(
-                   (images["decode_s"]["exact"] / images["decode_s"]["float"]).median())})
+    bd.append(
+      {
+        "entropy": entropy,
+        "lambdas": len(group),
+        "bd_rate_percent": rate,
+        "bd_psnr_db": quality,
+        "decode_ratio_median_all_images": float(
+          (images["decode_s"]["exact"] / images["decode_s"]["float"]).median()
+        ),
+      }
+    )
   pd.DataFrame(bd).to_csv(out_dir / "bd_rate.csv", index=False)
   print(per_model.to_string(index=False))
   print(pd.DataFrame(bd).to_string(index=False))

@@ -60,7 +60,7 @@ if [ -z "$MODELS" ]; then
   echo "laptop.sh: no trained lmbda=$BENCH_LMBDA seed-0 models in $SWEEP_DIR (set BENCH_LMBDA)" >&2
   exit 2
 fi
-"$PYTHON" -m cbexp.bench model_dir="$MODELS" images="$CBEXP_KODAK_DIR" repeats="$BENCH_REPEATS" \
+"$PYTHON" -m cbexp.bench model="$MODELS" images="$CBEXP_KODAK_DIR" repeats="$BENCH_REPEATS" \
   max_images="$BENCH_MAX_IMAGES" threads=2 out="$OUT/bench.csv"
 END=$(date +%s)
 

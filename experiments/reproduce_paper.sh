@@ -20,7 +20,7 @@ SWEEP_DIR="${SWEEP_DIR:-outputs/sweeps/reproduce_paper}"
 # Six lambdas, log-spaced (about 2x apart) around the paper's 0.01 (loss = bpp + lambda * MSE, 0..255).
 LAMBDAS="${LAMBDAS:-0.0018,0.0035,0.0067,0.0130,0.0250,0.0483}"
 
-# Parallel jobs on one sqlite file are retried when it is locked; for many parallel jobs a
+# Parallel jobs on one sqlite file wait for its lock (MLflow's busy timeout); for many parallel jobs a
 # tracking server is better: TRACKING="tracking=server tracking.uri=http://host:5000".
 "$PYTHON" -m cbexp.run -m experiment=paper_charm,paper_checkerboard lmbda="$LAMBDAS" \
   hydra/launcher="$LAUNCHER" hydra.sweep.dir="$SWEEP_DIR" ${TRACKING:-}

@@ -1,5 +1,6 @@
 """Shared fixtures. Kodak comes from $CBEXP_KODAK_DIR (.ci/run sets it); models are cached per
 session because the paper configuration takes seconds to build."""
+
 import os
 import pathlib
 
@@ -7,13 +8,20 @@ import pytest
 
 from cbexp.config import build_model, compose
 
-
 # The test files that take longest (minutes each in CI, on 2 cores) run first; the others follow
 # in their usual order. With `-n 2` each worker takes whole files in this order (pyproject.toml:
 # --dist=loadfile), so that no long file starts last while the other worker has nothing to do.
-LONGEST_FIRST = ["test_analysis_sweep.py", "test_laptop_study.py", "test_run_faults.py",
-                 "test_repeatable.py", "test_run_multiworker.py", "test_run.py",
-                 "test_run_bad_config.py", "test_run_sweep.py", "test_codec_cli.py"]
+LONGEST_FIRST = [
+  "test_analysis_sweep.py",
+  "test_laptop_study.py",
+  "test_run_faults.py",
+  "test_repeatable.py",
+  "test_run_multiworker.py",
+  "test_run.py",
+  "test_run_bad_config.py",
+  "test_run_sweep.py",
+  "test_codec_cli.py",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -34,6 +42,7 @@ def kodak_dir():
 @pytest.fixture(scope="session")
 def kodak_image(kodak_dir):
   from cbexp.images import load_image
+
   return load_image(kodak_dir / "kodim01.png")  # 768x512 (landscape)
 
 
@@ -48,6 +57,7 @@ def model_factory():
     key = tuple(overrides)
     if key not in _models:
       import tensorflow as tf
+
       tf.random.set_seed(0)
       model = build_model(compose(list(overrides)))
       model.build_coders()

@@ -1,6 +1,7 @@
 """The repository's guardrails, run with the tests so that CI fails when one fails: ruff (lint
 and format), the import layers (import-linter, pyproject.toml), no import circle anywhere in the
 package, and the documentation site built with warnings as errors."""
+
 import pathlib
 import subprocess
 import sys
@@ -12,8 +13,9 @@ BIN = pathlib.Path(sys.executable).parent
 
 
 def run(*command):
-  return subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True,
-                        timeout=900)
+  return subprocess.run(
+    [str(c) for c in command], cwd=REPO, capture_output=True, text=True, timeout=900
+  )
 
 
 @pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["lint", "format"])
@@ -60,6 +62,7 @@ def import_circles(graph, modules):
 
 def test_no_import_circle_in_the_package():
   import grimp
+
   graph = grimp.build_graph("cbexp")  # every import, function-level ones included
   modules = {m for m in graph.modules if m.startswith("cbexp.") or m == "cbexp"}
   assert import_circles(graph, modules) == []

@@ -1,7 +1,9 @@
-"""``python -m cbexp.analysis``: RD curves, BD-rate and tables from MLflow runs. The same as ``cbexp analyze`` (``cbexp.analysis.command``)."""
+"""``python -m cbexp.analysis``: RD curves, BD-rate and tables from MLflow runs; the same as
+``cbexp analyze`` (``cbexp.cli.analyze``)."""
+
 import sys
 
-from cbexp.analysis.command import main
+from cbexp.cli.analyze import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -4,6 +4,7 @@ BD-rate integrates log10(rate) over the quality axis, BD-<quality> integrates qu
 log10(rate); each only over the interval where both curves exist, so the overlap of that interval
 (as a fraction of the union, the package's own definition) is reported next to each number.
 """
+
 import warnings
 
 import bjontegaard
@@ -37,26 +38,30 @@ def bd_pair(rate_anchor, quality_anchor, rate_test, quality_test, method):
   curves that do not overlap give NaN. Raises ValueError where the interpolator does (e.g. two
   points with the same quality).
   """
-  ra, qa, rt, qt = (np.asarray(v, dtype=float)
-                    for v in (rate_anchor, quality_anchor, rate_test, quality_test))
+  ra, qa, rt, qt = (
+    np.asarray(v, dtype=float) for v in (rate_anchor, quality_anchor, rate_test, quality_test)
+  )
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # low or no overlap: reported by the caller instead
     qa_s, ra_s = _increasing(qa, ra)
     qt_s, rt_s = _increasing(qt, rt)
-    bd_rate = bjontegaard.bd_rate(ra_s, qa_s, rt_s, qt_s, method=method,
-                                  require_matching_points=False, min_overlap=0)
+    bd_rate = bjontegaard.bd_rate(
+      ra_s, qa_s, rt_s, qt_s, method=method, require_matching_points=False, min_overlap=0
+    )
     ra_s, qa_s = _increasing(ra, qa)
     rt_s, qt_s = _increasing(rt, qt)
-    bd_quality = bjontegaard.bd_psnr(ra_s, qa_s, rt_s, qt_s, method=method,
-                                     require_matching_points=False, min_overlap=0)
+    bd_quality = bjontegaard.bd_psnr(
+      ra_s, qa_s, rt_s, qt_s, method=method, require_matching_points=False, min_overlap=0
+    )
   return float(bd_rate), float(bd_quality)
 
 
 def quality_at_rate(rate_anchor, quality_anchor, rate):
   """The anchor's quality at ``rate`` (pchip over log10 rate, as BD-PSNR integrates it); NaN
   outside the anchor's rate range (no extrapolation)."""
-  log_rate, quality = _increasing(np.log10(np.asarray(rate_anchor, dtype=float)),
-                                  np.asarray(quality_anchor, dtype=float))
+  log_rate, quality = _increasing(
+    np.log10(np.asarray(rate_anchor, dtype=float)), np.asarray(quality_anchor, dtype=float)
+  )
   if not log_rate[0] <= np.log10(rate) <= log_rate[-1]:
     return float("nan")
   return float(scipy.interpolate.PchipInterpolator(log_rate, quality)(np.log10(rate)))
@@ -79,8 +84,11 @@ def resolve_anchor(curves, anchor, test_row, group_by):
   ids = [cid for cid, _ in curves]
   if anchor in ids:
     return anchor
-  candidates = [(cid, rows) for cid, rows in curves
-                if rows["source"].iloc[0] == "cbexp" and rows["entropy"].iloc[0] == anchor]
+  candidates = [
+    (cid, rows)
+    for cid, rows in curves
+    if rows["source"].iloc[0] == "cbexp" and rows["entropy"].iloc[0] == anchor
+  ]
   if len(candidates) <= 1 or not group_by:
     return candidates[0][0] if candidates else None
   if test_row["source"] != "cbexp":
@@ -94,14 +102,17 @@ def resolve_anchor(curves, anchor, test_row, group_by):
 def anchor_map(points, anchor, group_by=()):
   """-> {curve_id: its anchor's curve_id or None}; the anchor maps to itself."""
   curves = curves_of(points)
-  if not any(cid == anchor or (rows["source"].iloc[0] == "cbexp"
-                                and rows["entropy"].iloc[0] == anchor) for cid, rows in curves):
+  if not any(
+    cid == anchor or (rows["source"].iloc[0] == "cbexp" and rows["entropy"].iloc[0] == anchor)
+    for cid, rows in curves
+  ):
     raise AnalysisError(f"anchor {anchor!r} matches no curve; curves: {[c for c, _ in curves]}")
   return {cid: resolve_anchor(curves, anchor, rows.iloc[0], group_by) for cid, rows in curves}
 
 
-def bd_table(points, anchor="charm", quality="psnr", methods=("pchip", "akima"), min_overlap=0.75,
-             group_by=()):
+def bd_table(
+  points, anchor="charm", quality="psnr", methods=("pchip", "akima"), min_overlap=0.75, group_by=()
+):
   """-> one row per curve other than its anchor: BD-rate (%) and BD-quality (dB) per method.
 
   A curve (or anchor) with fewer than two rate points gets a row whose note says so, instead of
@@ -114,67 +125,87 @@ def bd_table(points, anchor="charm", quality="psnr", methods=("pchip", "akima"),
   if unknown:
     raise AnalysisError(f"unknown BD interpolation method(s) {unknown}; known: {list(METHODS)}")
   short = QUALITY_SHORT[quality]
-  curves = curves_of(points)
+  curves = dict(curves_of(points))
   anchors = anchor_map(points, anchor, group_by)
-  table = []
-  for cid, rows in curves:
-    first = rows.iloc[0]
-    anchor_id = anchors[cid]
-    if anchor_id == cid:
-      continue
-    row = {"curve": first["curve"], "source": first["source"], "anchor": anchor_id,
-           "quality": quality}
-    for method in methods:
-      row[f"bd_rate_{method}_pct"] = np.nan
-      row[f"bd_{short}_{method}_db"] = np.nan
-    row[f"overlap_{short}"] = np.nan
-    row["overlap_log_rate"] = np.nan
-    row[f"delta_{short}_at_same_rate_db"] = np.nan
-    test = _finite(rows, quality)
-    row["points"] = len(test)
-    notes = []
-    if anchor_id is None:
-      row["anchor_points"] = 0
-      notes.append("no anchor curve with the same group values")
-      table.append({**row, "note": "; ".join(notes)})
-      continue
-    ref = _finite(dict(curves)[anchor_id], quality)
-    row["anchor_points"] = len(ref)
-    if len(test) < 2 or len(ref) < 2:
-      which = "curve" if len(test) < 2 else "anchor"
-      notes.append(f"fewer than two rate points ({which}): no BD value")
-      if len(test) == 1 and len(ref) >= 2:
-        at_rate = quality_at_rate(ref["bpp"], ref[quality], test["bpp"].iloc[0])
-        delta = test[quality].iloc[0] - at_rate
-        row[f"delta_{short}_at_same_rate_db"] = delta
-        if np.isnan(delta):
-          notes.append("the point is outside the anchor's rate range")
-        else:
-          notes.append(f"the point is {delta:+.3g} dB from the anchor at the same rate")
-      table.append({**row, "note": "; ".join(notes)})
-      continue
-    row[f"overlap_{short}"] = overlap(test[quality], ref[quality])
-    row["overlap_log_rate"] = overlap(np.log10(test["bpp"]), np.log10(ref["bpp"]))
-    if max(row[f"overlap_{short}"], row["overlap_log_rate"]) == 0:
-      notes.append("curves do not overlap: no BD value")
-    else:
-      if row[f"overlap_{short}"] == 0:
-        notes.append(f"{quality} ranges do not overlap: no BD-rate")
-      elif row["overlap_log_rate"] == 0:
-        notes.append(f"rate ranges do not overlap: no BD-{short}")
-      elif min(row[f"overlap_{short}"], row["overlap_log_rate"]) < min_overlap:
-        notes.append(f"overlap below {min_overlap:g}: the BD value covers only part of the curves")
-      if not (_monotonic(test["bpp"], test[quality]) and _monotonic(ref["bpp"], ref[quality])):
-        notes.append(f"{quality} not increasing with rate on some curve: BD is unreliable")
-      for method in methods:
-        try:
-          r, q = bd_pair(ref["bpp"], ref[quality], test["bpp"], test[quality], method)
-        except ValueError as e:
-          notes.append(f"{method}: {str(e).splitlines()[0]}")
-          continue
-        row[f"bd_rate_{method}_pct"], row[f"bd_{short}_{method}_db"] = r, q
-    table.append({**row, "note": "; ".join(notes)})
+  table = [
+    bd_row(rows, anchors[cid], curves.get(anchors[cid]), quality, methods, min_overlap)
+    for cid, rows in curves.items()
+    if anchors[cid] != cid
+  ]
   columns = ["curve", "source", "anchor", "quality", "points", "anchor_points"]
   columns += [f"bd_rate_{m}_pct" for m in methods] + [f"bd_{short}_{m}_db" for m in methods]
   columns += [f"overlap_{short}", "overlap_log_rate", f"delta_{short}_at_same_rate_db", "note"]
   return pd.DataFrame(table, columns=columns)
+
+
+def bd_row(rows, anchor_id, anchor_rows, quality, methods, min_overlap):
+  """One curve (``rows``) against its anchor: the BD values, or a note that says why not."""
+  short = QUALITY_SHORT[quality]
+  first = rows.iloc[0]
+  row = {
+    "curve": first["curve"],
+    "source": first["source"],
+    "anchor": anchor_id,
+    "quality": quality,
+  }
+  for method in methods:
+    row[f"bd_rate_{method}_pct"] = np.nan
+    row[f"bd_{short}_{method}_db"] = np.nan
+  row[f"overlap_{short}"] = np.nan
+  row["overlap_log_rate"] = np.nan
+  row[f"delta_{short}_at_same_rate_db"] = np.nan
+  test = _finite(rows, quality)
+  row["points"] = len(test)
+  if anchor_id is None:
+    row["anchor_points"] = 0
+    return {**row, "note": "no anchor curve with the same group values"}
+  ref = _finite(anchor_rows, quality)
+  row["anchor_points"] = len(ref)
+  if len(test) < 2 or len(ref) < 2:
+    notes = few_points(row, test, ref, quality)
+  else:
+    notes = bd_values(row, test, ref, quality, methods, min_overlap)
+  return {**row, "note": "; ".join(notes)}
+
+
+def few_points(row, test, ref, quality):
+  """A curve or anchor of fewer than two points: no BD value; a single point gets its distance
+  to the anchor at the same rate (into ``row``). -> the notes."""
+  which = "curve" if len(test) < 2 else "anchor"
+  notes = [f"fewer than two rate points ({which}): no BD value"]
+  if len(test) == 1 and len(ref) >= 2:
+    at_rate = quality_at_rate(ref["bpp"], ref[quality], test["bpp"].iloc[0])
+    delta = test[quality].iloc[0] - at_rate
+    row[f"delta_{QUALITY_SHORT[quality]}_at_same_rate_db"] = delta
+    if np.isnan(delta):
+      notes.append("the point is outside the anchor's rate range")
+    else:
+      notes.append(f"the point is {delta:+.3g} dB from the anchor at the same rate")
+  return notes
+
+
+def bd_values(row, test, ref, quality, methods, min_overlap):
+  """The overlaps and each method's BD pair of two curves of two points or more (into ``row``).
+  -> the notes: no overlap, a partial one, a non-monotonic curve, a method that failed."""
+  short = QUALITY_SHORT[quality]
+  row[f"overlap_{short}"] = overlap(test[quality], ref[quality])
+  row["overlap_log_rate"] = overlap(np.log10(test["bpp"]), np.log10(ref["bpp"]))
+  if max(row[f"overlap_{short}"], row["overlap_log_rate"]) == 0:
+    return ["curves do not overlap: no BD value"]
+  notes = []
+  if row[f"overlap_{short}"] == 0:
+    notes.append(f"{quality} ranges do not overlap: no BD-rate")
+  elif row["overlap_log_rate"] == 0:
+    notes.append(f"rate ranges do not overlap: no BD-{short}")
+  elif min(row[f"overlap_{short}"], row["overlap_log_rate"]) < min_overlap:
+    notes.append(f"overlap below {min_overlap:g}: the BD value covers only part of the curves")
+  if not (_monotonic(test["bpp"], test[quality]) and _monotonic(ref["bpp"], ref[quality])):
+    notes.append(f"{quality} not increasing with rate on some curve: BD is unreliable")
+  for method in methods:
+    try:
+      r, q = bd_pair(ref["bpp"], ref[quality], test["bpp"], test[quality], method)
+    except ValueError as e:
+      notes.append(f"{method}: {str(e).splitlines()[0]}")
+      continue
+    row[f"bd_rate_{method}_pct"], row[f"bd_{short}_{method}_db"] = r, q
+  return notes

@@ -5,6 +5,7 @@ A curve with a single rate point is drawn as a marker alone, so it is still visi
 Figures are plain ``matplotlib.figure.Figure`` objects, not pyplot ones: they render with Agg
 (PNG) / the PDF backend whatever the session's GUI backend is, and leave no global state.
 """
+
 import pathlib
 
 import matplotlib
@@ -14,12 +15,12 @@ from matplotlib.figure import Figure
 from cbexp.analysis.points import curves_of
 
 FIGSIZE = (6.4, 4.8)  # inches
-DPI = 150             # -> PNGs of 960 x 720 pixels (no tight bbox: the size stays fixed)
+DPI = 150  # -> PNGs of 960 x 720 pixels (no tight bbox: the size stays fixed)
 PNG_SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
 
 QUALITY_LABELS = {
-    "psnr": "PSNR (RGB) [dB]",
-    "ms_ssim_db": "MS-SSIM (RGB) [dB], $-10\\,\\log_{10}(1-\\mathrm{MS\\text{-}SSIM})$",
+  "psnr": "PSNR (RGB) [dB]",
+  "ms_ssim_db": "MS-SSIM (RGB) [dB], $-10\\,\\log_{10}(1-\\mathrm{MS\\text{-}SSIM})$",
 }
 MARKERS = "osD^v<>pPX*h"
 
@@ -44,19 +45,35 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
       continue
     published = rows["source"].iloc[0] == "published"
     label = rows["curve"].iloc[0] if published else f"cbexp: {rows['curve'].iloc[0]}"
-    style = dict(color=colors[i % len(colors)], marker=MARKERS[i % len(MARKERS)], label=label,
-                 markersize=8 if len(rows) == 1 else 5 if published else 6,
-                 markerfacecolor="none" if published else colors[i % len(colors)])
+    style = dict(
+      color=colors[i % len(colors)],
+      marker=MARKERS[i % len(MARKERS)],
+      label=label,
+      markersize=8 if len(rows) == 1 else 5 if published else 6,
+      markerfacecolor="none" if published else colors[i % len(colors)],
+    )
     if len(rows) == 1:
       ax.plot(rows["bpp"], rows[quality], linestyle="none", **style)
     else:
-      ax.plot(rows["bpp"], rows[quality], linestyle="--" if published else "-",
-              linewidth=1.2 if published else 1.8, **style)
+      ax.plot(
+        rows["bpp"],
+        rows[quality],
+        linestyle="--" if published else "-",
+        linewidth=1.2 if published else 1.8,
+        **style,
+      )
     spread = rows.get(SPREAD[quality])
     if spread is not None and np.isfinite(spread.astype(float)).any():
-      ax.errorbar(rows["bpp"], rows[quality], xerr=rows["bpp_sd"].astype(float).fillna(0),
-                  yerr=spread.astype(float).fillna(0), fmt="none", ecolor=style["color"],
-                  elinewidth=1.0, capsize=2.5)
+      ax.errorbar(
+        rows["bpp"],
+        rows[quality],
+        xerr=rows["bpp_sd"].astype(float).fillna(0),
+        yerr=spread.astype(float).fillna(0),
+        fmt="none",
+        ecolor=style["color"],
+        elinewidth=1.0,
+        capsize=2.5,
+      )
     plotted += 1
   if xlim is not None:
     _zoom(ax, points, quality, xlim)
@@ -68,14 +85,22 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
   if title:
     ax.set_title(title)
   if caption:  # inside the axes, top left: the corner RD curves leave empty
-    ax.text(0.01, 0.99, caption, transform=ax.transAxes, fontsize="x-small", ha="left",
-            va="top", wrap=True, bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
+    ax.text(
+      0.01,
+      0.99,
+      caption,
+      transform=ax.transAxes,
+      fontsize="x-small",
+      ha="left",
+      va="top",
+      wrap=True,
+      bbox=dict(facecolor="white", edgecolor="none", alpha=0.8),
+    )
   if plotted:
     only_published = (points["source"] == "published").all()
     ax.legend(loc="lower right" if only_published else "best", fontsize="small", framealpha=0.9)
   else:
-    ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center",
-            transform=ax.transAxes)
+    ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center", transform=ax.transAxes)
   return fig
 
 

@@ -1,16 +1,17 @@
-"""Published Kodak rate-distortion curves bundled with cbexp (cbexp/reference/published_kodak.json).
+"""Published Kodak rate-distortion curves bundled with cbexp (published/published_kodak.json).
 
 Each curve keeps the public source it was copied from; ``id`` is the key configs use
 (``reference.curves``, ``published.curves``). The numbers are facts from those sources, not
 measurements of cbexp.
 """
+
 import importlib.resources
 import json
 
 import pandas as pd
 
 from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
-from cbexp.evaluation.evaluate import ms_ssim_db
+from cbexp.evaluation.metrics import ms_ssim_db
 
 REFERENCE_FILE = "published_kodak.json"
 
@@ -20,10 +21,6 @@ def load_published():
   [, msssim])."""
   text = importlib.resources.files("cbexp.analysis.published").joinpath(REFERENCE_FILE).read_text()
   return json.loads(text)
-
-
-def available_ids():
-  return [c["id"] for c in load_published()["curves"]]
 
 
 def published_points(ids):
@@ -36,13 +33,24 @@ def published_points(ids):
   for curve_id in ids:
     c = curves[curve_id]
     if len(c["bpp"]) != len(c["psnr"]):
-      raise AnalysisError(f"published curve {curve_id}: {len(c['bpp'])} rates but "
-                          f"{len(c['psnr'])} PSNR values")
+      raise AnalysisError(
+        f"published curve {curve_id}: {len(c['bpp'])} rates but {len(c['psnr'])} PSNR values"
+      )
     msssim = c.get("msssim", [float("nan")] * len(c["bpp"]))
     for bpp, psnr, ms_ssim in zip(c["bpp"], c["psnr"], msssim):
-      rows.append({"curve": c["label"], "curve_id": curve_id, "entropy": c["family"],
-                   "source": "published", "kind": c["kind"], "bpp": bpp, "psnr": psnr,
-                   "ms_ssim": ms_ssim, "ms_ssim_db": ms_ssim_db(ms_ssim)})
+      rows.append(
+        {
+          "curve": c["label"],
+          "curve_id": curve_id,
+          "entropy": c["family"],
+          "source": "published",
+          "kind": c["kind"],
+          "bpp": bpp,
+          "psnr": psnr,
+          "ms_ssim": ms_ssim,
+          "ms_ssim_db": ms_ssim_db(ms_ssim),
+        }
+      )
   return pd.DataFrame(rows).reindex(columns=POINT_COLUMNS)
 
 

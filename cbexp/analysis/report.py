@@ -1,22 +1,10 @@
-"""From runs (or published numbers) to the files of an analysis directory, and back to MLflow.
-
-    <out>/rd_runs.csv                every run used: one rate point per run, with its seed
-    <out>/rd_points.csv              the curves: one point per (curve, lambda), the mean over the
-                                     runs that differ only in their seed, with the spread
-    <out>/rd_psnr.{png,pdf}          bpp vs PSNR (mean curves, +-1 sd over seeds), published
-                                     reference curves overlaid on Kodak
-    <out>/rd_msssim.{png,pdf}        bpp vs MS-SSIM in dB
-    <out>/bd_psnr.{csv,md}           BD-rate / BD-PSNR against the anchor (pchip and akima), with
-                                     bootstrap intervals over images and seeds, and caveats
-    <out>/bd_msssim.{csv,md}         the same on MS-SSIM (dB)
-    <out>/seed_noise.{csv,md}        BD between seeds of one model: the run-to-run noise
-    <out>/comparison.{csv,md}        parameters, kMAC/pixel, median times, speed-ups, BD vs anchor
-    <out>/compressai/<curve>.json    CompressAI results schema, one file per curve
-    <out>/report.md                  what was selected, every caveat and all the tables
-
-``out`` defaults to ``analysis/<sweep id>`` (or ``analysis/<experiment>-<time>``); the MLflow
-analysis run (a child of the sweep's parent run, tagged ``sweep_id``) gets exactly these files.
+"""From runs (or published numbers) to the files of an analysis directory, and back to MLflow:
+``analyze_runs`` (select, compute, write, report, log) and ``analyze_published``. ``out``
+defaults to ``analysis/<sweep id>`` (or ``analysis/<experiment>-<time>``); the MLflow analysis
+run (a child of the sweep's parent run, tagged ``sweep_id``) gets exactly these files.
 """
+
+import dataclasses
 import datetime
 import json
 import pathlib
@@ -24,9 +12,10 @@ import pathlib
 import pandas as pd
 
 from cbexp.analysis import bd as bd_lib
-from cbexp.analysis import figures, reference, runs as runs_lib, tables, uncertainty
+from cbexp.analysis import figures, reference, tables, uncertainty
+from cbexp.analysis import runs as runs_lib
 from cbexp.analysis.points import AnalysisError, slug
-from cbexp.tracking import runs as tracking
+from cbexp.tracking import store
 
 
 class Outputs:
@@ -54,8 +43,9 @@ class Outputs:
     self.paths += [pathlib.Path(p) for p in paths]
 
 
-def write_tables(points, outputs, anchor, methods, min_overlap, group_by, samples=None,
-                 bootstrap=None):
+def write_tables(
+  points, outputs, anchor, methods, min_overlap, group_by, samples=None, bootstrap=None
+):
   """BD tables (PSNR, and MS-SSIM dB where measured) with bootstrap intervals where per-image
   results exist (``samples``), and the comparison table -> {name: table}."""
   written = {}
@@ -72,9 +62,9 @@ def write_tables(points, outputs, anchor, methods, min_overlap, group_by, sample
       continue
     if samples:
       anchors = dict(zip(table["curve"], table["anchor"]))
-      table = uncertainty.interval_columns(table, samples, anchors, quality,
-                                           bootstrap.confidence, bootstrap.resamples,
-                                           bootstrap.seed)
+      table = uncertainty.interval_columns(
+        table, samples, anchors, quality, bootstrap.confidence, bootstrap.resamples, bootstrap.seed
+      )
     outputs.table(name, table)
     written[name] = table
   if (points["source"] == "cbexp").any():
@@ -113,8 +103,10 @@ def resolve_anchor(points, anchor):
     if (ours["entropy"] == candidate).any():
       return candidate, f"- anchor: `{candidate}` (anchor=auto)"
   fallback = sorted(ours["curve_id"])[0]
-  return fallback, (f"- anchor: `{fallback}` (anchor=auto: no charm or hyperprior curve among "
-                    f"the runs, so the first curve; BD values are against it)")
+  return fallback, (
+    f"- anchor: `{fallback}` (anchor=auto: no charm or hyperprior curve among "
+    f"the runs, so the first curve; BD values are against it)"
+  )
 
 
 def default_out(cfg):
@@ -150,15 +142,16 @@ def bd_summary_lines(table, quality="psnr"):
   for row in table.to_dict("records"):
     head = f"{row['curve']} vs {row['anchor']}:"
     rate = value(row, "BD-rate", "bd_rate_pchip_pct", "draws_without_bd_rate", 2, "%")
-    delta = value(row, f"BD-{unit}", f"bd_{short}_pchip_db", f"draws_without_bd_{short}", 3,
-                  " dB")
+    delta = value(row, f"BD-{unit}", f"bd_{short}_pchip_db", f"draws_without_bd_{short}", 3, " dB")
     if "n/a" in rate and "n/a" in delta:
       lines.append(f"{head} no BD value ({row['note']})")
       continue
     text = f"{head} {rate}, {delta} (pchip"
     if row.get("images") is not None and pd.notna(row.get("images")):
-      text += (f"; 95% bootstrap interval over {int(row['images'])} images and "
-               f"{int(row['seeds'])}+{int(row['anchor_seeds'])} seeds")
+      text += (
+        f"; 95% bootstrap interval over {int(row['images'])} images and "
+        f"{int(row['seeds'])}+{int(row['anchor_seeds'])} seeds"
+      )
     elif row.get("source") == "cbexp":
       text += "; no interval: no per-image results"
     text += ")"
@@ -177,28 +170,107 @@ def sweep_parent(runs, sweep_id):
   return parents.pop() if len(parents) == 1 else None
 
 
-def analyze_runs(cfg, cwd=None):
-  """The CLI's main path: select runs, write every output, log them to an analysis run.
+@dataclasses.dataclass
+class Selection:
+  """The runs an analysis rests on: the store, the MLflow filter, one rate point per run (the
+  runs without an evaluation are ``skipped``) and the config keys that split curves."""
 
-  -> dict(out=, points=, tables=, skipped=, analysis_run_id=)."""
-  uri = cfg.tracking.uri or tracking.default_uri(cwd)
-  tags = dict(cfg.tags or {})
-  runs, filter_string = runs_lib.search_runs(uri, cfg.experiment_name, cfg.sweep_id,
-                                             cfg.parent_run_id, tags, cfg.filter, cfg.status)
+  uri: str
+  runs: pd.DataFrame
+  filter_string: str
+  per_run: pd.DataFrame
+  skipped: list
+  group_by: list
+
+
+@dataclasses.dataclass
+class Curves:
+  """What the runs give: points averaged over seeds (``all_points`` with the published curves
+  overlaid), the anchor, per-image bootstrap samples and the image sets the runs used."""
+
+  points: pd.DataFrame
+  all_points: pd.DataFrame
+  seed_notes: list
+  anchor: str
+  anchor_line: str
+  samples: dict
+  per_image: dict
+  eval_sets: set
+  train_sets: list
+  overlay: bool
+
+
+def analyze_runs(cfg, cwd=None):
+  """The command's main path: select runs, compute the curves, write every output and the
+  report, log them to an analysis run.
+
+      <out>/rd_runs.csv                every run used: one rate point per run, with its seed
+      <out>/rd_points.csv              the curves: one point per (curve, lambda), the mean over the
+                                       runs that differ only in their seed, with the spread
+      <out>/rd_psnr.{png,pdf}          bpp vs PSNR (mean curves, +-1 sd over seeds), published
+                                       reference curves overlaid on Kodak
+      <out>/rd_msssim.{png,pdf}        bpp vs MS-SSIM in dB
+      <out>/bd_psnr.{csv,md}           BD-rate / BD-PSNR against the anchor (pchip and akima), with
+                                       bootstrap intervals over images and seeds, and caveats
+      <out>/bd_msssim.{csv,md}         the same on MS-SSIM (dB)
+      <out>/seed_noise.{csv,md}        BD between seeds of one model: the run-to-run noise
+      <out>/comparison.{csv,md}        parameters, kMAC/pixel, median times, speed-ups, BD vs anchor
+      <out>/compressai/<curve>.json    CompressAI results schema, one file per curve
+      <out>/report.md                  what was selected, every caveat and all the tables
+
+  -> dict(out=, points=, per_run=, tables=, skipped=, figures=, analysis_run_id=)."""
+  selection = select_runs(cfg, cwd)
+  curves = compute_curves(cfg, selection)
+  outputs, written, figure_paths = write_outputs(cfg, selection, curves)
+  lines = report_lines(cfg, selection, curves, written)
+  write_report(outputs, "cbexp analysis", lines, written)
+  for line in lines:
+    print(line)
+  run_id = log_to_mlflow(cfg, selection, curves, outputs, written) if cfg.log_to_mlflow else None
+  return {
+    "out": outputs.folder,
+    "points": curves.all_points,
+    "per_run": selection.per_run,
+    "tables": written,
+    "skipped": selection.skipped,
+    "figures": figure_paths,
+    "analysis_run_id": run_id,
+  }
+
+
+def select_runs(cfg, cwd=None):
+  """The runs of the config's experiment and filters that have an evaluation -> Selection."""
+  uri = cfg.tracking.uri or store.default_uri(cwd)
+  runs, filter_string = runs_lib.search_runs(
+    uri,
+    cfg.experiment_name,
+    cfg.sweep_id,
+    cfg.parent_run_id,
+    dict(cfg.tags or {}),
+    cfg.filter,
+    cfg.status,
+  )
   group_by = list(cfg.group_by or [])
   per_run, skipped = runs_lib.runs_to_points(runs, group_by)
   if per_run.empty:
-    raise AnalysisError(f"no runs with eval/bpp and eval/psnr in experiment {cfg.experiment_name!r}"
-                        f" matching {filter_string!r} ({len(runs)} runs matched, "
-                        f"{len(skipped)} without evaluation)")
+    raise AnalysisError(
+      f"no runs with eval/bpp and eval/psnr in experiment {cfg.experiment_name!r}"
+      f" matching {filter_string!r} ({len(runs)} runs matched, "
+      f"{len(skipped)} without evaluation)"
+    )
+  return Selection(uri, runs, filter_string, per_run, skipped, group_by)
+
+
+def compute_curves(cfg, selection):
+  """Seed averages, the anchor, bootstrap samples and the published overlay -> Curves."""
+  per_run, runs = selection.per_run, selection.runs
   points, seed_notes = uncertainty.average_seeds(per_run, runs)
   anchor, anchor_line = resolve_anchor(points, cfg.anchor)
   samples, per_image = {}, {}
   if cfg.bootstrap.resamples:
-    per_image = uncertainty.load_per_image(per_run["run_id"], uri)
+    per_image = uncertainty.load_per_image(per_run["run_id"], selection.uri)
     samples = uncertainty.curve_samples(per_run, per_image)
   eval_sets = runs_lib.eval_sets(runs)
-  train_sets = sorted(set(per_run["train_set"]))
   overlay = cfg.reference.overlay
   if overlay == "auto":
     overlay = bool(eval_sets) and all(s.startswith("kodak") for s in eval_sets)
@@ -206,81 +278,149 @@ def analyze_runs(cfg, cwd=None):
     raise AnalysisError(f"reference.overlay must be auto, true or false, not {overlay!r}")
   all_points = points
   if overlay and cfg.reference.curves:
-    all_points = pd.concat([points, reference.published_points(list(cfg.reference.curves))],
-                           ignore_index=True)
+    all_points = pd.concat(
+      [points, reference.published_points(list(cfg.reference.curves))], ignore_index=True
+    )
+  return Curves(
+    points,
+    all_points,
+    seed_notes,
+    anchor,
+    anchor_line,
+    samples,
+    per_image,
+    eval_sets,
+    sorted(set(per_run["train_set"])),
+    overlay,
+  )
 
+
+def sets_line(curves):
+  """Which images the numbers rest on, for captions, JSON and the report."""
+  line = (
+    f"trained on {', '.join(curves.train_sets)}; evaluated on "
+    f"{', '.join(sorted(curves.eval_sets)) or 'n/a'}"
+  )
+  if set(curves.train_sets) & curves.eval_sets:  # e.g. the quickstart: the same bundled photos
+    line += (
+      " (evaluation images the models also trained on: the numbers show that the "
+      "pipeline works, not how good the models are)"
+    )
+  return line
+
+
+def write_outputs(cfg, selection, curves):
+  """CSVs, BD and comparison tables, seed noise, figures and CompressAI JSON into ``out`` ->
+  (Outputs, {name: table}, figure paths)."""
   outputs = Outputs(default_out(cfg))
-  per_run.to_csv(outputs.folder / "rd_runs.csv", index=False)
-  all_points.to_csv(outputs.folder / "rd_points.csv", index=False)
+  for name, table in (("rd_runs", selection.per_run), ("rd_points", curves.all_points)):
+    table.to_csv(outputs.folder / f"{name}.csv", index=False)
   outputs.add([outputs.folder / "rd_runs.csv", outputs.folder / "rd_points.csv"])
-  written = write_tables(all_points, outputs, anchor, list(cfg.bd.methods), cfg.bd.min_overlap,
-                         group_by, samples, cfg.bootstrap)
-  noise = uncertainty.seed_noise_table(samples)
+  written = write_tables(
+    curves.all_points,
+    outputs,
+    curves.anchor,
+    list(cfg.bd.methods),
+    cfg.bd.min_overlap,
+    selection.group_by,
+    curves.samples,
+    cfg.bootstrap,
+  )
+  noise = uncertainty.seed_noise_table(curves.samples)
   if not noise.empty:
     outputs.table("seed_noise", noise)
     written["seed_noise"] = noise
-  sets_line = (f"trained on {', '.join(train_sets)}; evaluated on "
-               f"{', '.join(sorted(eval_sets)) or 'n/a'}")
-  if set(train_sets) & eval_sets:  # e.g. the quickstart: the same bundled photos
-    sets_line += (" (evaluation images the models also trained on: the numbers show that "
-                  "the pipeline works, not how good the models are)")
   title = cfg.title or cfg.experiment_name + (f" / sweep {cfg.sweep_id}" if cfg.sweep_id else "")
-  seeds = sorted(set(points["seeds"]))
-  caption = sets_line + (f"; mean of {'/'.join(map(str, seeds))} seeds per point, bars: "
-                         f"\u00b11 sd over seeds" if max(seeds) > 1 else "")
-  figure_paths = write_figures(all_points, outputs, title, xlim=cfg.xlim, caption=caption)
+  seeds = sorted(set(curves.points["seeds"]))
+  caption = sets_line(curves) + (
+    f"; mean of {'/'.join(map(str, seeds))} seeds per point, bars: \u00b11 sd over seeds"
+    if max(seeds) > 1
+    else ""
+  )
+  figure_paths = write_figures(curves.all_points, outputs, title, xlim=cfg.xlim, caption=caption)
+  write_compressai_json(cfg, curves, outputs)
+  return outputs, written, figure_paths
 
-  meta = {"source": "cbexp", "experiment": cfg.experiment_name, "sweep_id": cfg.sweep_id,
-          "dataset": ",".join(sorted(eval_sets)) or None, "train_set": ",".join(train_sets),
-          "bpp": "whole .cbx file (header and checksum included) / pixels, mean over images",
-          "ms-ssim-rgb": "mean MS-SSIM over images (dB, where shown: of this mean)",
-          "timing": "mean seconds per image (eval/encode_time_mean, eval/decode_time_mean)",
-          "date": datetime.date.today().isoformat()}
+
+def write_compressai_json(cfg, curves, outputs):
+  """One CompressAI results file per curve of the runs (compressai/<curve>.json)."""
+  points, line = curves.points, sets_line(curves)
+  meta = {
+    "source": "cbexp",
+    "experiment": cfg.experiment_name,
+    "sweep_id": cfg.sweep_id,
+    "dataset": ",".join(sorted(curves.eval_sets)) or None,
+    "train_set": ",".join(curves.train_sets),
+    "bpp": "whole .cbx file (header and checksum included) / pixels, mean over images",
+    "ms-ssim-rgb": "mean MS-SSIM over images (dB, where shown: of this mean)",
+    "timing": "mean seconds per image (eval/encode_time_mean, eval/decode_time_mean)",
+    "date": datetime.date.today().isoformat(),
+  }
   for cid in dict.fromkeys(points["curve_id"]):
     seeds_of = sorted(set(points.loc[points["curve_id"] == cid, "seeds"]))
     results = tables.compressai_results(
-        points, cid, f"cbexp {cid}, from MLflow runs ({sets_line}; mean over "
-        f"{'/'.join(map(str, seeds_of))} seed(s) per point)", meta)
+      points,
+      cid,
+      f"cbexp {cid}, from MLflow runs ({line}; mean over "
+      f"{'/'.join(map(str, seeds_of))} seed(s) per point)",
+      meta,
+    )
     outputs.text(f"compressai/{slug(cid)}.json", json.dumps(results, indent=2))
 
-  lines = [f"- tracking URI: `{uri}`", f"- experiment: `{cfg.experiment_name}`",
-           f"- run filter: `{filter_string}`",
-           f"- runs used: {len(per_run)}, in {len(points)} rate points "
-           f"(runs that differ only in `trainer.seed` are averaged)",
-           f"- images: {sets_line}",
-           f"- published reference curves overlaid: "
-           f"{list(cfg.reference.curves) if overlay else 'no (evaluation set is not Kodak)'}"
-           + (" (published: all 24 Kodak images; cbexp: the sets above)" if overlay else ""),
-           anchor_line]
-  if samples:
-    lines.append(f"- intervals: {cfg.bootstrap.confidence:.0%} percentile bootstrap "
-                 f"({cfg.bootstrap.resamples} resamples, scipy.stats.bootstrap) over the "
-                 f"evaluation images (paired across models) and each curve's seeds")
+
+def report_lines(cfg, selection, curves, written):
+  """What was selected and how, every caveat, and the BD summary: report.md and the console."""
+  overlay = curves.overlay
+  lines = [
+    f"- tracking URI: `{selection.uri}`",
+    f"- experiment: `{cfg.experiment_name}`",
+    f"- run filter: `{selection.filter_string}`",
+    f"- runs used: {len(selection.per_run)}, in {len(curves.points)} rate points "
+    f"(runs that differ only in `trainer.seed` are averaged)",
+    f"- images: {sets_line(curves)}",
+    f"- published reference curves overlaid: "
+    f"{list(cfg.reference.curves) if overlay else 'no (evaluation set is not Kodak)'}"
+    + (" (published: all 24 Kodak images; cbexp: the sets above)" if overlay else ""),
+    curves.anchor_line,
+  ]
+  if curves.samples:
+    lines.append(
+      f"- intervals: {cfg.bootstrap.confidence:.0%} percentile bootstrap "
+      f"({cfg.bootstrap.resamples} resamples, scipy.stats.bootstrap) over the "
+      f"evaluation images (paired across models) and each curve's seeds"
+    )
   elif cfg.bootstrap.resamples:
-    lines.append("- intervals: none (" + (
-        "no curve has one run per lambda and seed over the same images" if per_image else
-        "no run has an eval/per_image.csv artifact") + ")")
-  lines += [f"- skipped run `{rid}`: {why}" for rid, why in skipped]
-  lines += [f"- warning: {note}" for note in seed_notes]
+    lines.append(
+      "- intervals: none ("
+      + (
+        "no curve has one run per lambda and seed over the same images"
+        if curves.per_image
+        else "no run has an eval/per_image.csv artifact"
+      )
+      + ")"
+    )
+  lines += [f"- skipped run `{rid}`: {why}" for rid, why in selection.skipped]
+  lines += [f"- warning: {note}" for note in curves.seed_notes]
   for name, quality in (("bd_psnr", "psnr"), ("bd_msssim", "ms_ssim_db")):
     if name in written:
-      lines += [f"- {name}: {line}" for line in bd_summary_lines(written[name], quality)
-                if " vs " in line]
-  write_report(outputs, "cbexp analysis", lines, written)
-  for line in lines:
-    print(line)
+      lines += [
+        f"- {name}: {line}" for line in bd_summary_lines(written[name], quality) if " vs " in line
+      ]
+  return lines
 
-  run_id = None
-  if cfg.log_to_mlflow:
-    parent = cfg.parent_run_id or sweep_parent(runs, cfg.sweep_id)
-    run_id = log_analysis_run(uri, cfg.experiment_name, outputs, written, {
-        runs_lib.RUN_TYPE_TAG: "analysis", "analysis.filter": filter_string,
-        "analysis.num_runs": str(len(per_run)), "analysis.anchor": anchor,
-        **({"analysis.sweep_id": cfg.sweep_id, "sweep_id": cfg.sweep_id}
-           if cfg.sweep_id else {}),
-        **({"mlflow.parentRunId": parent} if parent else {})})
-  return {"out": outputs.folder, "points": all_points, "per_run": per_run, "tables": written,
-          "skipped": skipped, "figures": figure_paths, "analysis_run_id": run_id}
+
+def log_to_mlflow(cfg, selection, curves, outputs, written):
+  """The analysis run: a child of the sweep's parent run, tagged with what it analysed."""
+  parent = cfg.parent_run_id or sweep_parent(selection.runs, cfg.sweep_id)
+  tags = {
+    runs_lib.RUN_TYPE_TAG: "analysis",
+    "analysis.filter": selection.filter_string,
+    "analysis.num_runs": str(len(selection.per_run)),
+    "analysis.anchor": curves.anchor,
+    **({"analysis.sweep_id": cfg.sweep_id, "sweep_id": cfg.sweep_id} if cfg.sweep_id else {}),
+    **({"mlflow.parentRunId": parent} if parent else {}),
+  }
+  return log_analysis_run(selection.uri, cfg.experiment_name, outputs, written, tags)
 
 
 def analyze_published(cfg):
@@ -290,14 +430,20 @@ def analyze_published(cfg):
   outputs = Outputs(cfg.out or "analysis/published")
   points.to_csv(outputs.folder / "rd_points.csv", index=False)
   outputs.add([outputs.folder / "rd_points.csv"])
-  written = write_tables(points, outputs, cfg.published.anchor, list(cfg.bd.methods),
-                         cfg.bd.min_overlap, [])
+  written = write_tables(
+    points, outputs, cfg.published.anchor, list(cfg.bd.methods), cfg.bd.min_overlap, []
+  )
   title = cfg.title or "Published results on Kodak (24 images)"
-  figure_paths = write_figures(points, outputs, title,
-                               {"psnr": "published_rd", "ms_ssim_db": "published_rd_msssim"},
-                               cfg.published.xlim)
-  lines = [f"- `{i}`: {name} (source: {source})" for i, (name, source)
-           in reference.sources(ids).items()]
+  figure_paths = write_figures(
+    points,
+    outputs,
+    title,
+    {"psnr": "published_rd", "ms_ssim_db": "published_rd_msssim"},
+    cfg.published.xlim,
+  )
+  lines = [
+    f"- `{i}`: {name} (source: {source})" for i, (name, source) in reference.sources(ids).items()
+  ]
   lines.append(f"- anchor: `{cfg.published.anchor}`")
   lines += [f"- bd_psnr: {line}" for line in bd_summary_lines(written["bd_psnr"])]
   write_report(outputs, "Published results on Kodak", lines, written)
@@ -311,6 +457,7 @@ def log_analysis_run(tracking_uri, experiment_name, outputs, written, tags):
   "analysis"; -> its run id. BD values and speed-ups are logged as metrics too (metric names
   carry the curve)."""
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(tracking_uri)
   experiment = client.get_experiment_by_name(experiment_name)
   run = client.create_run(experiment.experiment_id, run_name="analysis", tags=tags)

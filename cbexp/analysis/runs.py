@@ -2,9 +2,10 @@
 
 Runs are read with ``mlflow.search_runs`` (one pandas row per run) and selected by experiment
 name, optionally by ``sweep_id``, parent run, tag values and any extra MLflow filter. The names
-read here are the runner's schema (see cbexp.run / the README): tags ``entropy``, ``lmbda``,
+read here are the schema of ``cbexp train``'s runs: tags ``entropy``, ``lmbda``,
 ``eval_set``, ``sweep_id``; metrics ``eval/*`` and ``model/*``; params = the flattened config.
 """
+
 import pathlib
 
 import pandas as pd
@@ -13,17 +14,17 @@ from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
 
 # points-table column <- MLflow metric
 METRICS = {
-    "bpp": "eval/bpp",
-    "psnr": "eval/psnr",
-    "ms_ssim": "eval/ms_ssim",
-    "ms_ssim_db": "eval/ms_ssim_db",
-    "encode_time_median": "eval/encode_time_median",
-    "decode_time_median": "eval/decode_time_median",
-    "encode_time_mean": "eval/encode_time_mean",
-    "decode_time_mean": "eval/decode_time_mean",
-    "num_images": "eval/num_images",
-    "trainable_parameters": "model/trainable_parameters",
-    "decode_kmac_per_pixel": "model/decode_kmac_per_pixel",
+  "bpp": "eval/bpp",
+  "psnr": "eval/psnr",
+  "ms_ssim": "eval/ms_ssim",
+  "ms_ssim_db": "eval/ms_ssim_db",
+  "encode_time_median": "eval/encode_time_median",
+  "decode_time_median": "eval/decode_time_median",
+  "encode_time_mean": "eval/encode_time_mean",
+  "decode_time_mean": "eval/decode_time_mean",
+  "num_images": "eval/num_images",
+  "trainable_parameters": "model/trainable_parameters",
+  "decode_kmac_per_pixel": "model/decode_kmac_per_pixel",
 }
 # The runner tags runs with run_type "train" and sweep parents with "sweep_parent"; analysis runs
 # carry "analysis". Only training runs are rate points.
@@ -34,10 +35,12 @@ NOT_RATE_POINTS = ("sweep_parent", "analysis")
 def check_tracking_uri(uri):
   """Refuses a sqlite URI whose file does not exist (MLflow would create an empty store)."""
   if uri.startswith("sqlite:///"):
-    path = pathlib.Path(uri[len("sqlite:///"):])
+    path = pathlib.Path(uri[len("sqlite:///") :])
     if not path.is_file():
-      raise AnalysisError(f"no MLflow store at {path} (tracking.uri={uri}); run cbexp.run first "
-                          "or point tracking.uri at the store")
+      raise AnalysisError(
+        f"no MLflow store at {path} (tracking.uri={uri}); run cbexp.run first "
+        "or point tracking.uri at the store"
+      )
   return uri
 
 
@@ -61,22 +64,32 @@ def build_filter(sweep_id=None, parent_run_id=None, tags=None, extra=None, statu
   return " and ".join(clauses)
 
 
-def search_runs(tracking_uri, experiment_name, sweep_id=None, parent_run_id=None, tags=None,
-                extra_filter=None, status="FINISHED"):
+def search_runs(
+  tracking_uri,
+  experiment_name,
+  sweep_id=None,
+  parent_run_id=None,
+  tags=None,
+  extra_filter=None,
+  status="FINISHED",
+):
   """-> (runs DataFrame from mlflow.search_runs, the filter used). Sweep parents and analysis
   runs are dropped."""
   import mlflow
+
   check_tracking_uri(tracking_uri)
   mlflow.set_tracking_uri(tracking_uri)
   if mlflow.get_experiment_by_name(experiment_name) is None:
     raise AnalysisError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri}")
   filter_string = build_filter(sweep_id, parent_run_id, tags, extra_filter, status)
   try:
-    runs = mlflow.search_runs(experiment_names=[experiment_name], filter_string=filter_string,
-                              output_format="pandas")
+    runs = mlflow.search_runs(
+      experiment_names=[experiment_name], filter_string=filter_string, output_format="pandas"
+    )
   except mlflow.exceptions.MlflowException as e:
-    raise AnalysisError(f"MLflow rejected the run filter {filter_string!r}: "
-                        f"{str(e).splitlines()[0]}") from None
+    raise AnalysisError(
+      f"MLflow rejected the run filter {filter_string!r}: {str(e).splitlines()[0]}"
+    ) from None
   run_type = f"tags.{RUN_TYPE_TAG}"
   if run_type in runs.columns:
     runs = runs[~runs[run_type].isin(NOT_RATE_POINTS)]
@@ -121,8 +134,9 @@ def runs_to_points(runs, group_by=()):
 
   rows, skipped = [], []
   for i, run in runs.iterrows():
-    missing = [m for m in ("eval/bpp", "eval/psnr")
-               if pd.isna(run.get(f"metrics.{m}", float("nan")))]
+    missing = [
+      m for m in ("eval/bpp", "eval/psnr") if pd.isna(run.get(f"metrics.{m}", float("nan")))
+    ]
     if missing:
       skipped.append((run["run_id"], f"no {' / '.join(missing)} metric"))
       continue
@@ -133,11 +147,19 @@ def runs_to_points(runs, group_by=()):
     extras = [f"{key}={group_values[key][i]}" for key in group_by]
     if extras:
       label += " (" + ", ".join(extras) + ")"
-    row = {"curve": label, "curve_id": label, "entropy": str(entropy[i]), "source": "cbexp",
-           "kind": "measured", "run_id": run["run_id"],
-           "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i]),
-           "seed": "n/a" if seed is None or pd.isna(seed[i]) else str(seed[i]), "seeds": 1,
-           "train_set": _tag(train_set, i), "eval_set": _tag(eval_set, i)}
+    row = {
+      "curve": label,
+      "curve_id": label,
+      "entropy": str(entropy[i]),
+      "source": "cbexp",
+      "kind": "measured",
+      "run_id": run["run_id"],
+      "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i]),
+      "seed": "n/a" if seed is None or pd.isna(seed[i]) else str(seed[i]),
+      "seeds": 1,
+      "train_set": _tag(train_set, i),
+      "eval_set": _tag(eval_set, i),
+    }
     for column, metric in METRICS.items():
       row[column] = float(run.get(f"metrics.{metric}", float("nan")))
     for key in group_by:

@@ -1,4 +1,5 @@
 """The published study's comparison table, CompressAI-schema results and Markdown rendering."""
+
 import math
 
 import numpy as np
@@ -31,7 +32,8 @@ def comparison_table(points, anchor_of, bd=None):
   for cid, r in curves_of(points):
     if r["source"].iloc[0] != "cbexp":
       continue
-    rows.append({
+    rows.append(
+      {
         "curve": cid,
         "entropy": r["entropy"].iloc[0],
         "anchor": anchor_of.get(cid) or "",
@@ -45,27 +47,51 @@ def comparison_table(points, anchor_of, bd=None):
         "decode_kmac_per_pixel": _single(r["decode_kmac_per_pixel"]),
         "encode_time_median_s": float(np.median(r["encode_time_median"])),
         "decode_time_median_s": float(np.median(r["decode_time_median"])),
-    })
-  table = pd.DataFrame(rows, columns=["curve", "entropy", "anchor", "rate_points", "lmbdas",
-                                      "seeds_per_point", "images", "train_set", "eval_set",
-                                      "trainable_parameters", "decode_kmac_per_pixel",
-                                      "encode_time_median_s", "decode_time_median_s"])
+      }
+    )
+  table = pd.DataFrame(
+    rows,
+    columns=[
+      "curve",
+      "entropy",
+      "anchor",
+      "rate_points",
+      "lmbdas",
+      "seeds_per_point",
+      "images",
+      "train_set",
+      "eval_set",
+      "trainable_parameters",
+      "decode_kmac_per_pixel",
+      "encode_time_median_s",
+      "decode_time_median_s",
+    ],
+  )
   times = table.set_index("curve")
   for kind in ("decode", "encode"):
     column = f"{kind}_time_median_s"
     table[f"{kind}_speedup_vs_anchor"] = [
-        times.loc[a, column] / times.loc[c, column] if a in times.index else np.nan
-        for c, a in zip(table["curve"], table["anchor"])]
+      times.loc[a, column] / times.loc[c, column] if a in times.index else np.nan
+      for c, a in zip(table["curve"], table["anchor"])
+    ]
   if bd is not None:
     by_curve = bd.set_index("curve")
-    for column in ("bd_rate_pchip_pct", "bd_rate_pchip_ci_low", "bd_rate_pchip_ci_high",
-                   "bd_psnr_pchip_db"):
+    for column in (
+      "bd_rate_pchip_pct",
+      "bd_rate_pchip_ci_low",
+      "bd_rate_pchip_ci_high",
+      "bd_psnr_pchip_db",
+    ):
       if column in by_curve.columns:
-        table[column] = [0.0 if c == a else by_curve[column].get(c, np.nan)
-                         for c, a in zip(table["curve"], table["anchor"])]
+        table[column] = [
+          0.0 if c == a else by_curve[column].get(c, np.nan)
+          for c, a in zip(table["curve"], table["anchor"])
+        ]
     # The BD caveats (overlap, non-monotone curves) travel with the numbers.
-    table["note"] = ["" if c == a else by_curve["note"].get(c, "") if "note" in by_curve else ""
-                     for c, a in zip(table["curve"], table["anchor"])]
+    table["note"] = [
+      "" if c == a else by_curve["note"].get(c, "") if "note" in by_curve else ""
+      for c, a in zip(table["curve"], table["anchor"])
+    ]
     table["note"] = table["note"].fillna("")
   return table
 
@@ -80,17 +106,20 @@ def compressai_results(points, curve_id, description, meta):
     return [None if pd.isna(v) else float(v) for v in rows[column]]
 
   return {
-      "name": str(rows["curve"].iloc[0]),
-      "description": description,
-      "meta": {**meta, "lmbda": values("lmbda"), "run_ids": [str(v) for v in rows["run_id"]
-                                                               if not pd.isna(v)]},
-      "results": {
-          "bpp": values("bpp"),
-          "psnr-rgb": values("psnr"),
-          "ms-ssim-rgb": values("ms_ssim"),
-          "encoding_time": values("encode_time_mean"),
-          "decoding_time": values("decode_time_mean"),
-      },
+    "name": str(rows["curve"].iloc[0]),
+    "description": description,
+    "meta": {
+      **meta,
+      "lmbda": values("lmbda"),
+      "run_ids": [str(v) for v in rows["run_id"] if not pd.isna(v)],
+    },
+    "results": {
+      "bpp": values("bpp"),
+      "psnr-rgb": values("psnr"),
+      "ms-ssim-rgb": values("ms_ssim"),
+      "encoding_time": values("encode_time_mean"),
+      "decoding_time": values("decode_time_mean"),
+    },
   }
 
 
@@ -108,8 +137,10 @@ def to_markdown(table, digits=4):
   """A GitHub Markdown table; NaN shows as "n/a" (nothing is silently filled in)."""
   header = "| " + " | ".join(str(c) for c in table.columns) + " |"
   rule = "|" + "|".join("---" for _ in table.columns) + "|"
-  body = ["| " + " | ".join(_cell(v, digits).replace("|", "/") for v in row) + " |"
-          for row in table.itertuples(index=False)]
+  body = [
+    "| " + " | ".join(_cell(v, digits).replace("|", "/") for v in row) + " |"
+    for row in table.itertuples(index=False)
+  ]
   return "\n".join([header, rule] + body) + "\n"
 
 

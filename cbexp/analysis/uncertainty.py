@@ -1,22 +1,11 @@
 """Seeds and images: mean RD curves with their spread, and bootstrap intervals for BD values.
 
-Published comparisons give one number per pair of models; the run-to-run noise behind it (another
-seed, other test images) is rarely reported. Here a curve's point at one lambda is the mean over
-its *seeds* (runs that differ only in ``trainer.seed``) of each run's mean over the evaluation
-*images*. Its uncertainty comes from resampling both:
-
-* images: one bootstrap draw of image indices, shared by every curve (all runs code the same
-  images, so the draw is paired across models);
-* seeds: an independent draw per curve (each curve's seeds are separate trainings).
-
-``scipy.stats.bootstrap`` does the resampling (percentile intervals; ``paired=False`` resamples
-each sample on its own), with the image indices and each curve's seed indices as its samples. A
-sample with a single observation cannot be resampled (one seed: only images are), and the table
-says so: every interval names how many seeds and images it rests on.
-
-The per-image numbers are each run's ``eval/per_image.csv`` artifact (``cbexp.evaluate``), so the
-curve means computed here are exactly the runs' ``eval/*`` metrics averaged over seeds.
+A curve's point at one lambda is the mean over its seeds (runs that differ only in
+``trainer.seed``) of each run's mean over the evaluation images (its eval/per_image.csv).
+Intervals resample both (``scipy.stats.bootstrap``, percentile): one image draw shared by every
+curve (paired across models), each curve's seeds on their own; each names what it rests on.
 """
+
 import warnings
 
 import numpy as np
@@ -24,7 +13,7 @@ import pandas as pd
 
 from cbexp.analysis.bd import bd_pair
 from cbexp.analysis.points import AnalysisError
-from cbexp.evaluation.evaluate import ms_ssim_db
+from cbexp.evaluation.metrics import ms_ssim_db
 
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
 # Largest share of bootstrap draws without a BD value for which an interval is still given.
@@ -46,27 +35,32 @@ def average_seeds(per_run, runs=None):
   repeat a seed."""
   if per_run.empty:
     return per_run.copy(), []
-  params = [c for c in (runs.columns if runs is not None else [])
-            if c.startswith("params.") and c[len("params."):] not in NOT_A_CONDITION]
+  params = [
+    c
+    for c in (runs.columns if runs is not None else [])
+    if c.startswith("params.") and c[len("params.") :] not in NOT_A_CONDITION
+  ]
   by_run = runs.set_index("run_id") if runs is not None else None
   rows, notes = [], []
-  for (curve_id, lmbda), group in per_run.groupby(["curve_id", "lmbda"], sort=False,
-                                                    dropna=False):
+  for (curve_id, lmbda), group in per_run.groupby(["curve_id", "lmbda"], sort=False, dropna=False):
     row = group.iloc[0].to_dict()
     seeds = [str(s) for s in group["seed"]]
     if len(group) > 1:
       if len(set(seeds)) < len(seeds):
-        notes.append(f"curve `{row['curve']}` has {len(group)} runs at lmbda {lmbda:g} with "
-                     f"seeds {', '.join(seeds)}: a seed is repeated (two sweeps? select one "
-                     f"with sweep_id=...); all are averaged")
+        notes.append(
+          f"curve `{row['curve']}` has {len(group)} runs at lmbda {lmbda:g} with "
+          f"seeds {', '.join(seeds)}: a seed is repeated (two sweeps? select one "
+          f"with sweep_id=...); all are averaged"
+        )
       if by_run is not None and params:
         conditions = by_run.loc[list(group["run_id"]), params]
-        differing = [c[len("params."):] for c in params
-                     if conditions[c].astype(str).nunique() > 1]
+        differing = [c[len("params.") :] for c in params if conditions[c].astype(str).nunique() > 1]
         if differing:
-          notes.append(f"curve `{row['curve']}` at lmbda {lmbda:g}: its runs differ in more than "
-                       f"the seed ({', '.join(differing[:5])}); they are averaged as seeds "
-                       f"(split them with group_by=[{differing[0]}])")
+          notes.append(
+            f"curve `{row['curve']}` at lmbda {lmbda:g}: its runs differ in more than "
+            f"the seed ({', '.join(differing[:5])}); they are averaged as seeds "
+            f"(split them with group_by=[{differing[0]}])"
+          )
     for column in MEAN_COLUMNS:
       row[column] = float(group[column].mean())
     for column in MEDIAN_COLUMNS:
@@ -75,8 +69,9 @@ def average_seeds(per_run, runs=None):
     spread = len(group) > 1
     row["bpp_sd"] = float(group["bpp"].std()) if spread else np.nan
     row["psnr_sd"] = float(group["psnr"].std()) if spread else np.nan
-    row["ms_ssim_db_sd"] = float(ms_ssim_db(group["ms_ssim"].to_numpy()).std(ddof=1)) \
-        if spread else np.nan
+    row["ms_ssim_db_sd"] = (
+      float(ms_ssim_db(group["ms_ssim"].to_numpy()).std(ddof=1)) if spread else np.nan
+    )
     row["seeds"] = len(group)
     row["seed"] = ",".join(seeds)
     row["run_id"] = ",".join(group["run_id"])
@@ -90,13 +85,16 @@ def average_seeds(per_run, runs=None):
 def load_per_image(run_ids, tracking_uri):
   """-> {run_id: per-image DataFrame} for the runs whose ``eval/per_image.csv`` can be read."""
   import os
+
   os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
   import mlflow
+
   tables = {}
   for run_id in run_ids:
     try:
-      path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PER_IMAGE_ARTIFACT,
-                                                 tracking_uri=tracking_uri)
+      path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=PER_IMAGE_ARTIFACT, tracking_uri=tracking_uri
+      )
       tables[run_id] = pd.read_csv(path)
     except Exception:  # an old run, a run logged elsewhere: no interval for its curve
       continue
@@ -113,12 +111,14 @@ class CurveSamples:
   def mean_curve(self, image_index=None, seed_index=None, quality="psnr"):
     """-> (bpp, quality) per lambda: the mean over the chosen seeds of the mean over the chosen
     images (indices may repeat: bootstrap draws). MS-SSIM in dB is that of the mean MS-SSIM."""
+
     def mean(array):
       if seed_index is not None:
         array = array[:, seed_index, :]
       if image_index is not None:
         array = array[:, :, image_index]
       return array.mean(axis=(1, 2))
+
     rate = mean(self.values["bpp"])
     if quality == "ms_ssim_db":
       return rate, ms_ssim_db(mean(self.values["ms_ssim"]))
@@ -150,8 +150,9 @@ def curve_samples(points_per_run, per_image):
     if not complete or len(grid) != len(lmbdas) * len(seeds):
       continue
     for key in values:
-      values[key] = np.array([[grid[(l, s)][key].to_numpy(dtype=float) for s in seeds]
-                              for l in lmbdas])
+      values[key] = np.array(
+        [[grid[(lmbda, s)][key].to_numpy(dtype=float) for s in seeds] for lmbda in lmbdas]
+      )
     samples[curve_id] = CurveSamples(curve_id, lmbdas, seeds, list(images), values)
   return samples
 
@@ -171,18 +172,29 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
   -> dict(bd_rate, bd_quality (point estimates on all data), bd_rate_low/high,
   bd_quality_low/high, seeds_test, seeds_anchor, images, resampled (what was resampled))."""
   import scipy.stats
+
   if test.images != anchor.images:
-    raise AnalysisError(f"{test.curve_id} and {anchor.curve_id} were evaluated on different "
-                        f"images: no paired bootstrap")
+    raise AnalysisError(
+      f"{test.curve_id} and {anchor.curve_id} were evaluated on different "
+      f"images: no paired bootstrap"
+    )
   n_images = len(test.images)
   estimate = _bd_of(test, anchor, None, None, None, quality)
-  result = {"bd_rate": estimate[0], "bd_quality": estimate[1],
-            "seeds_test": len(test.seeds), "seeds_anchor": len(anchor.seeds),
-            "images": n_images, "resamples": resamples}
+  result = {
+    "bd_rate": estimate[0],
+    "bd_quality": estimate[1],
+    "seeds_test": len(test.seeds),
+    "seeds_anchor": len(anchor.seeds),
+    "images": n_images,
+    "resamples": resamples,
+  }
   # scipy resamples every sample independently (paired=False); a sample needs >= 2 values.
   samples, roles = [], []
-  for role, size in (("images", n_images), ("test seeds", len(test.seeds)),
-                     ("anchor seeds", len(anchor.seeds))):
+  for role, size in (
+    ("images", n_images),
+    ("test seeds", len(test.seeds)),
+    ("anchor seeds", len(anchor.seeds)),
+  ):
     if size >= 2:
       samples.append(np.arange(size))
       roles.append(role)
@@ -190,18 +202,25 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
 
   def statistic(*drawn):
     drawn = dict(zip(roles, drawn))
-    return _bd_of(test, anchor, drawn.get("images"), drawn.get("test seeds"),
-                  drawn.get("anchor seeds"), quality)
+    return _bd_of(
+      test, anchor, drawn.get("images"), drawn.get("test seeds"), drawn.get("anchor seeds"), quality
+    )
 
   low = high = np.array([np.nan, np.nan])
   undefined = np.array([np.nan, np.nan])
   if samples and np.any(np.isfinite(estimate)):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # draws without a BD value: counted below
-      interval = scipy.stats.bootstrap(tuple(samples), statistic, vectorized=False,
-                                       paired=False, n_resamples=resamples,
-                                       confidence_level=confidence, method="percentile",
-                                       random_state=np.random.default_rng(seed))
+      interval = scipy.stats.bootstrap(
+        tuple(samples),
+        statistic,
+        vectorized=False,
+        paired=False,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+      )
     # A draw has no BD value where its two mean curves do not overlap on the integration axis
     # (flat curves: BD-rate). The percentile interval is taken over the draws that have one, and
     # only when at most MAX_UNDEFINED of them lack it; the share is reported either way.
@@ -214,38 +233,62 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
       high = np.nanpercentile(draws, 100 - tail, axis=-1)
     low = np.where(undefined <= MAX_UNDEFINED, low, np.nan)
     high = np.where(undefined <= MAX_UNDEFINED, high, np.nan)
-  result.update(bd_rate_low=low[0], bd_rate_high=high[0], bd_quality_low=low[1],
-                bd_quality_high=high[1], bd_rate_undefined=undefined[0],
-                bd_quality_undefined=undefined[1])
+  result.update(
+    bd_rate_low=low[0],
+    bd_rate_high=high[0],
+    bd_quality_low=low[1],
+    bd_quality_high=high[1],
+    bd_rate_undefined=undefined[0],
+    bd_quality_undefined=undefined[1],
+  )
   return result
 
 
-def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resamples=1000,
-                     seed=0):
+def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resamples=1000, seed=0):
   """Adds the bootstrap interval, seeds and images to each row of a BD table (bd.bd_table)."""
   short = "psnr" if quality == "psnr" else "msssim"
-  columns = {"seeds": [], "anchor_seeds": [], "images": [], "bd_rate_pchip_ci_low": [],
-             "bd_rate_pchip_ci_high": [], f"bd_{short}_pchip_ci_low": [],
-             f"bd_{short}_pchip_ci_high": [], "draws_without_bd_rate": [],
-             f"draws_without_bd_{short}": [], "resampled": []}
+  columns = {
+    "seeds": [],
+    "anchor_seeds": [],
+    "images": [],
+    "bd_rate_pchip_ci_low": [],
+    "bd_rate_pchip_ci_high": [],
+    f"bd_{short}_pchip_ci_low": [],
+    f"bd_{short}_pchip_ci_high": [],
+    "draws_without_bd_rate": [],
+    f"draws_without_bd_{short}": [],
+    "resampled": [],
+  }
   for row in bd.itertuples():
     test, anchor = samples.get(row.curve), samples.get(anchors.get(row.curve))
-    if test is None or anchor is None or (np.isnan(getattr(row, "bd_rate_pchip_pct", np.nan))
-                                          and np.isnan(getattr(row, f"bd_{short}_pchip_db",
-                                                               np.nan))):
+    if (
+      test is None
+      or anchor is None
+      or (
+        np.isnan(getattr(row, "bd_rate_pchip_pct", np.nan))
+        and np.isnan(getattr(row, f"bd_{short}_pchip_db", np.nan))
+      )
+    ):
       for values in columns.values():
-        values.append(np.nan if values is not columns["resampled"] else
-                      "no interval (no per-image results for this pair)")
+        values.append(
+          np.nan
+          if values is not columns["resampled"]
+          else "no interval (no per-image results for this pair)"
+        )
       continue
     r = bd_interval(test, anchor, quality, confidence, resamples, seed)
-    for key, value in (("seeds", r["seeds_test"]), ("anchor_seeds", r["seeds_anchor"]),
-                       ("images", r["images"]), ("bd_rate_pchip_ci_low", r["bd_rate_low"]),
-                       ("bd_rate_pchip_ci_high", r["bd_rate_high"]),
-                       (f"bd_{short}_pchip_ci_low", r["bd_quality_low"]),
-                       (f"bd_{short}_pchip_ci_high", r["bd_quality_high"]),
-                       ("draws_without_bd_rate", r["bd_rate_undefined"]),
-                       (f"draws_without_bd_{short}", r["bd_quality_undefined"]),
-                       ("resampled", r["resampled"])):
+    for key, value in (
+      ("seeds", r["seeds_test"]),
+      ("anchor_seeds", r["seeds_anchor"]),
+      ("images", r["images"]),
+      ("bd_rate_pchip_ci_low", r["bd_rate_low"]),
+      ("bd_rate_pchip_ci_high", r["bd_rate_high"]),
+      (f"bd_{short}_pchip_ci_low", r["bd_quality_low"]),
+      (f"bd_{short}_pchip_ci_high", r["bd_quality_high"]),
+      ("draws_without_bd_rate", r["bd_rate_undefined"]),
+      (f"draws_without_bd_{short}", r["bd_quality_undefined"]),
+      ("resampled", r["resampled"]),
+    ):
       columns[key].append(value)
   table = bd.copy()
   for key, values in columns.items():
@@ -262,7 +305,14 @@ def seed_noise_table(samples, quality="psnr"):
       continue
     for j in range(1, len(s.seeds)):
       r = _bd_of(s, s, None, [j], [0], quality)
-      rows.append({"curve": curve_id, "seed": s.seeds[j], "against_seed": s.seeds[0],
-                   "images": len(s.images), "bd_rate_pchip_pct": r[0],
-                   f"bd_{'psnr' if quality == 'psnr' else 'msssim'}_pchip_db": r[1]})
+      rows.append(
+        {
+          "curve": curve_id,
+          "seed": s.seeds[j],
+          "against_seed": s.seeds[0],
+          "images": len(s.images),
+          "bd_rate_pchip_pct": r[0],
+          f"bd_{'psnr' if quality == 'psnr' else 'msssim'}_pchip_db": r[1],
+        }
+      )
   return pd.DataFrame(rows)

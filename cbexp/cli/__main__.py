@@ -3,26 +3,30 @@
 Each command is a module with a ``main()``; ``python -m cbexp.<module>`` runs the same function.
 Imports are lazy so that ``cbexp --help`` and a mistyped command answer before TensorFlow loads.
 """
+
 import importlib
 import sys
 
 # command -> (module with main(), one line for ``cbexp --help``)
 COMMANDS = {
-    "train": ("cbexp.training.run", "train, evaluate and log one model (Hydra; -m for sweeps)"),
-    "export": ("cbexp.codec.savedmodel", "export a trained model as a SavedModel"),
-    "codec": ("cbexp.codec.codec", "compress, decompress and evaluate images (.cbx files)"),
-    "analyze": ("cbexp.analysis.command", "RD curves, BD-rate and tables from MLflow runs (Hydra)"),
-    "bench": ("cbexp.evaluation.bench", "decode-time benchmark per stage"),
-    "conformance": ("cbexp.evaluation.conformance", "decode across numeric environments"),
-    "summary": ("cbexp.evaluation.size", "parameter counts of a model config"),
-    "datasets": ("cbexp.cli.datasets", "download evaluation data (Kodak)"),
+  "train": ("cbexp.cli.train", "train, evaluate and log one model (Hydra; -m for sweeps)"),
+  "export": ("cbexp.cli.export", "export a model as a self-contained SavedModel"),
+  "codec": ("cbexp.cli.codec", "compress, decompress and evaluate images (.cbx files)"),
+  "analyze": ("cbexp.cli.analyze", "RD curves, BD-rate and tables from MLflow runs (Hydra)"),
+  "bench": ("cbexp.cli.bench", "decode-time benchmark per stage"),
+  "conformance": ("cbexp.cli.conformance", "decode across numeric environments"),
+  "summary": ("cbexp.cli.summary", "parameter counts of a model config"),
+  "datasets": ("cbexp.cli.datasets", "download evaluation data (Kodak)"),
 }
 
 
 def usage():
   width = max(map(len, COMMANDS))
-  lines = ["usage: cbexp <command> [arguments]   (cbexp <command> --help for each)", "",
-           "commands:"]
+  lines = [
+    "usage: cbexp <command> [arguments]   (cbexp <command> --help for each)",
+    "",
+    "commands:",
+  ]
   lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
   return "\n".join(lines)
 
@@ -35,8 +39,10 @@ def main(argv=None):
   command, rest = argv[0], argv[1:]
   if command not in COMMANDS:
     from cbexp.errors import USER_ERROR
-    print(f"cbexp: error: unknown command {command!r}; one of {', '.join(COMMANDS)}",
-          file=sys.stderr)
+
+    print(
+      f"cbexp: error: unknown command {command!r}; one of {', '.join(COMMANDS)}", file=sys.stderr
+    )
     sys.exit(USER_ERROR)
   sys.argv = [f"cbexp {command}", *rest]
   sys.exit(importlib.import_module(COMMANDS[command][0]).main())

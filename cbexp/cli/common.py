@@ -1,15 +1,17 @@
-"""Shared command-line plumbing: bad input ends in one clear line on stderr and a non-zero exit,
-not a traceback (set CBEXP_DEBUG=1 to see the traceback).
+"""Shared command-line plumbing: a user's mistake ends in one line on stderr and exit status 2,
+not a traceback (CBEXP_DEBUG=1 shows it, and TensorFlow's logs).
 
-``run_cli``: key=value commands built on Hydra (cbexp.summary; cbexp.run and cbexp.analysis go
-through Hydra's own entry point). ``run_argparse_cli`` + ``one_line_parser``: the argparse
-commands (cbexp.codec, cbexp.export)."""
+``run_command`` wraps every command's body; ``run_key_values``: key=value commands on the model
+config (``cbexp summary``), with ``--help``; ``one_line_parser``: argparse with one-line usage
+errors; ``describe``: any user error as one line.
+"""
+
 import os
 import sys
 
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
 
 from cbexp.errors import USER_ERROR, CbexpError
 
@@ -45,11 +47,16 @@ def run_command(prog, body, *args):
 
 
 def describe(error):
-  """One line for a user error raised by Hydra/OmegaConf/cbexp."""
-  text = str(error).strip().splitlines()
-  first = text[0] if text else error.__class__.__name__
+  """One line for a user error raised by Hydra/OmegaConf/cbexp: the first line of its message,
+  with Hydra's hint for an override of a key the config lacks, or the known entropy models."""
+  lines = [line.strip() for line in str(error).strip().splitlines()]
+  first = lines[0] if lines else error.__class__.__name__
+  hint = next((line for line in lines[1:] if line.startswith("To append")), None)
+  if hint:
+    return f"{first} {hint}"
   if "Could not find 'entropy/" in first or "Could not load 'entropy/" in first:
     from cbexp.config import entropy_names
+
     return f"{first.rstrip('.')}: known entropy models are {', '.join(entropy_names())}"
   return first
 
@@ -59,11 +66,11 @@ HELP_FLAGS = ("-h", "--help")
 
 def config_groups_help():
   """The model-config groups and their options, for --help of key=value commands."""
-  from cbexp.config import CONF_DIR
+  from cbexp.config import group_options
+
   lines = ["Config groups (group=option) and keys (key=value) of the model config:"]
   for group in ("transform", "entropy"):
-    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    lines.append(f"  {group}: {', '.join(options)}")
+    lines.append(f"  {group}: {', '.join(group_options(group))}")
   lines.append("  any key of conf/config.yaml, e.g. entropy.hidden_filters=[16,16] lmbda=0.013")
   return "\n".join(lines)
 
@@ -75,32 +82,21 @@ def quiet_unless_debug():
     _quiet_libraries()
 
 
-def run_cli(body, argv, doc=None):
-  """For key=value commands (cbexp.summary): ``--help`` prints ``doc`` and the config groups."""
+def run_key_values(prog, body, argv, doc):
+  """For key=value commands on the model config (``cbexp summary``): ``--help`` prints ``doc``
+  and the config groups; else ``run_command(prog, body, argv)``."""
   argv = list(argv)
   if any(a in HELP_FLAGS for a in argv):
-    print((doc or "").strip() + "\n\n" + config_groups_help())
+    print(doc.strip() + "\n\n" + config_groups_help())
     return 0
-  quiet_unless_debug()
-  try:
-    body(argv)
-  except (UsageError, HydraException, OmegaConfBaseException, ValueError, OSError) as error:
-    if os.environ.get("CBEXP_DEBUG"):
-      raise
-    print(f"error: {describe(error)}", file=sys.stderr)
-    return 2
-  return 0
-
-
-def _one_line(error):
-  lines = str(error).strip().splitlines()
-  return lines[0].strip() if lines else error.__class__.__name__
+  return run_command(prog, body, argv)
 
 
 def _quiet_libraries():
   """Keeps stderr for our one-line errors: TensorFlow's C++ and Python logs, absl, warnings."""
   import logging
   import warnings
+
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # before TensorFlow loads (its imports are lazy)
   warnings.filterwarnings("ignore")
   logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -108,29 +104,8 @@ def _quiet_libraries():
   logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
-def run_argparse_cli(parser, body, argv, intermixed=False):
-  """For argparse commands (codec, export): parses ``argv`` and runs ``body(args)``; any error
-  -> one line on stderr, exit 1 (argparse's own usage errors: exit 2).
-  ``intermixed``: positional arguments may follow options (``--from X out=...``)."""
-  debug = bool(os.environ.get("CBEXP_DEBUG"))
-  if not debug:
-    _quiet_libraries()
-  args = (parser.parse_intermixed_args if intermixed else parser.parse_args)(argv)
-  try:
-    body(args)
-  except KeyboardInterrupt:
-    print(f"{parser.prog}: interrupted", file=sys.stderr)
-    return 130
-  except Exception as error:  # noqa: BLE001 - the CLI contract: one line, no traceback
-    if debug:
-      raise
-    kind = "" if isinstance(error, (ValueError, OSError)) else f"{error.__class__.__name__}: "
-    print(f"{parser.prog}: error: {kind}{_one_line(error)}", file=sys.stderr)
-    return 1
-  return 0
-
-
 def one_line_parser(**kwargs):
+  """An argparse parser whose usage errors are one line, exit status 2."""
   import argparse
 
   class OneLineParser(argparse.ArgumentParser):
@@ -140,30 +115,84 @@ def one_line_parser(**kwargs):
   return OneLineParser(**kwargs)
 
 
-# Model-config arguments of the key=value commands (bench, conformance): Hydra overrides, as in
-# ``cbexp.run`` (a dotted key, or a config group of the model).
-MODEL_GROUPS = ("transform", "scale_table", "lmbda")
+# Model-config arguments of the commands with a config of their own (bench, conformance): Hydra
+# overrides of the models they build, as in ``cbexp train`` (a dotted key, or a config group).
+MODEL_GROUPS = ("transform", "entropy", "scale_table", "lmbda")
 
 
-def parse_key_values(argv, defaults, error, integers=()):
-  """``key=value`` arguments -> (the command's own arguments, merged into ``defaults``; Hydra
-  overrides of the model config). Unknown keys and non-integers among ``integers`` raise
-  ``error`` (the command's one-line error class)."""
-  args, overrides = dict(defaults), []
+def split_existing_paths(text):
+  """A comma-separated list whose items may be folders with commas in their names (Hydra's sweep
+  job folders: ``3_entropy=charm,lmbda=0.01``): pieces are joined back while the joined path
+  does not exist but a longer one does."""
+  pieces, items = text.split(","), []
+  while pieces:
+    item = pieces.pop(0)
+    while (
+      not os.path.isdir(item)
+      and pieces
+      and any(os.path.isdir(",".join([item] + pieces[:n])) for n in range(1, len(pieces) + 1))
+    ):
+      item += "," + pieces.pop(0)
+    if item:
+      items.append(item)
+  return items
+
+
+def _list_override(key, value):
+  """``key=a,b`` of a list key as the Hydra list ``key=['a','b']`` (items quoted: paths may hold
+  characters Hydra's grammar reserves)."""
+  items = ", ".join("'" + item.replace("'", "\\'") + "'" for item in split_existing_paths(value))
+  return f"{key}=[{items}]"
+
+
+def _check_type(key, value, default):
+  from omegaconf import ListConfig
+
+  if (
+    isinstance(default, int)
+    and not isinstance(default, bool)
+    and (isinstance(value, bool) or not isinstance(value, int))
+  ):
+    raise UsageError(f"{key} must be an integer, got {value!r}")
+  if isinstance(default, ListConfig) and not isinstance(value, ListConfig):
+    raise UsageError(f"{key} must be a list, got {value!r}")
+
+
+def compose_command(config_name, argv):
+  """``key=value`` arguments of a command with its own primary config ``conf/<config_name>.yaml``
+  that also builds models -> (its composed config, the Hydra overrides of the models' config).
+  A key of its config is the command's (a list key also takes ``a,b``; values keep the type of
+  the key's default); a dotted key or a model group (MODEL_GROUPS) is a model override."""
+  from cbexp.config import compose
+
+  defaults = compose([], config_name)
+  own, model = [], []
   for token in argv:
     key, sep, value = token.partition("=")
     if not sep:
-      raise error(f"argument {token!r} is not key=value")
+      raise UsageError(f"argument {token!r} is not key=value")
     if key in defaults:
-      args[key] = value
+      listed = OmegaConf.is_list(defaults[key]) and not value.startswith("[")
+      own.append(_list_override(key, value) if listed else token)
     elif "." in key or key.lstrip("+~") in MODEL_GROUPS:
-      overrides.append(token)
+      model.append(token)
     else:
-      raise error(f"unknown argument {key!r} (known: {', '.join(defaults)}, or Hydra "
-                  f"overrides such as transform=tiny)")
-  for key in integers:
-    try:
-      args[key] = int(args[key])
-    except ValueError:
-      raise error(f"{key} must be an integer, got {args[key]!r}") from None
-  return args, overrides
+      raise UsageError(
+        f"unknown argument {key!r} (known: {', '.join(defaults)}, or model "
+        "overrides such as transform=tiny)"
+      )
+  cfg = compose(own, config_name)
+  for key in defaults:
+    _check_type(key, cfg[key], defaults[key])
+  return cfg, model
+
+
+def command_help(doc, config_name):
+  """--help of a ``compose_command`` command: ``doc``, its config file (every key with its
+  comment) and the model-config groups."""
+  from cbexp.config import CONF_DIR
+
+  keys = (CONF_DIR / f"{config_name}.yaml").read_text().strip()
+  return (
+    f"{doc.strip()}\n\nKeys (key=value), conf/{config_name}.yaml:\n{keys}\n\n{config_groups_help()}"
+  )

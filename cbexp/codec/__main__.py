@@ -1,7 +1,8 @@
-"""``python -m cbexp.codec``: compresses, decompresses and evaluates images. The same as ``cbexp codec`` (``cbexp.codec.codec``)."""
+"""``python -m cbexp.codec``: the same as ``cbexp codec`` (``cbexp.cli.codec``)."""
+
 import sys
 
-from cbexp.codec.codec import main
+from cbexp.cli.codec import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -16,34 +16,12 @@ Layout (all integers big-endian, unsigned), format version 2 (FORMAT_VERSION):
     31+n+8k     sum   the strings, in order
     end-4       4     CRC-32 of every byte before it
 
-Format version 1 is the same without the symbol checks (the strings start at 31+n+4k). Files of
-both versions are read; ``Bitstream.to_bytes`` writes version 2 when the stream has its checks
-(``cbexp.codec`` always gives them) and version 1 when it has none (``checks=None``: tests,
-files read from version 1).
-
-The *symbol check* of a string is what the decoder must reproduce, so that a decode that went
-wrong without an error is refused instead of giving a wrong image. Encoder and decoder compute
-the entropy parameters in floating point; on another numeric environment (thread count, oneDNN
-on or off, instruction set, GPU) a scale index or mean can round the other way, the range
-decoder loses sync, and the strings can still pass their re-encoding check (re-encoding the
-wrong symbols with the same wrong indexes gives the string back). The check covers, per string,
-the quantized symbols the image is made of (round(y - mean); z: its symbols; the autoregressive
-model: its decoded integers), as int32: the first 4 bytes of TensorFlow's ``tf.fingerprint`` (farmhash64) of them
-(``cbexp.entropy.base.GaussianConditional.symbol_check``), computed in the graph on both sides
-with the same ops. Why farmhash64 and not CRC-32: TensorFlow has no CRC-32 op (a Python callback
-would make exports refuse or run outside the graph), ``tf.fingerprint`` is a stock op, runs at
-memory speed and gives the same bytes on every platform TensorFlow runs on (it hashes the int32
-buffer, little-endian on all of them). 4 bytes: a wrong decode passes with probability 2**-32
-per string. Cost: 4 bytes per string (ChARM, 11 strings: 44 bytes, 0.0009 bpp on a 768x512
-image; measured in README, "Wrong decodes are refused").
-
-Pure Python (struct + zlib). ``Bitstream.from_bytes`` validates everything and raises
-``BitstreamError`` with a message naming the problem; it never returns a partly parsed stream.
-``read`` parses the header first and checks the file's size against it (and against the
-caller's limits, ``check``) before it reads the strings, so a hostile header cannot make it read
-or allocate more than the file announces; the CRC is computed string by string, without a
-second copy of the file. bpp counts the *whole* file: ``bits_per_pixel(len(data), height, width)``.
+Format version 1 is the same without the symbol checks; both are read. A string's symbol check
+(``GaussianConditional.symbol_check``) is what the decoder must reproduce, so that a decode that
+lost sync without an error is refused. Pure Python: ``read`` checks the header against the file's
+size and the caller's limits before it reads any string. bpp counts the whole file.
 """
+
 import dataclasses
 import os
 import pathlib
@@ -51,6 +29,7 @@ import struct
 import zlib
 
 from cbexp import files
+from cbexp.errors import CbexpError
 
 MAGIC = b"\x89CBX"
 FORMAT_VERSION = 2  # written; READ_VERSIONS are read
@@ -64,34 +43,19 @@ _LENGTH = struct.Struct(">I")
 _SIZE = struct.Struct(">II")  # height, width
 # The longest possible header: magic, version, name length, name, fingerprint, size, count,
 # lengths, checks. ``read`` reads at most this much before it knows what the file announces.
-MAX_HEADER_BYTES = (len(MAGIC) + 2 + _MAX_NAME_BYTES + FINGERPRINT_BYTES + _SIZE.size + 1
-                    + (_LENGTH.size + SYMBOL_CHECK_BYTES) * _MAX_STRINGS)
+MAX_HEADER_BYTES = (
+  len(MAGIC)
+  + 2
+  + _MAX_NAME_BYTES
+  + FINGERPRINT_BYTES
+  + _SIZE.size
+  + 1
+  + (_LENGTH.size + SYMBOL_CHECK_BYTES) * _MAX_STRINGS
+)
 
 
-class BitstreamError(ValueError):
+class BitstreamError(CbexpError, ValueError):
   """A .cbx file that cannot be decoded; the message says why."""
-
-
-class SymbolCheckError(ValueError):
-  """The decoder did not reproduce the encoder's symbols (an intact file)."""
-
-
-def compare_symbol_checks(stored, decoded):
-  """Refuses (SymbolCheckError, one line) a decode whose symbol checks differ from the ones the
-  encoder stored, naming the first string that differs: the later ones follow from it."""
-  if len(stored) != len(decoded):
-    raise SymbolCheckError(f"{len(stored)} symbol checks stored, {len(decoded)} decoded")
-  differ = [i for i, (a, b) in enumerate(zip(stored, decoded)) if bytes(a) != bytes(b)]
-  if not differ:
-    return
-  i = differ[0]
-  which = "the z string" if i == 0 else f"string {i} (y string {i} of {len(stored) - 1})"
-  raise SymbolCheckError(
-      f"symbol check failed for {which}, {len(differ)} of {len(stored)} strings differ (stored "
-      f"{bytes(stored[i]).hex()}, decoded {bytes(decoded[i]).hex()}): the decoder decoded other "
-      "symbols than the encoder coded, so its numeric environment differs from the "
-      "encoder's (thread count, oneDNN, instruction set, GPU); decode on the encoder's kind of "
-      "machine, or encode with an entropy.numerics=exact model (or the file was altered)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +73,16 @@ class Bitstream:
       object.__setattr__(self, "checks", tuple(bytes(c) for c in self.checks))
     name = self.entropy_model.encode("ascii", errors="replace")
     if not 0 < len(name) <= _MAX_NAME_BYTES or not self.entropy_model.isascii():
-      raise BitstreamError(f"entropy-model name {self.entropy_model!r} must be 1 to "
-                           f"{_MAX_NAME_BYTES} ASCII characters")
+      raise BitstreamError(
+        f"entropy-model name {self.entropy_model!r} must be 1 to {_MAX_NAME_BYTES} ASCII characters"
+      )
     try:
       if len(bytes.fromhex(self.fingerprint)) != FINGERPRINT_BYTES:
         raise ValueError
     except ValueError:
-      raise BitstreamError(f"fingerprint {self.fingerprint!r} must be "
-                           f"{2 * FINGERPRINT_BYTES} hex characters") from None
+      raise BitstreamError(
+        f"fingerprint {self.fingerprint!r} must be {2 * FINGERPRINT_BYTES} hex characters"
+      ) from None
     for what, value in (("height", self.height), ("width", self.width)):
       if not 1 <= value < 2**32:
         raise BitstreamError(f"image {what} {value} is outside 1..{2**32 - 1}")
@@ -124,10 +90,14 @@ class Bitstream:
       raise BitstreamError(f"{len(self.strings)} strings; a .cbx file holds 1 to {_MAX_STRINGS}")
     if any(len(s) >= 2**32 for s in self.strings):
       raise BitstreamError("a string longer than 4 GiB cannot be stored")
-    if self.checks is not None and (len(self.checks) != len(self.strings) or any(
-        len(c) != SYMBOL_CHECK_BYTES for c in self.checks)):
-      raise BitstreamError(f"{len(self.strings)} strings need as many symbol checks of "
-                           f"{SYMBOL_CHECK_BYTES} bytes, got {[len(c) for c in self.checks]}")
+    if self.checks is not None and (
+      len(self.checks) != len(self.strings)
+      or any(len(c) != SYMBOL_CHECK_BYTES for c in self.checks)
+    ):
+      raise BitstreamError(
+        f"{len(self.strings)} strings need as many symbol checks of "
+        f"{SYMBOL_CHECK_BYTES} bytes, got {[len(c) for c in self.checks]}"
+      )
 
   @property
   def num_pixels(self):
@@ -140,8 +110,14 @@ class Bitstream:
 
   def to_bytes(self):
     name = self.entropy_model.encode("ascii")
-    parts = [MAGIC, bytes([self.version, len(name)]), name, bytes.fromhex(self.fingerprint),
-             _SIZE.pack(self.height, self.width), bytes([len(self.strings)])]
+    parts = [
+      MAGIC,
+      bytes([self.version, len(name)]),
+      name,
+      bytes.fromhex(self.fingerprint),
+      _SIZE.pack(self.height, self.width),
+      bytes([len(self.strings)]),
+    ]
     parts += [_LENGTH.pack(len(s)) for s in self.strings]
     parts += self.checks or ()
     parts += self.strings
@@ -157,7 +133,7 @@ class Bitstream:
     _check_crc(zlib.crc32(view[:body_end]), data[body_end:])
     strings, offset = [], header.size
     for length in header.lengths:
-      strings.append(data[offset:offset + length])
+      strings.append(data[offset : offset + length])
       offset += length
     return header.stream(strings)
 
@@ -165,6 +141,7 @@ class Bitstream:
 @dataclasses.dataclass(frozen=True)
 class Header:
   """What a .cbx header announces (values not yet validated: the checksum comes first)."""
+
   name: bytes
   fingerprint: bytes
   height: int
@@ -188,17 +165,21 @@ class Header:
       if MAGIC.startswith(data):
         raise BitstreamError(f"truncated: {len(data)} bytes, too short for a .cbx header")
       raise BitstreamError("not a .cbx file (wrong magic bytes)")
-    if data[:len(MAGIC)] != MAGIC:
-      raise BitstreamError(f"not a .cbx file (wrong magic bytes {data[:len(MAGIC)]!r}, "
-                           f"expected {MAGIC!r})")
+    if data[: len(MAGIC)] != MAGIC:
+      raise BitstreamError(
+        f"not a .cbx file (wrong magic bytes {data[: len(MAGIC)]!r}, expected {MAGIC!r})"
+      )
     version = data[len(MAGIC)]
     readable = " and ".join(map(str, READ_VERSIONS))
     if version > max(READ_VERSIONS):
-      raise BitstreamError(f"format version {version} is newer than this reader "
-                           f"(reads versions {readable}); update cbexp")
+      raise BitstreamError(
+        f"format version {version} is newer than this reader "
+        f"(reads versions {readable}); update cbexp"
+      )
     if version not in READ_VERSIONS:
-      raise BitstreamError(f"unknown format version {version} (this reader reads versions "
-                           f"{readable})")
+      raise BitstreamError(
+        f"unknown format version {version} (this reader reads versions {readable})"
+      )
 
     # Layout first (every read bounds-checked), then the checksum, then the values' meaning.
     reader = _Reader(data, start=len(MAGIC) + 1, file_size=file_size)
@@ -206,19 +187,34 @@ class Header:
     fingerprint = reader.take(FINGERPRINT_BYTES, "model fingerprint")
     height, width = _SIZE.unpack(reader.take(_SIZE.size, "image size"))
     count = reader.byte()
-    lengths = tuple(_LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0]
-                    for _ in range(count))
-    checks = (tuple(reader.take(SYMBOL_CHECK_BYTES, "symbol checks") for _ in range(count))
-              if version >= 2 else None)
-    header = cls(name=name, fingerprint=fingerprint, height=height, width=width,
-                 lengths=lengths, size=reader.offset, checks=checks)
+    lengths = tuple(
+      _LENGTH.unpack(reader.take(_LENGTH.size, "string lengths"))[0] for _ in range(count)
+    )
+    checks = (
+      tuple(reader.take(SYMBOL_CHECK_BYTES, "symbol checks") for _ in range(count))
+      if version >= 2
+      else None
+    )
+    header = cls(
+      name=name,
+      fingerprint=fingerprint,
+      height=height,
+      width=width,
+      lengths=lengths,
+      size=reader.offset,
+      checks=checks,
+    )
     expected_size = header.file_size
     if file_size < expected_size:
-      raise BitstreamError(f"truncated or corrupted: the header announces {expected_size} "
-                           f"bytes, the file has {file_size}")
+      raise BitstreamError(
+        f"truncated or corrupted: the header announces {expected_size} "
+        f"bytes, the file has {file_size}"
+      )
     if file_size > expected_size:
-      raise BitstreamError(f"corrupted: the header announces {expected_size} bytes, the file "
-                           f"has {file_size} (trailing data)")
+      raise BitstreamError(
+        f"corrupted: the header announces {expected_size} bytes, the file "
+        f"has {file_size} (trailing data)"
+      )
     return header
 
   def stream(self, strings):
@@ -227,8 +223,14 @@ class Header:
       name = self.name.decode("ascii")
     except UnicodeDecodeError:
       raise BitstreamError("corrupted header: entropy-model name is not ASCII") from None
-    return Bitstream(entropy_model=name, fingerprint=self.fingerprint.hex(), height=self.height,
-                     width=self.width, strings=tuple(strings), checks=self.checks)
+    return Bitstream(
+      entropy_model=name,
+      fingerprint=self.fingerprint.hex(),
+      height=self.height,
+      width=self.width,
+      strings=tuple(strings),
+      checks=self.checks,
+    )
 
 
 def _check_crc(computed, stored):
@@ -247,9 +249,10 @@ class _Reader:
   def take(self, size, what):
     end = self.offset + size
     if end > len(self.data):
-      raise BitstreamError(f"truncated: the file ends inside the {what} "
-                           f"(at byte {self.file_size} of at least {end})")
-    chunk = self.data[self.offset:end]
+      raise BitstreamError(
+        f"truncated: the file ends inside the {what} (at byte {self.file_size} of at least {end})"
+      )
+    chunk = self.data[self.offset : end]
     self.offset = end
     return chunk
 

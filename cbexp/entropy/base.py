@@ -1,32 +1,18 @@
-"""What every entropy model provides, and the conditional Gaussian they all code y with.
+"""The entropy-model contract (``EntropyModel``) and the conditional Gaussian that codes y.
 
-An entropy model codes the latent ``y`` given the decoded hyperprior ``z_hat``. It owns everything
-that turns ``z_hat`` (and already decoded parts of ``y``) into means and scales: its hyper-synthesis
-transform(s), context model, entropy-parameter networks and latent residual prediction (LRP).
-The shared parts (g_a, g_s, h_a, the factorized prior on z) live in ``cbexp.model``.
-
-The three methods mirror each other, in the style of CompressAI's latent codecs:
-
-* ``call(y, z_hat, training)`` -> ``LatentOutput``: the training forward pass. ``bits`` is the
-  rate of the noisy latents when ``training`` is true, the information content of the quantized
-  latents otherwise (the *estimated* rate, to compare with the real strings).
-* ``compress(y, z_hat)`` -> ``(strings, y_hat)``: real range-coded strings (``num_strings`` of
-  them, each of shape ``[batch]``) plus the reconstruction the decoder will produce.
-* ``decompress(strings, z_hat, y_shape)`` -> ``y_hat``, bit-identical to the encoder's.
-  Every string is verified (``verify_strings``): the decoded symbols are coded again and must
-  give back exactly the string, so corrupt, crafted, truncated or padded strings, and strings of
-  another model or numeric environment, are refused instead of decoding to a wrong image.
-
-To add an entropy model: one module in ``cbexp/entropy/`` with a subclass of ``EntropyModel``,
-and one file ``conf/entropy/<name>.yaml`` whose ``_target_`` names the class. Nothing else.
+An entropy model codes the latent y given the decoded hyperprior z_hat; the shared parts (g_a,
+g_s, h_a, the prior on z) are ``cbexp.models.compression``'s. Adding one takes a module in
+``cbexp/entropy/`` and a ``conf/entropy/<name>.yaml`` naming its class: the benchmark, the MAC
+counts and the conformance matrix read everything else from the ``EntropyModel`` interface.
 """
+
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
-
 
 STRINGS_MISMATCH = "range-coded strings do not match their decoded symbols"
 # Bits a string may hold beyond 8 * its length: what tfc's encoder leaves out at the end (the
@@ -37,7 +23,32 @@ MIN_RANGE_BITS = 16
 # Relative margin for rounding in the float64 cost sums: each term's logarithm is within a few
 # ulps and a sum of n positive terms within n ulps of the total, so below 2**-20 of it for any
 # n < 2**30 symbols per string.
-COST_ROUNDING = 2. ** -20
+COST_ROUNDING = 2.0**-20
+NOT_BUILT = (
+  "are not built: call model.build_coders() after training or restoring weights, "
+  "before compress/decompress"
+)
+
+
+def require_built(value, what="range-coding tables"):
+  """``value`` (a coder, tables, networks built by ``build_coders``), or the error that says how
+  to build it when it is None."""
+  if value is None:
+    raise RuntimeError(f"{what} {NOT_BUILT}")
+  return value
+
+
+def scale_table_fn(num_scales, scale_min, scale_max):
+  """The scale of scale index i: log-spaced from scale_min (i = 0) to scale_max (num_scales - 1)."""
+  offset = tf.math.log(float(scale_min))
+  factor = (tf.math.log(float(scale_max)) - offset) / (int(num_scales) - 1)
+  return lambda i: tf.math.exp(offset + factor * i)
+
+
+def round_scale_indexes(scale_indexes, num_scales):
+  """The integer scale indexes the range coder uses: rounded (tfc itself would truncate towards
+  zero) and clipped to the table."""
+  return tf.clip_by_value(tf.round(scale_indexes), 0.0, num_scales - 1.0)
 
 
 @dataclasses.dataclass
@@ -46,6 +57,7 @@ class CoderTables:
   row r is ``cdf[r, :lengths[r]]``, 0 ... 2**precision, the last interval being the escape
   symbol (values outside the table: Elias gamma code and a sign bit after it); it starts at
   ``starts[r]`` in the coder's flat ``cdf`` variable."""
+
   precision: int
   cdf: np.ndarray  # [rows, max length] int64, zero-padded
   lengths: np.ndarray  # [rows]
@@ -59,8 +71,8 @@ def coder_tables(coder):
   rows, starts, start = [], [], 0
   while start < len(flat):
     precision = abs(int(flat[start]))
-    end = start + 1 + int(np.argmax(flat[start + 1:] == 1 << precision))  # first 2**p
-    rows.append((precision, flat[start + 1:end + 1]))
+    end = start + 1 + int(np.argmax(flat[start + 1 :] == 1 << precision))  # first 2**p
+    rows.append((precision, flat[start + 1 : end + 1]))
     starts.append(start + 1)
     start = end + 1
     while start < len(flat) and flat[start] == 1 << precision:  # trailing padding
@@ -70,20 +82,16 @@ def coder_tables(coder):
   lengths = np.array([len(c) for _, c in rows])
   cdf = np.zeros([len(rows), lengths.max()], np.int64)
   for r, (_, c) in enumerate(rows):
-    cdf[r, :len(c)] = c
+    cdf[r, : len(c)] = c
   return CoderTables(rows[0][0], cdf, lengths, coder.cdf_offset.numpy(), np.array(starts))
 
 
 def gamma_bits(gamma):
   """Bits of tfc's overflow code for an escaped value (Elias gamma of ``gamma`` >= 1 and a sign
-  bit): 2 * (floor(log2 gamma) + 1)."""
-  return 2. * (np.floor(np.log2(np.maximum(gamma, 1))) + 1.)
-
-
-def _bit_length(n):
-  """floor(log2 n) + 1 of int32 n >= 1, exactly: the exponent field of n as a float64."""
-  exponent = tf.bitwise.right_shift(tf.bitcast(tf.cast(n, tf.float64), tf.int64), 52) - 1023
-  return tf.cast(exponent + 1, tf.float64)
+  bit): 2 * (floor(log2 gamma) + 1), exactly (the exponent field of gamma as a float64)."""
+  gamma = tf.cast(tf.maximum(gamma, 1), tf.float64)
+  exponent = tf.bitwise.right_shift(tf.bitcast(gamma, tf.int64), 52) - 1023
+  return 2.0 * tf.cast(exponent + 1, tf.float64)
 
 
 class CodingCost:
@@ -115,13 +123,12 @@ class CodingCost:
     overflow = (symbols < 0) | (symbols >= escape)
     at = tf.gather(self._starts, rows) + tf.where(overflow, escape, symbols)
     mass = tf.cast(tf.gather(self._cdf, at + 1) - tf.gather(self._cdf, at), tf.float64)
-    slack = 2. ** (self._precision - MIN_RANGE_BITS)
-    log2 = lambda x: tf.math.log(x) / tf.math.log(tf.constant(2., tf.float64))
+    slack = 2.0 ** (self._precision - MIN_RANGE_BITS)
+    log2 = lambda x: tf.math.log(x) / tf.math.log(tf.constant(2.0, tf.float64))
     bits = self._precision - log2(mass + slack)
     gamma = tf.where(symbols < 0, -symbols, symbols - escape + 1)
-    per_escape_bit = 1. - math.log2(1. + 2. ** (1 - MIN_RANGE_BITS))  # precision 1, mass 1
-    escape_bits = 2. * _bit_length(tf.maximum(gamma, 1)) * per_escape_bit
-    bits += tf.where(overflow, escape_bits, tf.zeros_like(bits))
+    per_escape_bit = 1.0 - math.log2(1.0 + 2.0 ** (1 - MIN_RANGE_BITS))  # precision 1, mass 1
+    bits += tf.where(overflow, gamma_bits(gamma) * per_escape_bit, tf.zeros_like(bits))
     return tf.reduce_sum(tf.reshape(bits, [tf.shape(bits)[0], -1]), axis=-1)
 
 
@@ -138,19 +145,19 @@ def verify_strings(decoded, strings, recoded, bits, finalized=None):
   wrote is exactly what coding its decoded symbols again gives, and holds their cost; anything
   else fails here (tf.errors.InvalidArgumentError naming STRINGS_MISMATCH; cbexp.codec turns it
   into one line). Costs one range encoding and a table look-up per symbol."""
-  capacity = 8. * tf.cast(tf.strings.length(strings), tf.float64) + TRAILING_ZEROS_BITS
-  bits = tf.cast(bits, tf.float64) * (1. - COST_ROUNDING)
-  checks = [tf.debugging.assert_equal(recoded, strings, message=STRINGS_MISMATCH, summarize=0),
-            tf.debugging.assert_less_equal(bits, capacity, message=STRINGS_MISMATCH,
-                                           summarize=0)]
+  capacity = 8.0 * tf.cast(tf.strings.length(strings), tf.float64) + TRAILING_ZEROS_BITS
+  bits = tf.cast(bits, tf.float64) * (1.0 - COST_ROUNDING)
+  checks = [
+    tf.debugging.assert_equal(recoded, strings, message=STRINGS_MISMATCH, summarize=0),
+    tf.debugging.assert_less_equal(bits, capacity, message=STRINGS_MISMATCH, summarize=0),
+  ]
   if finalized is not None:
-    checks.append(tf.debugging.assert_equal(finalized, True, message=STRINGS_MISMATCH,
-                                            summarize=0))
+    checks.append(tf.debugging.assert_equal(finalized, True, message=STRINGS_MISMATCH, summarize=0))
   with tf.control_dependencies(checks):
     return tf.identity(decoded)
 
 
-# Bytes of the symbol check of one string (GaussianConditional.symbol_check, cbexp.bitstream).
+# Bytes of the symbol check of one string (GaussianConditional.symbol_check, cbexp.codec.bitstream).
 SYMBOL_CHECK_BYTES = 4
 
 
@@ -159,6 +166,47 @@ class _CheckLog:
 
   def __init__(self):
     self.checks = []
+
+
+@dataclasses.dataclass
+class CodingRecord:
+  """What the range coder coded for one string (tensors of the graph that coded it)."""
+
+  indexes: tf.Tensor  # the coded table index of every symbol (the rounded scale index)
+  symbols: tf.Tensor  # the coded integers, relative to the mean: round(y - mean)
+  means: tf.Tensor  # the mean each symbol was coded with
+  teacher: tf.Tensor  # what a teacher-forced decoder reconstructs this string from
+
+  def tensors(self):
+    """(indexes, symbols, means, teacher): e.g. a tf.function's outputs."""
+    return self.indexes, self.symbols, self.means, self.teacher
+
+
+class CodingRecorder:
+  """Records what an entropy model's range coder codes, string by string, and may steer its
+  decoder; ``EntropyModel.recording`` installs it (cbexp.evaluation.conformance uses it).
+
+  The coding steps call ``record`` once per string, in string order, while they run or are
+  traced (the records are then tensors of that graph). ``index_offset`` is added to the
+  decoder's scale indexes (a deliberately broken decoder). ``teacher``: one tensor per string
+  (the encoder's ``CodingRecord.teacher``); the decoder then reconstructs each string from it
+  instead of range decoding, with its own entropy parameters, so that one index computed
+  otherwise cannot desynchronise the rest. A plain object: no checkpoint dependency."""
+
+  def __init__(self, index_offset=0.0, teacher=None):
+    self.index_offset = float(index_offset)
+    self.teacher = None if teacher is None else list(teacher)
+    self.records = []
+
+  def record(self, indexes, symbols, means, teacher=None):
+    """``teacher``: what the decoder needs instead of the string (default: the symbols)."""
+    self.records.append(
+      CodingRecord(indexes, symbols, means, symbols if teacher is None else teacher)
+    )
+
+  def next_teacher(self):
+    """The teacher of the string about to be decoded, None without teacher forcing."""
+    return None if self.teacher is None else self.teacher[len(self.records)]
 
 
 @dataclasses.dataclass
@@ -171,24 +219,29 @@ class GaussianConditional(tf.Module):
   """Quantized Gaussian with a mean and a scale *index* into a fixed log-spaced scale table.
 
   Wraps tfc.LocationScaleIndexedEntropyModel. Training uses the indexes continuously; range
-  coding needs integer indexes: we round them (tfc itself would truncate towards zero), and the
-  estimated rate of ``rate(..., training=False)`` uses the same rounded indexes when
-  ``coded_indexes=True`` so that estimate and string length are about the same thing.
+  coding needs integer indexes: we round them (``coded_indexes``), and the estimated rate of
+  ``rate(..., training=False)`` uses the same rounded indexes so that estimate and string
+  length are about the same thing. Every string coded through ``compress``/``decompress``
+  reports its symbol check (``record_check``) and, while a ``CodingRecorder`` is installed
+  (``recorder``), what it coded.
   """
 
-  def __init__(self, num_scales=64, scale_min=0.11, scale_max=256.):
+  def __init__(self, num_scales=64, scale_min=0.11, scale_max=256.0):
     super().__init__(name="gaussian_conditional")
     self.num_scales = int(num_scales)
-    offset = tf.math.log(float(scale_min))
-    factor = (tf.math.log(float(scale_max)) - offset) / (self.num_scales - 1)
-    self._scale_fn = lambda i: tf.math.exp(offset + factor * i)
+    self._scale_fn = scale_table_fn(self.num_scales, scale_min, scale_max)
     self._training_model = self._make(compression=False)
     self._coding_model = None
+    self.recorder = None
 
   def _make(self, compression):
     return tfc.LocationScaleIndexedEntropyModel(
-        tfc.NoisyNormal, num_scales=self.num_scales, scale_fn=self._scale_fn, coding_rank=3,
-        compression=compression)
+      tfc.NoisyNormal,
+      num_scales=self.num_scales,
+      scale_fn=self._scale_fn,
+      coding_rank=3,
+      compression=compression,
+    )
 
   def build_coder(self):
     """Builds the range-coding tables (they depend only on the fixed scale table)."""
@@ -198,14 +251,11 @@ class GaussianConditional(tf.Module):
 
   @property
   def coder(self):
-    if self._coding_model is None:
-      raise RuntimeError("range-coding tables are not built: call model.build_coders() "
-                         "after training or restoring weights, before compress/decompress")
-    return self._coding_model
+    return require_built(self._coding_model)
 
   def coded_indexes(self, scale_indexes):
     """The integer indexes the range coder uses (rounded, clipped to the table)."""
-    return tf.clip_by_value(tf.round(scale_indexes), 0., self.num_scales - 1.)
+    return round_scale_indexes(scale_indexes, self.num_scales)
 
   def rate(self, y, scale_indexes, loc, training):
     """Bits per image: noisy-y upper bound when training, information content otherwise."""
@@ -219,25 +269,40 @@ class GaussianConditional(tf.Module):
     return self._training_model.quantize(y, loc=loc)
 
   def compress(self, y, scale_indexes, loc):
-    """The string of y; records its symbol check (``record_check``)."""
+    """The string of y; records its symbol check and, if recording, what it codes."""
     indexes = self.coded_indexes(scale_indexes)
-    self.record_check(tf.round(y - loc))  # the symbols tfc codes: round(y - loc)
+    symbols = tf.round(y - loc)  # the symbols tfc codes
+    self.record_check(symbols)
+    if self.recorder is not None:
+      self.recorder.record(indexes, symbols, loc)
     return self.coder.compress(y, indexes, loc=loc)
 
   def decompress(self, strings, scale_indexes, loc):
     """The decoded values; the strings are verified (``verify_strings``) and their symbol check
-    recorded (``record_check``)."""
+    recorded (``record_check``). While a ``CodingRecorder`` is installed, its index offset and
+    teacher apply and what was decoded is recorded."""
+    recorder = self.recorder
+    if recorder is not None:
+      scale_indexes = scale_indexes + recorder.index_offset
+      teacher = recorder.next_teacher()
+      if teacher is not None:  # the encoder's symbols, with this decoder's means
+        values = teacher + loc
+        recorder.record(self.coded_indexes(scale_indexes), tf.round(values - loc), loc)
+        return values
     indexes = self.coded_indexes(scale_indexes)
     values = self.coder.decompress(strings, indexes, loc=loc)
     rows = tf.cast(indexes, tf.int32)
     decoded = tf.round(values - loc)  # the decoded symbols, as compress computed them
     symbols = tf.cast(decoded, tf.int32) - tf.gather(self._cost.offsets, rows)
-    values = verify_strings(values, strings, self.coder.compress(values, indexes, loc=loc),
-                            self._cost(symbols, rows))
+    values = verify_strings(
+      values, strings, self.coder.compress(values, indexes, loc=loc), self._cost(symbols, rows)
+    )
     self.record_check(decoded)
+    if recorder is not None:
+      recorder.record(indexes, decoded, loc)
     return values
 
-  # --- the symbol check of each string (.cbx format 2, cbexp.bitstream) ------------------------
+  # --- the symbol check of each string (.cbx format 2, cbexp.codec.bitstream) -----------------
   @staticmethod
   def symbol_check(*parts):
     """uint8 [batch, SYMBOL_CHECK_BYTES]: the first bytes of tf.fingerprint (farmhash64) of
@@ -284,8 +349,8 @@ class GaussianConditional(tf.Module):
 
     * ``table``: bits under the range coder's own model, i.e. its quantized CDF tables
       (``range_coder_precision`` bits, so no in-table symbol costs more than that) plus, for a
-      symbol outside its table, the escape symbol and tfc's overflow code (Elias gamma of the
-      excess and a sign bit: 2 * (floor(log2 gamma) + 1) bits at 1 bit each).
+      symbol outside its table, the escape symbol and tfc's overflow code (``gamma_bits`` of
+      the excess, at 1 bit each).
     * ``gaussian``: the information content under the continuous Gaussian, what
       ``rate(..., training=False)`` sums (unbounded for outliers of a small scale).
     * ``overflow``: whether the symbol went through the escape code.
@@ -301,25 +366,64 @@ class GaussianConditional(tf.Module):
     overflow = (symbol < 0) | (symbol >= escape)
     coded = np.where(overflow, escape, symbol)
     rows = cdf[index]
-    mass = (np.take_along_axis(rows, (coded + 1)[..., None], -1)[..., 0]
-            - np.take_along_axis(rows, coded[..., None], -1)[..., 0])
+    mass = (
+      np.take_along_axis(rows, (coded + 1)[..., None], -1)[..., 0]
+      - np.take_along_axis(rows, coded[..., None], -1)[..., 0]
+    )
     gamma = np.where(symbol < 0, -symbol, symbol - escape + 1)
-    table = precision - np.log2(mass) + np.where(overflow, gamma_bits(gamma), 0.)
+    table = precision - np.log2(mass) + np.where(overflow, gamma_bits(gamma).numpy(), 0.0)
     scale = self._scale_fn(tf.cast(index, tf.float32))
-    gaussian = -tfc.NoisyNormal(loc=0., scale=scale).log_prob(value).numpy() / np.log(2.)
-    return {"table": table, "gaussian": gaussian, "overflow": overflow,
-            "table_probability": mass / 2. ** precision}
+    gaussian = -tfc.NoisyNormal(loc=0.0, scale=scale).log_prob(value).numpy() / np.log(2.0)
+    return {
+      "table": table,
+      "gaussian": gaussian,
+      "overflow": overflow,
+      "table_probability": mass / 2.0**precision,
+    }
 
   def table_bits(self, y, scale_indexes, loc):
     """Bits per image of y under the range coder's own model (its quantized tables and escape
     code, see ``symbol_bits``): what the real strings cost up to the coder's few bytes of
     termination. For diagnosing gaps between the Gaussian estimate and the real strings."""
-    return self.symbol_bits(y, scale_indexes, loc)["table"].reshape(
-        [np.shape(y)[0], -1]).sum(-1)
+    return self.symbol_bits(y, scale_indexes, loc)["table"].reshape([np.shape(y)[0], -1]).sum(-1)
+
+
+#: The stages ``EntropyModel.decode_stages`` names its work by (cbexp.evaluation.bench times
+#: each): range decoding, the hyper-synthesis, the entropy parameters (context models included),
+#: a serial loop in which those alternate inside one graph and cannot be timed apart, and the
+#: latent residual prediction.
+DECODE_STAGES = ("range_coding", "hyper_synthesis", "entropy_parameters", "serial_loop", "lrp")
+#: The stages ``EntropyModel.decode_macs`` counts (cbexp.evaluation.complexity).
+MAC_STAGES = ("hyper_synthesis", "context", "entropy_parameters", "lrp")
+
+
+def call_stage(name, fn, *args):
+  """The ``stage`` of a plain decode (``EntropyModel.decompress``): fn(*args)."""
+  del name
+  return fn(*args)
 
 
 class EntropyModel(tf.keras.layers.Layer):
-  """Base class: codes y given z_hat. See the module docstring for the contract."""
+  """Codes y given z_hat. Subclasses implement, in the style of CompressAI's latent codecs:
+
+  * ``call(y, z_hat, training)`` -> ``LatentOutput``: the training forward pass. ``bits`` is
+    the rate of the noisy latents when ``training`` is true, the information content of the
+    quantized latents otherwise (the *estimated* rate, to compare with the real strings).
+  * ``compress(y, z_hat)`` -> ``(strings, y_hat)``: real range-coded strings (``num_strings``
+    of them, each of shape ``[batch]``) plus the reconstruction the decoder will produce.
+  * ``decode_stages(strings, z_hat, y_shape, stage)`` -> ``y_hat``, bit-identical to the
+    encoder's: the decoder, each piece of its work run as ``stage(name, fn, *args)``.
+    ``decompress`` is this with ``call_stage``. Every string is verified
+    (``verify_strings``), so corrupt, crafted, truncated or padded strings, and strings of
+    another model or numeric environment, are refused instead of decoding to a wrong image.
+  * ``decode_macs(latent_hw, z_hw)``: the decoder's multiply-accumulates per stage.
+  * ``parameter_groups()``: {component: layers}, for the parameter breakdown.
+
+  Coding through ``self.gaussian`` (``GaussianConditional.compress``/``decompress``, once per
+  string, in string order) gives the symbol checks of .cbx files and the conformance records
+  (``recording``) for free; a model that codes otherwise calls ``gaussian.record_check`` and
+  the installed ``gaussian.recorder`` itself.
+  """
 
   #: number of strings ``compress`` returns for y (the z string is the model's, not counted here)
   num_strings = 1
@@ -327,6 +431,7 @@ class EntropyModel(tf.keras.layers.Layer):
   def __init__(self, latent_depth, scale_table, numerics="float", name=None, **kwargs):
     super().__init__(name=name, **kwargs)
     from cbexp.entropy.exact import check_numerics
+
     self.latent_depth = int(latent_depth)
     self.gaussian = GaussianConditional(**scale_table)
     # "float": compress/decompress use the layers themselves. "exact": integer versions of every
@@ -339,6 +444,7 @@ class EntropyModel(tf.keras.layers.Layer):
     self.gaussian.build_coder()
     if self.numerics == "exact":
       from cbexp.entropy.exact import exact_networks
+
       self._exact_networks = exact_networks(self)  # a snapshot of the current weights
 
   def coding_networks(self):
@@ -347,10 +453,7 @@ class EntropyModel(tf.keras.layers.Layer):
     has the same attribute names."""
     if self.numerics == "float":
       return self
-    if self._exact_networks is None:
-      raise RuntimeError("exact networks are not built: call model.build_coders() after "
-                         "training or restoring weights, before compress/decompress")
-    return self._exact_networks
+    return require_built(self._exact_networks, "exact networks")
 
   #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
   #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run
@@ -362,6 +465,7 @@ class EntropyModel(tf.keras.layers.Layer):
     """Decoder-side precision of the LRP (``self.lrp``) when ``lrp_outside_entropy_loop``;
     ``CompressionModel.set_decode_precision`` calls it. float32 is the layer itself."""
     from cbexp.models.precision import MaterializedTransform, check_precision
+
     reduced = check_precision(precision) != "float32" and self.lrp_outside_entropy_loop
     # A plain object (kernels snapshot): no checkpoint dependency. Rebuilt by build_coders.
     self._decoding_lrp = MaterializedTransform(self.lrp, precision) if reduced else None
@@ -375,8 +479,17 @@ class EntropyModel(tf.keras.layers.Layer):
     lrp = self.decoding_lrp() if decoding else self.lrp
     return 0.5 * tf.math.tanh(lrp(lrp_input))
 
+  @contextlib.contextmanager
+  def recording(self, recorder):
+    """Installs ``recorder`` (a ``CodingRecorder``) for the coding traced or run inside."""
+    saved, self.gaussian.recorder = self.gaussian.recorder, recorder
+    try:
+      yield recorder
+    finally:
+      self.gaussian.recorder = saved
+
   def parameter_groups(self):
-    """{component name: list of layers}; used by ``cbexp.summary`` for the breakdown.
+    """{component name: list of layers}; used by ``cbexp.evaluation.size`` for the breakdown.
     Names starting with ``hyper_synthesis`` count as hyper transforms."""
     raise NotImplementedError
 
@@ -387,4 +500,18 @@ class EntropyModel(tf.keras.layers.Layer):
     raise NotImplementedError
 
   def decompress(self, strings, z_hat, y_shape):
+    return self.decode_stages(strings, z_hat, y_shape, call_stage)
+
+  def decode_stages(self, strings, z_hat, y_shape, stage):
+    """The decoder (-> y_hat), each piece of its work run as ``stage(name, fn, *args)``, which
+    returns ``fn(*args)``; ``name`` is one of DECODE_STAGES. cbexp.evaluation.bench runs each
+    call as a tf.function of its own, timed, and keys them by call order: calls must come in
+    the same order on every decode, and ``fn`` may capture layers and Python values but takes
+    every tensor it reads from ``args`` (``strings`` holds one [batch] tensor per string)."""
+    raise NotImplementedError
+
+  def decode_macs(self, latent_hw, z_hw):
+    """{stage: multiply-accumulates} of the decoder on a latent grid ``latent_hw`` (z grid
+    ``z_hw``), stages among MAC_STAGES (absent ones count 0). The encoder does the same work.
+    Counted as the implementation computes (cbexp.evaluation.complexity)."""
     raise NotImplementedError

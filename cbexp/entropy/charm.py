@@ -1,20 +1,12 @@
 """Channel-wise autoregressive entropy model, ChARM (Minnen & Singh, ICIP 2020), as in
-tensorflow-compression's ``models/ms2020.py``.
-
-y is split into ``num_slices`` slices along channels. Slice i is conditioned on the hyper
-features and on the first min(i, max_support_slices) decoded slices:
-  mean  = cc_mean_i(concat[hyper_means, support])
-  index = cc_scale_i(concat[hyper_scales, support])      (a scale *index*, not a scale)
-  y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
-One string per slice, decoded slice by slice.
-
-``ChannelSlices`` holds what ChARM and charm_checkerboard share: the two hyper-synthesis paths,
-the channel context's inputs (hyper features + support slices) and the LRP.
+tensorflow-compression's ``models/ms2020.py``; ``ChannelSlices`` holds what ChARM and
+charm_checkerboard share.
 """
+
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
 class ChannelSlices:
@@ -24,9 +16,11 @@ class ChannelSlices:
 
   def _make_hyper_paths(self, hyper_synthesis_filters, latent_depth):
     self.hyper_synthesis_mean = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean")
+      hyper_synthesis_filters, latent_depth, name="hyper_synthesis_mean"
+    )
     self.hyper_synthesis_scale = HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+      hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale"
+    )
 
   # ``nets``: the networks computing the entropy parameters, the model itself (training,
   # float numerics) or ``coding_networks()`` (compress/decompress: float or exact numerics).
@@ -36,13 +30,15 @@ class ChannelSlices:
 
   def _support(self, decoded):
     # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
-    return decoded if self.max_support_slices < 0 else decoded[:self.max_support_slices]
+    return decoded if self.max_support_slices < 0 else decoded[: self.max_support_slices]
 
   def _channel_context_inputs(self, hyper_means, hyper_scales, decoded):
     """-> (mean support, scale support): each hyper path with the support slices."""
     support = self._support(decoded)
-    return (tf.concat([hyper_means] + support, axis=-1),
-            tf.concat([hyper_scales] + support, axis=-1))
+    return (
+      tf.concat([hyper_means] + support, axis=-1),
+      tf.concat([hyper_scales] + support, axis=-1),
+    )
 
   @property
   def slice_residual(self):
@@ -53,31 +49,71 @@ class ChannelSlices:
     residual = (nets or self).slice_residual[i](tf.concat([mean_support, y_hat_slice], axis=-1))
     return y_hat_slice + residual
 
+  def _hyper_stage(self, z_hat, nets, stage):
+    """The decoder's first stage: both hyper-synthesis paths."""
+    return stage("hyper_synthesis", lambda z: self._hyper_features(z, nets), z_hat)
+
+  def _shared_macs(self, latent_hw, z_hw):
+    """{stage: MACs} of the hyper paths, and of the per-slice transforms ``cc_mean``,
+    ``cc_scale`` (entropy parameters) and ``lrp``."""
+    hyper = sum(
+      transform_macs(path, *z_hw)
+      for path in (self.hyper_synthesis_mean, self.hyper_synthesis_scale)
+    )
+    slices = sum(transform_macs(t, *latent_hw) for t in self.cc_mean + self.cc_scale)
+    lrp = sum(transform_macs(t, *latent_hw) for t in self.lrp)
+    return {"hyper_synthesis": hyper, "entropy_parameters": slices, "lrp": lrp}
+
 
 class CharmEntropyModel(ChannelSlices, EntropyModel):
+  """y is split into ``num_slices`` slices along channels. Slice i is conditioned on the hyper
+  features and on the first min(i, max_support_slices) decoded slices:
+    mean  = cc_mean_i(concat[hyper_means, support])
+    index = cc_scale_i(concat[hyper_scales, support])      (a scale *index*, not a scale)
+    y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
+  One string per slice, decoded slice by slice.
 
-  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
-               hidden_filters=(224, 128), num_slices=10, max_support_slices=5,
-               numerics="float", name="charm"):
+  ``ChannelSlices`` holds what ChARM and charm_checkerboard share: the two hyper-synthesis paths,
+  the channel context's inputs (hyper features + support slices) and the LRP.
+  """
+
+  def __init__(
+    self,
+    latent_depth,
+    hyper_synthesis_filters,
+    scale_table,
+    hidden_filters=(224, 128),
+    num_slices=10,
+    max_support_slices=5,
+    numerics="float",
+    name="charm",
+  ):
     super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     if latent_depth % num_slices:
-      raise ValueError(f"charm: num_slices={num_slices} does not divide "
-                       f"latent_depth={latent_depth}")
+      raise ValueError(
+        f"charm: num_slices={num_slices} does not divide latent_depth={latent_depth}"
+      )
     self.num_slices = int(num_slices)
     self.num_strings = self.num_slices
     self.max_support_slices = int(max_support_slices)
     slice_depth = latent_depth // num_slices
     self._make_hyper_paths(hyper_synthesis_filters, latent_depth)
-    self.cc_mean = [SliceTransform(hidden_filters, slice_depth, name=f"cc_mean_{i}")
-                    for i in range(num_slices)]
-    self.cc_scale = [SliceTransform(hidden_filters, slice_depth, name=f"cc_scale_{i}")
-                     for i in range(num_slices)]
-    self.lrp = [SliceTransform(hidden_filters, slice_depth, name=f"lrp_{i}")
-                for i in range(num_slices)]
+    self.cc_mean = [
+      SliceTransform(hidden_filters, slice_depth, name=f"cc_mean_{i}") for i in range(num_slices)
+    ]
+    self.cc_scale = [
+      SliceTransform(hidden_filters, slice_depth, name=f"cc_scale_{i}") for i in range(num_slices)
+    ]
+    self.lrp = [
+      SliceTransform(hidden_filters, slice_depth, name=f"lrp_{i}") for i in range(num_slices)
+    ]
 
   def parameter_groups(self):
-    return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
-            "slice_mean_scale": self.cc_mean + self.cc_scale, "lrp": self.lrp}
+    return {
+      "hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
+      "slice_mean_scale": self.cc_mean + self.cc_scale,
+      "lrp": self.lrp,
+    }
 
   def _slice_params(self, i, hyper_means, hyper_scales, decoded, nets=None):
     nets = nets or self
@@ -86,7 +122,7 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
 
   def call(self, y, z_hat, training):
     hyper_means, hyper_scales = self._hyper_features(z_hat)
-    decoded, bits = [], 0.
+    decoded, bits = [], 0.0
     for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
       mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
       bits += self.gaussian.rate(y_slice, scale_index, mean, training)
@@ -98,19 +134,32 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
     hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
     decoded, strings = [], []
     for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
-      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded,
-                                                           nets)
+      mean, scale_index, mean_support = self._slice_params(
+        i, hyper_means, hyper_scales, decoded, nets
+      )
       strings.append(self.gaussian.compress(y_slice, scale_index, mean))
       decoded.append(self._with_residual(i, mean_support, tf.round(y_slice - mean) + mean, nets))
     return strings, tf.concat(decoded, axis=-1)
 
-  def decompress(self, strings, z_hat, y_shape):
+  def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
-    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
+    hyper_means, hyper_scales = self._hyper_stage(z_hat, nets, stage)
     decoded = []
     for i in range(self.num_slices):
-      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded,
-                                                           nets)
-      y_hat_slice = self.gaussian.decompress(strings[i], scale_index, mean)
-      decoded.append(self._with_residual(i, mean_support, y_hat_slice, nets))
+      mean, scale_index, mean_support = stage(
+        "entropy_parameters",
+        lambda hm, hs, dec, i=i: self._slice_params(i, hm, hs, dec, nets),
+        hyper_means,
+        hyper_scales,
+        list(decoded),
+      )
+      y_hat_slice = stage("range_coding", self.gaussian.decompress, strings[i], scale_index, mean)
+      decoded.append(
+        stage(
+          "lrp", lambda s, y, i=i: self._with_residual(i, s, y, nets), mean_support, y_hat_slice
+        )
+      )
     return tf.concat(decoded, axis=-1)
+
+  def decode_macs(self, latent_hw, z_hw):
+    return self._shared_macs(latent_hw, z_hw)

@@ -1,26 +1,18 @@
 """Channel slices with a checkerboard inside each slice (the spatial-channel context of ELIC,
 He et al. CVPR 2022) on the ms2020 transforms: ChARM's slices and slice transforms, plus a
 checkerboard pass pair per slice.
-
-For slice i (depth d_i; uneven sizes from config, e.g. 16, 16, 32, 64, 192 for M = 320):
-  channel context: mean_feat  = cc_mean_i(concat[hyper_means, support])       (d_i channels)
-                   scale_feat = cc_scale_i(concat[hyper_scales, support])      (d_i channels)
-  pass 1, anchors:     params = g_ep_i(concat[mean_feat, scale_feat], context = 0)
-  pass 2, non-anchors: context = g_cm_i(decoded anchors of slice i only)   (5x5 checkerboard mask,
-                                 computed at the non-anchors only: ``context_positions``)
-                       params = g_ep_i(concat[mean_feat, scale_feat], context)
-  y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
-``support`` is the first min(i, max_support_slices) decoded slices (all earlier ones when
-max_support_slices < 0), LRP included, as in ChARM. g_ep_i is 1x1 layers only (the shared
-``EntropyParameters``); training quantizes each slice's anchors first (ELIC's two-step), exactly
-like the checkerboard model. Two strings per slice: anchors, non-anchors.
 """
+
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.charm import ChannelSlices
-from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
-                                  split_checkerboard)
+from cbexp.entropy.layers import (
+  CheckerboardContext,
+  EntropyParameters,
+  merge_checkerboard,
+  split_checkerboard,
+)
 from cbexp.models.transforms import SliceTransform
 
 
@@ -34,41 +26,81 @@ def resolve_slices(slices, latent_depth):
   total = sum(slices)
   scaled = [s * latent_depth // total for s in slices]
   if any(s * latent_depth % total for s in slices) or min(scaled) < 1:
-    raise ValueError(f"charm_checkerboard: slices {slices} (sum {total}) cannot be scaled to "
-                     f"latent_depth={latent_depth} in whole channels; give slices summing to "
-                     f"{latent_depth}")
+    raise ValueError(
+      f"charm_checkerboard: slices {slices} (sum {total}) cannot be scaled to "
+      f"latent_depth={latent_depth} in whole channels; give slices summing to "
+      f"{latent_depth}"
+    )
   return scaled
 
 
 class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
+  """For slice i (depth d_i; uneven sizes from config, e.g. 16, 16, 32, 64, 192 for M = 320):
+    channel context: mean_feat  = cc_mean_i(concat[hyper_means, support])       (d_i channels)
+                     scale_feat = cc_scale_i(concat[hyper_scales, support])      (d_i channels)
+    pass 1, anchors:     params = g_ep_i(concat[mean_feat, scale_feat], context = 0)
+    pass 2, non-anchors: context = g_cm_i(decoded anchors of slice i only)   (5x5 checkerboard mask,
+                                   computed at the non-anchors only: ``context_positions``)
+                         params = g_ep_i(concat[mean_feat, scale_feat], context)
+    y_hat_i = round(y_i - mean) + mean + 0.5 * tanh(lrp_i(concat[hyper_means, support, y_hat_i]))
+  ``support`` is the first min(i, max_support_slices) decoded slices (all earlier ones when
+  max_support_slices < 0), LRP included, as in ChARM. g_ep_i is 1x1 layers only (the shared
+  ``EntropyParameters``); training quantizes each slice's anchors first (ELIC's two-step), exactly
+  like the checkerboard model. Two strings per slice: anchors, non-anchors.
+  """
 
-  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
-               slices=(16, 16, 32, 64, 192), max_support_slices=-1, hidden_filters=(224, 128),
-               param_widths=(3, 2), context_multiplier=2, context_positions="full_grid",
-               numerics="float", name="charm_checkerboard"):
+  def __init__(
+    self,
+    latent_depth,
+    hyper_synthesis_filters,
+    scale_table,
+    slices=(16, 16, 32, 64, 192),
+    max_support_slices=-1,
+    hidden_filters=(224, 128),
+    param_widths=(3, 2),
+    context_multiplier=2,
+    context_positions="full_grid",
+    numerics="float",
+    name="charm_checkerboard",
+  ):
     super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.slices = resolve_slices(slices, self.latent_depth)
     self.num_strings = 2 * len(self.slices)
     self.max_support_slices = int(max_support_slices)
     self._make_hyper_paths(hyper_synthesis_filters, latent_depth)
-    self.cc_mean, self.cc_scale, self.context_models, self.entropy_parameters, self.lrp = \
-        [], [], [], [], []
+    self.cc_mean, self.cc_scale, self.context_models, self.entropy_parameters, self.lrp = (
+      [],
+      [],
+      [],
+      [],
+      [],
+    )
     for i, depth in enumerate(self.slices):
       self.cc_mean.append(SliceTransform(hidden_filters, depth, name=f"cc_mean_{i}"))
       self.cc_scale.append(SliceTransform(hidden_filters, depth, name=f"cc_scale_{i}"))
-      self.context_models.append(CheckerboardContext(context_multiplier * depth,
-                                                     positions=context_positions,
-                                                     name=f"context_model_{i}"))
-      self.entropy_parameters.append(EntropyParameters(
-          [w * depth for w in param_widths], depth, with_context=True,
-          name=f"entropy_parameters_{i}"))
+      self.context_models.append(
+        CheckerboardContext(
+          context_multiplier * depth, positions=context_positions, name=f"context_model_{i}"
+        )
+      )
+      self.entropy_parameters.append(
+        EntropyParameters(
+          [w * depth for w in param_widths],
+          depth,
+          with_context=True,
+          name=f"entropy_parameters_{i}",
+        )
+      )
       self.lrp.append(SliceTransform(hidden_filters, depth, name=f"lrp_{i}"))
 
   def parameter_groups(self):
-    return {"hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
-            "slice_mean_scale": self.cc_mean + self.cc_scale,
-            "context_model": self.context_models,
-            "entropy_parameters": self.entropy_parameters, "lrp": self.lrp}
+    return {
+      "hyper_synthesis": [self.hyper_synthesis_mean, self.hyper_synthesis_scale],
+      "slice_mean_scale": self.cc_mean + self.cc_scale,
+      "context_model": self.context_models,
+      "entropy_parameters": self.entropy_parameters,
+      "lrp": self.lrp,
+    }
 
   # Shared by training, compress and decompress (same ops, same shapes). ``nets``: the model
   # itself (training, float numerics) or ``coding_networks()`` (float or exact numerics).
@@ -82,21 +114,22 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
 
   def _non_anchor_params(self, i, anchors_hat, features_n, nets=None):
     nets = nets or self
-    return nets.entropy_parameters[i](features_n,
-                                       nets.context_models[i](anchors_hat))
+    return nets.entropy_parameters[i](features_n, nets.context_models[i](anchors_hat))
 
   def call(self, y, z_hat, training):
     hyper_means, hyper_scales = self._hyper_features(z_hat)
-    decoded, bits = [], 0.
+    decoded, bits = [], 0.0
     for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
       features_a, features_n, mean_support = self._channel_features(
-          i, hyper_means, hyper_scales, decoded)
+        i, hyper_means, hyper_scales, decoded
+      )
       y_a, y_n = split_checkerboard(y_slice)
       mean_a, index_a = self.entropy_parameters[i](features_a)
       y_hat_a = self.gaussian.quantize(y_a, mean_a)  # step one: anchors quantized first
       mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
-      bits += (self.gaussian.rate(y_a, index_a, mean_a, training)
-               + self.gaussian.rate(y_n, index_n, mean_n, training))
+      bits += self.gaussian.rate(y_a, index_a, mean_a, training) + self.gaussian.rate(
+        y_n, index_n, mean_n, training
+      )
       y_hat_n = self.gaussian.quantize(y_n, mean_n)
       decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
     return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
@@ -109,7 +142,8 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
     decoded, coded = [], []
     for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
       features_a, features_n, mean_support = self._channel_features(
-          i, hyper_means, hyper_scales, decoded, nets)
+        i, hyper_means, hyper_scales, decoded, nets
+      )
       y_a, y_n = split_checkerboard(y_slice)
       mean_a, index_a = nets.entropy_parameters[i](features_a)
       coded.append(code(y_a, index_a, mean_a))
@@ -117,8 +151,9 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
       mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n, nets)
       coded.append(code(y_n, index_n, mean_n))
       y_hat_n = tf.round(y_n - mean_n) + mean_n
-      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n),
-                                         nets))
+      decoded.append(
+        self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n), nets)
+      )
     return coded, tf.concat(decoded, axis=-1)
 
   def compress(self, y, z_hat):
@@ -131,17 +166,50 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
     the Gaussian estimate, per string."""
     return self._encode(y, z_hat, self.gaussian.symbol_bits)[0]
 
-  def decompress(self, strings, z_hat, y_shape):
+  def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
-    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
+    hyper_means, hyper_scales = self._hyper_stage(z_hat, nets, stage)
     decoded = []
     for i in range(len(self.slices)):
-      features_a, features_n, mean_support = self._channel_features(
-          i, hyper_means, hyper_scales, decoded, nets)
-      mean_a, index_a = nets.entropy_parameters[i](features_a)
-      y_hat_a = self.gaussian.decompress(strings[2 * i], index_a, mean_a)  # pass 1
-      mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n, nets)
-      y_hat_n = self.gaussian.decompress(strings[2 * i + 1], index_n, mean_n)  # pass 2
-      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n),
-                                         nets))
+      features_a, features_n, mean_support = stage(
+        "entropy_parameters",
+        lambda hm, hs, dec, i=i: self._channel_features(i, hm, hs, dec, nets),
+        hyper_means,
+        hyper_scales,
+        list(decoded),
+      )
+      mean_a, index_a = stage("entropy_parameters", nets.entropy_parameters[i], features_a)
+      y_hat_a = stage(
+        "range_coding", self.gaussian.decompress, strings[2 * i], index_a, mean_a
+      )  # pass 1
+      mean_n, index_n = stage(
+        "entropy_parameters",
+        lambda y_a, f, i=i: self._non_anchor_params(i, y_a, f, nets),
+        y_hat_a,
+        features_n,
+      )
+      y_hat_n = stage(
+        "range_coding", self.gaussian.decompress, strings[2 * i + 1], index_n, mean_n
+      )  # pass 2
+      decoded.append(
+        stage(
+          "lrp",
+          lambda s, y_a, y_n, i=i: self._with_residual(i, s, merge_checkerboard(y_a, y_n), nets),
+          mean_support,
+          y_hat_a,
+          y_hat_n,
+        )
+      )
     return tf.concat(decoded, axis=-1)
+
+  def decode_macs(self, latent_hw, z_hw):
+    """Per slice, besides ChARM's transforms: g_ep on the anchors (hyper part only), then on the
+    non-anchors with the slice's checkerboard context."""
+    macs = self._shared_macs(latent_hw, z_hw)
+    positions = latent_hw[0] * latent_hw[1]
+    macs["context"] = sum(context.macs(positions) for context in self.context_models)
+    macs["entropy_parameters"] += sum(
+      ep.macs(positions // 2, with_context=False) + ep.macs(positions // 2, with_context=True)
+      for ep in self.entropy_parameters
+    )
+    return macs

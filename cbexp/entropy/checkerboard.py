@@ -1,53 +1,81 @@
-"""Checkerboard context model (He et al., CVPR 2021) on the ms2020 transforms, with LRP.
-
-Two passes over the latent grid (``cbexp.entropy.layers`` defines the partition):
-  pass 1, anchors:     params = g_ep(hyper, context = 0)          -> code the anchors
-  pass 2, non-anchors: context = g_cm(decoded anchors only)
-                       params = g_ep(hyper, context)              -> code the non-anchors
-then y_hat += 0.5 * tanh(lrp(hyper)). Training mimics this exactly (ELIC's two-step encoding,
-He et al. CVPR 2022 section 6.1): anchors are quantized with their pass-1 means *before* the
-context is computed, so the network never sees a context the decoder cannot reproduce.
-
-Two like-for-like switches (both off by default: the published 26.4M model) move it towards ms2020
-one difference at a time, so that a comparison with ChARM can separate context from the rest:
-  two_hyper_paths: a second hyper-synthesis (as ChARM's mean and scale paths); g_ep sees
-                   concat[mean path, scale path], LRP the mean path (ChARM's LRP sees hyper_means).
-  lrp_on_y_hat:    LRP conditioned on concat[hyper, y_hat] (before the residual) as in ms2020.
-``context_positions`` (conf: "coded") computes the context only at the non-anchors
-(``cbexp.entropy.layers.CheckerboardContext``); "full_grid", the default for model directories
-saved before the option, is the masked convolution over the whole grid.
+"""Checkerboard context model (He et al., CVPR 2021) on the ms2020 transforms, with LRP: two
+passes over the latent grid, anchors first, then the non-anchors with a context from the decoded
+anchors.
 """
+
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
-from cbexp.entropy.layers import (CheckerboardContext, EntropyParameters, merge_checkerboard,
-                                  split_checkerboard)
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform
+from cbexp.entropy.layers import (
+  CheckerboardContext,
+  EntropyParameters,
+  merge_checkerboard,
+  split_checkerboard,
+)
+from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
 class CheckerboardEntropyModel(EntropyModel):
+  """Two passes over the latent grid (``cbexp.entropy.layers`` defines the partition):
+    pass 1, anchors:     params = g_ep(hyper, context = 0)          -> code the anchors
+    pass 2, non-anchors: context = g_cm(decoded anchors only)
+                         params = g_ep(hyper, context)              -> code the non-anchors
+  then y_hat += 0.5 * tanh(lrp(hyper)). Training mimics this exactly (ELIC's two-step encoding,
+  He et al. CVPR 2022 section 6.1): anchors are quantized with their pass-1 means *before* the
+  context is computed, so the network never sees a context the decoder cannot reproduce.
+
+  Two like-for-like switches (both off by default: the published 26.4M model) move it towards
+  ms2020 one difference at a time, so that a comparison with ChARM can separate context from the
+  rest:
+    two_hyper_paths: a second hyper-synthesis (as ChARM's mean and scale paths); g_ep sees
+                     concat[mean path, scale path], LRP the mean path (ChARM's LRP sees
+                     hyper_means).
+    lrp_on_y_hat:    LRP conditioned on concat[hyper, y_hat] (before the residual) as in ms2020.
+  ``context_positions`` (conf: "coded") computes the context only at the non-anchors
+  (``cbexp.entropy.layers.CheckerboardContext``); "full_grid", the default for model directories
+  saved before the option, is the masked convolution over the whole grid.
+  """
+
   num_strings = 2  # anchors, non-anchors
   lrp_outside_entropy_loop = True  # LRP sees the hyper features (and y_hat), nothing sees LRP
 
-  def __init__(self, latent_depth, hyper_synthesis_filters, scale_table,
-               hidden_filters=(224, 128), param_widths=(3, 2), context_multiplier=2,
-               two_hyper_paths=False, lrp_on_y_hat=False, context_positions="full_grid",
-               numerics="float", name="checkerboard"):
+  def __init__(
+    self,
+    latent_depth,
+    hyper_synthesis_filters,
+    scale_table,
+    hidden_filters=(224, 128),
+    param_widths=(3, 2),
+    context_multiplier=2,
+    two_hyper_paths=False,
+    lrp_on_y_hat=False,
+    context_positions="full_grid",
+    numerics="float",
+    name="checkerboard",
+  ):
     super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
-    self.hyper_synthesis_scale = (HyperSynthesisTransform(
-        hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
-                                  if two_hyper_paths else None)
+    self.hyper_synthesis_scale = (
+      HyperSynthesisTransform(hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+      if two_hyper_paths
+      else None
+    )
     self.lrp_on_y_hat = bool(lrp_on_y_hat)
-    self.context_model = CheckerboardContext(context_multiplier * latent_depth,
-                                             positions=context_positions, name="context_model")
+    self.context_model = CheckerboardContext(
+      context_multiplier * latent_depth, positions=context_positions, name="context_model"
+    )
     self.entropy_parameters = EntropyParameters(
-        [w * latent_depth for w in param_widths], latent_depth, with_context=True)
+      [w * latent_depth for w in param_widths], latent_depth, with_context=True
+    )
     self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
 
   def parameter_groups(self):
-    groups = {"hyper_synthesis": [self.hyper_synthesis], "context_model": [self.context_model],
-              "entropy_parameters": [self.entropy_parameters], "lrp": [self.lrp]}
+    groups = {
+      "hyper_synthesis": [self.hyper_synthesis],
+      "context_model": [self.context_model],
+      "entropy_parameters": [self.entropy_parameters],
+      "lrp": [self.lrp],
+    }
     if self.hyper_synthesis_scale is not None:
       groups["hyper_synthesis_scale"] = [self.hyper_synthesis_scale]
     return groups
@@ -84,8 +112,9 @@ class CheckerboardEntropyModel(EntropyModel):
     mean_a, index_a = self._anchor_params(hyper_a)
     y_hat_a = self.gaussian.quantize(y_a, mean_a)  # step one: anchors quantized first
     mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n)
-    bits = (self.gaussian.rate(y_a, index_a, mean_a, training)
-            + self.gaussian.rate(y_n, index_n, mean_n, training))
+    bits = self.gaussian.rate(y_a, index_a, mean_a, training) + self.gaussian.rate(
+      y_n, index_n, mean_n, training
+    )
     y_hat_n = self.gaussian.quantize(y_n, mean_n)
     y_hat = merge_checkerboard(y_hat_a, y_hat_n)
     y_hat += self._residual(hyper_lrp, y_hat)
@@ -106,13 +135,37 @@ class CheckerboardEntropyModel(EntropyModel):
     y_hat += self._residual(hyper_lrp, y_hat)
     return [string_a, string_n], y_hat
 
-  def decompress(self, strings, z_hat, y_shape):
+  def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
-    hyper, hyper_lrp = self._hyper(z_hat, nets)
-    hyper_a, hyper_n = split_checkerboard(hyper)
-    mean_a, index_a = self._anchor_params(hyper_a, nets)
-    y_hat_a = self.gaussian.decompress(strings[0], index_a, mean_a)  # pass 1
-    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n, nets)
-    y_hat_n = self.gaussian.decompress(strings[1], index_n, mean_n)  # pass 2
-    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
-    return y_hat + self._residual(hyper_lrp, y_hat, decoding=True)
+
+    def hyper_paths(z):
+      hyper, hyper_lrp = self._hyper(z, nets)
+      return split_checkerboard(hyper) + (hyper_lrp,)
+
+    def residual(y_hat_a, y_hat_n, hyper_lrp):
+      y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+      return y_hat + self._residual(hyper_lrp, y_hat, decoding=True)
+
+    hyper_a, hyper_n, hyper_lrp = stage("hyper_synthesis", hyper_paths, z_hat)
+    mean_a, index_a = stage("entropy_parameters", lambda h: self._anchor_params(h, nets), hyper_a)
+    y_hat_a = stage("range_coding", self.gaussian.decompress, strings[0], index_a, mean_a)
+    mean_n, index_n = stage(
+      "entropy_parameters", lambda y, h: self._non_anchor_params(y, h, nets), y_hat_a, hyper_n
+    )
+    y_hat_n = stage("range_coding", self.gaussian.decompress, strings[1], index_n, mean_n)
+    return stage("lrp", residual, y_hat_a, y_hat_n, hyper_lrp)
+
+  def decode_macs(self, latent_hw, z_hw):
+    """g_ep on the anchors (the hyper part only: their context is exactly zero, not computed),
+    then on the non-anchors with the context."""
+    positions = latent_hw[0] * latent_hw[1]
+    paths = [p for p in (self.hyper_synthesis, self.hyper_synthesis_scale) if p is not None]
+    ep = self.entropy_parameters
+    return {
+      "hyper_synthesis": sum(transform_macs(path, *z_hw) for path in paths),
+      "context": self.context_model.macs(positions),
+      "entropy_parameters": (
+        ep.macs(positions // 2, with_context=False) + ep.macs(positions // 2, with_context=True)
+      ),
+      "lrp": transform_macs(self.lrp, *latent_hw),
+    }

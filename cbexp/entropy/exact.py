@@ -1,50 +1,10 @@
 """The exact entropy path (``entropy.numerics=exact``): integer versions of every network whose
 output decides a coded symbol, so that encoder and decoder compute bit-identical means and scale
-indexes on any machine, thread count, oneDNN setting or instruction set.
-
-Why: in float32 the entropy parameters depend on the summation order (threads, oneDNN, AVX2 vs
-AVX-512, a GPU). One scale index on the other side of an integer or one mean moving a symbol's
-rounding desynchronises the range decoder, and the rest of the image is garbage.
-
-How (a post-training conversion: no calibration data, no training change):
-
-* Weights are quantized per output channel c to integers ``|w_q| <= 2**(WEIGHT_BITS - 1)`` with
-  a power-of-two scale ``2**-s_c``.
-* Activations are integers ``|a| <= 2**ACT_BITS`` times one power-of-two step per tensor. The
-  step is chosen per image and layer from the tensor's own largest magnitude (``requantize``):
-  a maximum of integers and comparisons with powers of two, exact operations, so encoder and
-  decoder choose the same step from the same integers. Every tensor uses its full range, with
-  no calibration set and no clamp.
-* Convolutions and dense layers run in **float32** on these integers. float32 holds every
-  integer up to 2**24 exactly, so a sum of integer products is exact, in any order, as long as
-  every partial sum stays within 2**24. The proof is made once per layer, when the network is
-  built (``channel_groups``): the input channels are split into contiguous groups with
-  ``sum |w_q| * 2**ACT_BITS <= 2**24`` over each group's taps, for every output channel. Each
-  group is one float32 convolution (exact, whatever order, threads, blocking or vector width
-  the library uses); the group sums are added in float64 (exact). A layer whose single input
-  channel already breaks the bound raises ``ExactRangeError``. (Algorithms that transform the
-  operands with non-integer constants, Winograd or FFT convolutions, would not be exact; the
-  CPU libraries TensorFlow uses compute direct or GEMM convolutions, and the integer ops are
-  pinned to the CPU.)
-* The bias is put on the accumulator's grid per image (a power-of-two scaling and a rounding,
-  elementwise in float64: the same on every IEEE machine); requantization to the next layer's
-  step is a power-of-two scaling and a rounding (half to even); ReLU is exact.
-* A network's outputs (means, scale indexes, the LRP) are requantized to ``OUT_BITS`` and
-  returned as float32 (exact: ``2**OUT_BITS < 2**24``).
-* ChARM-style models feed the LRP's ``0.5 * tanh`` into the next slices: it is looked up in a table
-  over ``2**-TANH_INDEX_BITS`` steps, computed once in float64 and rounded to ``2**-TANH_BITS``;
-  ``tanh_table`` checks that no entry lies within 1e-9 (of an output step) of a rounding
-  boundary, so every machine's libm builds the same table.
-
-The first version of this path held 15-bit weights and 32-bit activations in float64: exact too,
-but float64 convolutions run on Eigen, about 6x slower than oneDNN's float32 ones on this CPU, and
-ChARM's exact decode took 2.55x the float decode; with grouped float32 products it takes 1.12x,
-at -0.013 % BD-rate (``experiments/results/exact/``).
-
-Training, ``call`` and the estimated rate stay float; only ``compress``/``decompress`` use the
-networks built here (``EntropyModel.coding_networks``). They are snapshots of the weights: plain
-objects (no checkpoint dependencies), rebuilt by ``build_coders``.
+indexes on any machine, thread count, oneDNN setting or instruction set, where float32 results
+depend on the summation order. ``exact_networks`` converts a trained model's weights (no
+calibration data, no training change); training and the estimated rate stay float.
 """
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
@@ -52,14 +12,14 @@ import tensorflow_compression as tfc
 from cbexp.models.precision import MaterializedTransform
 
 NUMERICS = ("float", "exact")
-# The integer scheme's version, part of an exact model's fingerprint (cbexp.export.fingerprint).
-# 1: 15-bit weights, 32-bit activations on a fixed 2**-10 grid, float64 products (the previous
-# stop). 2: the scheme below.
+# The integer scheme's version, part of an exact model's fingerprint
+# (cbexp.codec.savedmodel.fingerprint), so that files of another scheme are refused. 1: 15-bit
+# weights, 32-bit activations on a fixed 2**-10 grid, float64 products; 2: this module's.
 EXACT_SCHEME = 2
 WEIGHT_BITS = 8  # |w_q| <= 2**7 per output channel (with the sign: 8 bits)
 ACT_BITS = 10  # |a| <= 2**10 between layers: 11 bits with the sign
 OUT_BITS = 22  # a network's outputs: |a| <= 2**22, exact in float32
-FLOAT32_EXACT = 2 ** 24  # float32 holds every integer up to this exactly
+FLOAT32_EXACT = 2**24  # float32 holds every integer up to this exactly
 # The exponents ``floor_log2`` tells apart: up to float64's largest, so every finite peak gets
 # its own (|a| <= 2**bits holds for every finite input); a peak below 2**MIN_EXPONENT is taken
 # as 2**MIN_EXPONENT, which keeps steps and values far from float32's subnormals.
@@ -79,7 +39,7 @@ def check_numerics(numerics):
   return numerics
 
 
-_POWERS = np.ldexp(1., np.arange(MIN_EXPONENT, MAX_EXPONENT + 1))
+_POWERS = np.ldexp(1.0, np.arange(MIN_EXPONENT, MAX_EXPONENT + 1))
 
 
 def floor_log2(m):
@@ -108,7 +68,7 @@ def requantize(u, step, bits):
 
 def to_fixed(x, bits=ACT_BITS):
   """float -> (integers |a| <= 2**bits as float64, step): the network's input on its grid."""
-  return requantize(tf.cast(x, tf.float64), tf.constant(1., tf.float64), bits)
+  return requantize(tf.cast(x, tf.float64), tf.constant(1.0, tf.float64), bits)
 
 
 def to_float(a, step):
@@ -135,17 +95,19 @@ def channel_groups(kernels, name):
   kernels [..., in, out] reading the same input). Partial sums of products of such weights with
   activations |a| <= 2**ACT_BITS then stay within 2**24 in any order: exact in float32.
   Raises ExactRangeError when one input channel alone exceeds it."""
-  budget = FLOAT32_EXACT // 2 ** ACT_BITS
+  budget = FLOAT32_EXACT // 2**ACT_BITS
   # [in, out]: per input channel, the largest over the kernels of sum over taps of |w_q|
-  per_channel = np.max([np.abs(k).reshape(-1, k.shape[-2], k.shape[-1]).sum(0)
-                        for k in kernels], axis=0)
+  per_channel = np.max(
+    [np.abs(k).reshape(-1, k.shape[-2], k.shape[-1]).sum(0) for k in kernels], axis=0
+  )
   groups, start, total = [], 0, np.zeros(per_channel.shape[1])
   for channel, weights in enumerate(per_channel):
     if weights.max() > budget:
       raise ExactRangeError(
-          f"exact numerics: layer {name} cannot be computed exactly in float32: input channel "
-          f"{channel} alone sums {weights.max():.0f} |w_q| > 2**24 / 2**{ACT_BITS} (too many "
-          f"taps for {WEIGHT_BITS}-bit weights)")
+        f"exact numerics: layer {name} cannot be computed exactly in float32: input channel "
+        f"{channel} alone sums {weights.max():.0f} |w_q| > 2**24 / 2**{ACT_BITS} (too many "
+        f"taps for {WEIGHT_BITS}-bit weights)"
+      )
     if (total + weights).max() > budget:
       groups.append((start, channel))
       start, total = channel, np.zeros_like(total)
@@ -167,9 +129,11 @@ def _plain_kernel(layer):
   (its last bits may differ between machines, and then a rounded integer weight would)."""
   if not isinstance(layer.kernel_parameter, tf.Variable):
     kind = type(layer.kernel_parameter).__name__
-    raise ValueError(f"exact numerics: layer {layer.name} has a {kind} kernel (computed, "
-                     f"machine-dependent); only "
-                     f"kernel_parameter='variable' layers can be quantized exactly")
+    raise ValueError(
+      f"exact numerics: layer {layer.name} has a {kind} kernel (computed, "
+      f"machine-dependent); only "
+      f"kernel_parameter='variable' layers can be quantized exactly"
+    )
   return layer.kernel_parameter.numpy()
 
 
@@ -184,13 +148,17 @@ class IntegerLayer:
     self.name = name
     self._apply = apply
     self.groups = channel_groups(kernels, name)
-    self._kernels = [[tf.constant(k[..., start:stop, :], tf.float32) for k in kernels]
-                     for start, stop in self.groups]
+    self._kernels = [
+      [tf.constant(k[..., start:stop, :], tf.float32) for k in kernels]
+      for start, stop in self.groups
+    ]
     shift = np.asarray(shift).astype(np.int32)
-    self._scale = tf.constant(np.ldexp(1., -shift), tf.float64)  # w = w_q * 2**-s_c
+    self._scale = tf.constant(np.ldexp(1.0, -shift), tf.float64)  # w = w_q * 2**-s_c
     # The bias in the accumulator's units (times 2**s_c), rounded per image to its grid.
-    self._bias = tf.constant(np.ldexp(np.zeros(len(shift)) if bias is None
-                                      else np.asarray(bias, np.float64), shift), tf.float64)
+    self._bias = tf.constant(
+      np.ldexp(np.zeros(len(shift)) if bias is None else np.asarray(bias, np.float64), shift),
+      tf.float64,
+    )
     self._relu = relu
 
   def accumulate(self, a):
@@ -202,8 +170,12 @@ class IntegerLayer:
       if len(self.groups) == 1:
         return tf.cast(self._apply(a, self._kernels[0]), tf.float64)
       parts = tf.split(a, [stop - start for start, stop in self.groups], axis=-1)
-      return tf.add_n([tf.cast(self._apply(part, kernels), tf.float64)
-                       for part, kernels in zip(parts, self._kernels)])
+      return tf.add_n(
+        [
+          tf.cast(self._apply(part, kernels), tf.float64)
+          for part, kernels in zip(parts, self._kernels)
+        ]
+      )
 
   def finish(self, acc, step, bits=ACT_BITS):
     """Accumulator (input step ``step``) -> (integers |a| <= 2**bits, their step): ``requantize``
@@ -212,10 +184,11 @@ class IntegerLayer:
       acc += tf.round(self._bias / step)  # step is a power of two: the division is exact
       axes = list(range(len(acc.shape) - 1))
       if self._relu:  # the largest output after ReLU (>= 0)
-        peak = tf.maximum(tf.reduce_max(tf.reduce_max(acc, axes) * self._scale), 0.)
+        peak = tf.maximum(tf.reduce_max(tf.reduce_max(acc, axes) * self._scale), 0.0)
       else:
-        peak = tf.reduce_max(tf.maximum(tf.reduce_max(acc, axes), -tf.reduce_min(acc, axes))
-                             * self._scale)
+        peak = tf.reduce_max(
+          tf.maximum(tf.reduce_max(acc, axes), -tf.reduce_min(acc, axes)) * self._scale
+        )
       shift = bits - 1 - floor_log2(peak)
       # Powers of two times integers: exact, so the same as scaling first and rounding after.
       a = tf.round(acc * (self._scale * power_of_two(shift)))
@@ -238,8 +211,8 @@ def _run(layers, x):
 class ExactTransform:
   """Integer version of a Sequential of tfc.SignalConv2D layers (the hyper-synthesis and the
   slice transforms: transposed upsampling or stride-1 convolutions, ReLU or no activation),
-  with tfc's "same_zeros" geometry (``cbexp.precision.MaterializedTransform``). Called on float32
-  real values, returns float32 values on a power-of-two grid (``OUT_BITS``)."""
+  with tfc's "same_zeros" geometry (``cbexp.models.precision.MaterializedTransform``). Called on
+  float32 real values, returns float32 values on a power-of-two grid (``OUT_BITS``)."""
 
   def __init__(self, transform):
     self.name = transform.name
@@ -251,8 +224,9 @@ class ExactTransform:
       spec = MaterializedTransform._materialize_conv(layer, tf.float64)  # geometry, flip
       relu = _is_relu(spec["activation"])
       if not relu and not _is_linear(spec["activation"]):
-        raise ValueError(f"exact numerics: {transform.name}/{layer.name}: only ReLU or no "
-                         f"activation")
+        raise ValueError(
+          f"exact numerics: {transform.name}/{layer.name}: only ReLU or no activation"
+        )
       kernel, shift = quantize_kernel(spec["kernel"].numpy())
       if spec["up"]:
         apply = lambda a, k, layer=layer: MaterializedTransform._transpose_conv(layer, a, k[0])
@@ -262,8 +236,9 @@ class ExactTransform:
       else:
         apply = lambda a, k, layer=layer: MaterializedTransform._correlate_down(layer, a, k[0])
       bias = spec["bias"].numpy() if spec["bias"] is not None else None
-      self.layers.append(IntegerLayer(f"{transform.name}/{layer.name}", apply, [kernel], shift,
-                                      bias, relu))
+      self.layers.append(
+        IntegerLayer(f"{transform.name}/{layer.name}", apply, [kernel], shift, bias, relu)
+      )
 
   def fixed(self, x):
     """-> (integers |a| <= 2**OUT_BITS as float64, step)."""
@@ -281,25 +256,35 @@ class ExactMaskedConv:
   fewer multiply-adds."""
 
   def __init__(self, layer):
-    from cbexp.entropy.layers import _non_anchor_taps
+    from cbexp.entropy.layers import non_anchor_taps
+
     if not _is_linear(layer.activation) or tuple(layer.strides) != (1, 1):
       raise ValueError(f"exact numerics: {layer.name}: only a linear stride-1 masked conv")
     k_q, shift = quantize_kernel((layer.kernel * layer.mask).numpy())
     bias = layer.bias.numpy() if layer.use_bias else None
-    self._full = IntegerLayer(f"{layer.name}/full_grid",
-                              lambda a, k: tf.nn.conv2d(a, k[0], 1, "SAME"),
-                              [k_q], shift, bias, relu=False)
+    self._full = IntegerLayer(
+      f"{layer.name}/full_grid",
+      lambda a, k: tf.nn.conv2d(a, k[0], 1, "SAME"),
+      [k_q],
+      shift,
+      bias,
+      relu=False,
+    )
     c_in, c_out = k_q.shape[2:]
     flat = k_q.reshape([25, c_in, c_out])
     flat = np.concatenate([flat, np.zeros_like(flat[:1])])  # index 25: no tap
     # [3, 3, 2 * c_in, c_out]: input channels ordered (grid, channel), as the stacked grids are
-    parity_kernels = [flat[_non_anchor_taps(p)].reshape([3, 3, 2 * c_in, c_out])
-                      for p in (0, 1)]
+    parity_kernels = [flat[non_anchor_taps(p)].reshape([3, 3, 2 * c_in, c_out]) for p in (0, 1)]
     self._coded = IntegerLayer(
-        layer.name,
-        lambda a, k: tf.concat([tf.nn.conv2d(a, k[0], 1, "SAME"),
-                                tf.nn.conv2d(a, k[1], 1, "SAME")], axis=2),
-        parity_kernels, shift, bias, relu=False)
+      layer.name,
+      lambda a, k: tf.concat(
+        [tf.nn.conv2d(a, k[0], 1, "SAME"), tf.nn.conv2d(a, k[1], 1, "SAME")], axis=2
+      ),
+      parity_kernels,
+      shift,
+      bias,
+      relu=False,
+    )
 
   def __call__(self, anchors):
     """Packed anchors -> the context at the non-anchors, packed like ``split_checkerboard``
@@ -311,6 +296,7 @@ class ExactMaskedConv:
   def full_grid(self, anchors):
     """The same values from the masked convolution over the whole (zero-filled) grid."""
     from cbexp.entropy.layers import merge_checkerboard, split_checkerboard
+
     a, step = to_fixed(anchors)
     acc = self._full.accumulate(merge_checkerboard(a, tf.zeros_like(a)))
     return to_float(*self._full.finish(split_checkerboard(acc)[1], step, OUT_BITS))
@@ -338,16 +324,18 @@ class ExactEntropyParameters:
     name = f"{ep.name}/layer_0"
     hyper_rows = first[0].shape[0]
     self._first_hyper = IntegerLayer(name, _dense, [kernel[:hyper_rows]], shift, bias, True)
-    self._first_both = (IntegerLayer(name, _dense, [kernel], shift, bias, True)
-                        if len(first) > 1 else None)
+    self._first_both = (
+      IntegerLayer(name, _dense, [kernel], shift, bias, True) if len(first) > 1 else None
+    )
     self._rest = []
     for layer in ep.hidden + [ep.out]:
       relu = _is_relu(layer.activation)
       if not relu and not _is_linear(layer.activation):
         raise ValueError(f"exact numerics: {ep.name}/{layer.name}: only ReLU or no activation")
       kernel, shift = quantize_kernel(layer.kernel.numpy())
-      self._rest.append(IntegerLayer(f"{ep.name}/{layer.name}", _dense, [kernel], shift,
-                                     layer.bias.numpy(), relu))
+      self._rest.append(
+        IntegerLayer(f"{ep.name}/{layer.name}", _dense, [kernel], shift, layer.bias.numpy(), relu)
+      )
 
   def __call__(self, hyper, context=None):
     if context is None:
@@ -363,13 +351,15 @@ def tanh_table():
   """0.5 * tanh(x) for x = k * 2**-TANH_INDEX_BITS, |x| <= TANH_RANGE, rounded to 2**-TANH_BITS,
   as float32. Raises if an entry lies within 1e-9 (in output steps) of a rounding boundary:
   then another libm's tanh could round it the other way."""
-  k = np.arange(-TANH_RANGE * 2 ** TANH_INDEX_BITS, TANH_RANGE * 2 ** TANH_INDEX_BITS + 1)
-  scaled = 0.5 * np.tanh(k * 2. ** -TANH_INDEX_BITS) * 2. ** TANH_BITS
+  k = np.arange(-TANH_RANGE * 2**TANH_INDEX_BITS, TANH_RANGE * 2**TANH_INDEX_BITS + 1)
+  scaled = 0.5 * np.tanh(k * 2.0**-TANH_INDEX_BITS) * 2.0**TANH_BITS
   distance = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5)
   if distance.min() < 1e-9:
-    raise RuntimeError(f"exact numerics: the tanh table has an entry within 1e-9 of a rounding "
-                       f"boundary (x = {k[np.argmin(distance)] * 2. ** -TANH_INDEX_BITS})")
-  return (np.round(scaled) * 2. ** -TANH_BITS).astype(np.float32)
+    raise RuntimeError(
+      f"exact numerics: the tanh table has an entry within 1e-9 of a rounding "
+      f"boundary (x = {k[np.argmin(distance)] * 2.0**-TANH_INDEX_BITS})"
+    )
+  return (np.round(scaled) * 2.0**-TANH_BITS).astype(np.float32)
 
 
 class ExactResidual:
@@ -381,9 +371,9 @@ class ExactResidual:
 
   def __call__(self, x):
     a, step = self._lrp.fixed(x)
-    limit = TANH_RANGE * 2 ** TANH_INDEX_BITS
+    limit = TANH_RANGE * 2**TANH_INDEX_BITS
     # The LRP's value on the table's grid: a power-of-two scaling and one rounding (exact ops).
-    k = tf.clip_by_value(tf.round(a * step * 2. ** TANH_INDEX_BITS), -limit, limit)
+    k = tf.clip_by_value(tf.round(a * step * 2.0**TANH_INDEX_BITS), -limit, limit)
     return tf.gather(self._table, tf.cast(k, tf.int32) + limit)
 
 
@@ -401,7 +391,41 @@ class ExactNetworks:
 
 
 def exact_networks(model):
-  """-> ExactNetworks for one of cbexp's entropy models (built from its current weights)."""
+  """-> ExactNetworks for one of cbexp's entropy models (built from its current weights).
+
+  How the integer networks compute:
+
+  * Weights are quantized per output channel c to integers ``|w_q| <= 2**(WEIGHT_BITS - 1)`` with
+    a power-of-two scale ``2**-s_c``.
+  * Activations are integers ``|a| <= 2**ACT_BITS`` times one power-of-two step per tensor. The
+    step is chosen per image and layer from the tensor's own largest magnitude (``requantize``):
+    a maximum of integers and comparisons with powers of two, exact operations, so encoder and
+    decoder choose the same step from the same integers. Every tensor uses its full range, with
+    no calibration set and no clamp.
+  * Convolutions and dense layers run in **float32** on these integers. float32 holds every
+    integer up to 2**24 exactly, so a sum of integer products is exact, in any order, as long as
+    every partial sum stays within 2**24. The proof is made once per layer, when the network is
+    built (``channel_groups``): the input channels are split into contiguous groups with
+    ``sum |w_q| * 2**ACT_BITS <= 2**24`` over each group's taps, for every output channel. Each
+    group is one float32 convolution (exact, whatever order, threads, blocking or vector width
+    the library uses); the group sums are added in float64 (exact). A layer whose single input
+    channel already breaks the bound raises ``ExactRangeError``. (Algorithms that transform the
+    operands with non-integer constants, Winograd or FFT convolutions, would not be exact; the
+    CPU libraries TensorFlow uses compute direct or GEMM convolutions, and the integer ops are
+    pinned to the CPU.)
+  * The bias is put on the accumulator's grid per image (a power-of-two scaling and a rounding,
+    elementwise in float64: the same on every IEEE machine); requantization to the next layer's
+    step is a power-of-two scaling and a rounding (half to even); ReLU is exact.
+  * A network's outputs (means, scale indexes, the LRP) are requantized to ``OUT_BITS`` and
+    returned as float32 (exact: ``2**OUT_BITS < 2**24``).
+  * ChARM-style models feed the LRP's ``0.5 * tanh`` into the next slices: it is looked up in a
+    table over ``2**-TANH_INDEX_BITS`` steps, computed once in float64 and rounded to
+    ``2**-TANH_BITS``; ``tanh_table`` checks that no entry lies within 1e-9 (of an output step)
+    of a rounding boundary, so every machine's libm builds the same table.
+
+  Only compress/decompress use them (``EntropyModel.coding_networks``). They are snapshots of
+  the weights: plain objects (no checkpoint dependencies), rebuilt by ``build_coders``.
+  """
   networks = {}
   for name in ("hyper_synthesis", "hyper_synthesis_scale", "hyper_synthesis_mean"):
     if getattr(model, name, None) is not None:

@@ -1,5 +1,6 @@
 """Small pieces the context models share: the checkerboard partition, the masked context
-convolution and the 1x1 entropy-parameter network."""
+convolution and the 1x1 entropy-parameter network, each with its multiply-accumulate count."""
+
 import numpy as np
 import tensorflow as tf
 
@@ -54,6 +55,11 @@ class MaskedConv2D(tf.keras.layers.Conv2D):
   def convolution_op(self, inputs, kernel):
     return super().convolution_op(inputs, kernel * self.mask)
 
+  def macs(self, positions):
+    """Multiply-accumulates at ``positions`` output positions: every tap, masked ones too."""
+    kh, kw, c_in, c_out = (int(d) for d in self.kernel.shape)
+    return positions * kh * kw * c_in * c_out
+
 
 # Where the non-anchor context is computed (``CheckerboardContext``): "coded", only at the
 # non-anchor positions pass 2 codes (2.8x fewer multiply-adds), or "full_grid", a masked 5x5
@@ -64,7 +70,7 @@ class MaskedConv2D(tf.keras.layers.Conv2D):
 CONTEXT_POSITIONS = ("coded", "full_grid")
 
 
-def _non_anchor_taps(parity):
+def non_anchor_taps(parity):
   """For the non-anchors of ``parity`` (0: (0,0) of each 2x2 block, 1: (1,1)), the 3x3 x 2
   correlation over the packed anchor grids [p01, p10] (``split_checkerboard``) that equals the
   5x5 checkerboard-masked correlation at those positions: an int array [3, 3, 2] of indexes into
@@ -100,16 +106,16 @@ class CheckerboardContext(MaskedConv2D):
 
   def __init__(self, filters, positions="full_grid", **kwargs):
     if positions not in CONTEXT_POSITIONS:
-      raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got "
-                       f"{positions!r}")
+      raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got {positions!r}")
     super().__init__(filters, checkerboard_context_mask(5), **kwargs)
     self.positions = positions
-    self._taps = [tf.constant(_non_anchor_taps(p)) for p in (0, 1)]
+    self._taps = [tf.constant(non_anchor_taps(p)) for p in (0, 1)]
 
   def call(self, anchors):
     if self.positions == "full_grid":
       _, context = split_checkerboard(
-          super().call(merge_checkerboard(anchors, tf.zeros_like(anchors))))
+        super().call(merge_checkerboard(anchors, tf.zeros_like(anchors)))
+      )
       return context
     # [p01 | p10] side by side (split_checkerboard's packing) -> stacked along channels.
     grids = tf.concat(tf.split(anchors, 2, axis=2), axis=-1)
@@ -119,9 +125,17 @@ class CheckerboardContext(MaskedConv2D):
     for taps in self._taps:
       k = tf.gather(kernel, taps)  # [3, 3, 2, C_in, C_out]
       k = tf.reshape(k, [3, 3, 2 * kernel.shape[1], self.filters])
-      contexts.append(tf.nn.bias_add(
-          tf.nn.conv2d(grids, k, strides=1, padding="SAME"), self.bias))
+      contexts.append(tf.nn.bias_add(tf.nn.conv2d(grids, k, strides=1, padding="SAME"), self.bias))
     return tf.concat(contexts, axis=2)  # [p00 | p11], as split_checkerboard packs them
+
+  def macs(self, positions):
+    """Multiply-accumulates on a latent grid of ``positions`` positions, as computed: "coded",
+    at each non-anchor (half the positions) a 3x3 correlation over the two packed anchor grids
+    (18 taps, 6 of them zero); "full_grid", the 5x5 masked convolution at every position."""
+    if self.positions == "full_grid":
+      return super().macs(positions)
+    _, _, c_in, c_out = (int(d) for d in self.kernel.shape)
+    return positions // 2 * 3 * 3 * 2 * c_in * c_out
 
 
 class EntropyParameters(tf.keras.layers.Layer):
@@ -137,10 +151,15 @@ class EntropyParameters(tf.keras.layers.Layer):
   def __init__(self, widths, latent_depth, with_context, name="entropy_parameters"):
     super().__init__(name=name)
     self.from_hyper = tf.keras.layers.Dense(widths[0], name="layer_0_hyper")
-    self.from_context = (tf.keras.layers.Dense(widths[0], use_bias=False, name="layer_0_context")
-                         if with_context else None)
-    self.hidden = [tf.keras.layers.Dense(w, activation=tf.nn.relu, name=f"layer_{i + 1}")
-                   for i, w in enumerate(widths[1:])]
+    self.from_context = (
+      tf.keras.layers.Dense(widths[0], use_bias=False, name="layer_0_context")
+      if with_context
+      else None
+    )
+    self.hidden = [
+      tf.keras.layers.Dense(w, activation=tf.nn.relu, name=f"layer_{i + 1}")
+      for i, w in enumerate(widths[1:])
+    ]
     self.out = tf.keras.layers.Dense(2 * latent_depth, name=f"layer_{len(widths)}")
 
   def call(self, hyper, context=None):
@@ -152,3 +171,15 @@ class EntropyParameters(tf.keras.layers.Layer):
       h = layer(h)
     mean, scale_index = tf.split(self.out(h), 2, axis=-1)
     return mean, scale_index
+
+  def macs(self, positions, with_context):
+    """Multiply-accumulates on ``positions`` positions; without context (anchors, the
+    hyperprior) the first layer's context part is not computed."""
+    layers = [self.from_hyper] + ([self.from_context] if with_context else [])
+    return sum(dense_macs(layer, positions) for layer in layers + self.hidden + [self.out])
+
+
+def dense_macs(layer, positions):
+  """Multiply-accumulates of a Keras Dense layer applied at ``positions`` positions."""
+  c_in, c_out = (int(d) for d in layer.kernel.shape)
+  return positions * c_in * c_out

@@ -1,13 +1,9 @@
-"""``python -m cbexp.summary [entropy=<name>] [group=option ...] [key=value ...]``: a model's size.
-
-Example: ``python -m cbexp.summary entropy=checkerboard`` (the paper configuration: 26.4M).
-
-Prints ``trainable_parameters: <exact integer>`` (Keras trainable-variable count, the number the
-published study reports) and the breakdown by component. tfc's default RDFT kernel
-parameterization (analysis, synthesis, hyper-analysis) stores more numbers than the kernels have
-taps, so the count of real kernel taps is printed too, labelled as such.
+"""A model's size: trainable parameters by component (``breakdown``), and the text ``cbexp
+summary`` prints and a training run keeps as summary.txt (``summarize``), with the count of real
+kernel taps beside it (tfc's RDFT kernel parameterization stores more numbers than taps).
 """
-import sys
+
+import tensorflow_compression as tfc
 
 
 def count(variables):
@@ -16,14 +12,15 @@ def count(variables):
 
 def _rdft_excess(layers):
   """Stored RDFT numbers minus kernel taps, over the SignalConv2D layers in ``layers``."""
-  import tensorflow_compression as tfc  # here: the command hides TensorFlow's logs first
   excess = 0
   for layer in layers:
     for module in [layer] + list(layer.submodules):
-      if isinstance(module, tfc.SignalConv2D) and isinstance(module.kernel_parameter,
-                                                            tfc.RDFTParameter):
-        excess += count(module.kernel_parameter.trainable_variables) \
-            - int(module.kernel.shape.num_elements())
+      if isinstance(module, tfc.SignalConv2D) and isinstance(
+        module.kernel_parameter, tfc.RDFTParameter
+      ):
+        excess += count(module.kernel_parameter.trainable_variables) - int(
+          module.kernel.shape.num_elements()
+        )
   return excess
 
 
@@ -34,12 +31,13 @@ def breakdown(model):
   rest = {k: v for k, v in entropy_groups.items() if k not in hyper_synthesis}
   weights = lambda layers: count(w for layer in layers for w in layer.trainable_weights)
   return {
-      "transforms": {"analysis": weights([model.analysis]),
-                     "synthesis": weights([model.synthesis])},
-      "hyper_transforms": {"hyper_analysis": weights([model.hyper_analysis]),
-                           **{k: weights(v) for k, v in hyper_synthesis.items()}},
-      "entropy_model": {k: weights(v) for k, v in rest.items()},
-      "hyperprior": {"factorized_prior_on_z": count(model.hyperprior.trainable_variables)},
+    "transforms": {"analysis": weights([model.analysis]), "synthesis": weights([model.synthesis])},
+    "hyper_transforms": {
+      "hyper_analysis": weights([model.hyper_analysis]),
+      **{k: weights(v) for k, v in hyper_synthesis.items()},
+    },
+    "entropy_model": {k: weights(v) for k, v in rest.items()},
+    "hyperprior": {"factorized_prior_on_z": count(model.hyperprior.trainable_variables)},
   }
 
 
@@ -50,29 +48,16 @@ def summarize(model, cfg):
   if parts_total != total:  # every variable must belong to exactly one component
     raise RuntimeError(f"breakdown covers {parts_total} of {total} parameters")
   excess = _rdft_excess([model.analysis, model.synthesis, model.hyper_analysis])
-  lines = [f"entropy: {cfg.entropy.name}",
-           f"transform: {cfg.transform.num_filters} filters, latent_depth "
-           f"{cfg.transform.latent_depth}, hyperprior_depth {cfg.transform.hyperprior_depth}",
-           f"trainable_parameters: {total}",
-           f"trainable_parameters_millions: {total / 1e6:.1f}M",
-           f"kernel_taps_parameters: {total - excess}  (same, with RDFT-parameterized kernels "
-           f"counted by their taps)"]
+  lines = [
+    f"entropy: {cfg.entropy.name}",
+    f"transform: {cfg.transform.num_filters} filters, latent_depth "
+    f"{cfg.transform.latent_depth}, hyperprior_depth {cfg.transform.hyperprior_depth}",
+    f"trainable_parameters: {total}",
+    f"trainable_parameters_millions: {total / 1e6:.1f}M",
+    f"kernel_taps_parameters: {total - excess}  (same, with RDFT-parameterized kernels "
+    f"counted by their taps)",
+  ]
   for component, counts in parts.items():
     lines.append(f"{component}: {sum(counts.values())}")
     lines += [f"  {name}: {n}" for name, n in counts.items()]
   return "\n".join(lines)
-
-
-def main(argv=None):
-  from cbexp.cli.common import run_cli
-  from cbexp.config import build_model, compose
-
-  def body(overrides):
-    cfg = compose(overrides)
-    print(summarize(build_model(cfg), cfg))
-
-  return run_cli(body, sys.argv[1:] if argv is None else argv, doc=__doc__)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

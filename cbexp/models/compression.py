@@ -8,6 +8,7 @@ range-coded strings (tensorflow-compression). Images of any size are padded to a
 ``PAD_MULTIPLE`` by edge replication and cropped back after decoding; bpp always counts the
 unpadded pixels.
 """
+
 import contextlib
 import dataclasses
 import types
@@ -15,12 +16,16 @@ import types
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.entropy.base import CodingCost, EntropyModel, GaussianConditional, verify_strings
+from cbexp.constants import PAD_MULTIPLE, padded_size  # noqa: F401 (padded_size: for callers)
+from cbexp.entropy.base import (
+  CodingCost,
+  EntropyModel,
+  GaussianConditional,
+  require_built,
+  verify_strings,
+)
+from cbexp.errors import CbexpError
 from cbexp.models.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
-
-# g_a downsamples by 16, h_a by another 4: the latent grids must stay whole (and even, for the
-# checkerboard partition of y).
-PAD_MULTIPLE = 64
 
 
 @dataclasses.dataclass
@@ -38,6 +43,7 @@ class Compressed:
   """What ``compress`` returns: strings (z first, then the entropy model's), the image size the
   decoder needs, the symbol check of each string (``checks``: what a .cbx file of format
   2 stores) and the encoder's own y_hat (for exactness checks)."""
+
   strings: list  # of python bytes
   image_shape: tuple  # (height, width) of the unpadded image
   y_hat: tf.Tensor = None
@@ -48,10 +54,6 @@ class Compressed:
     return sum(len(s) for s in self.strings)
 
 
-def padded_size(n):
-  return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
-
-
 def pad_replicate(x, height, width):
   """Pads a [B, h, w, C] batch to [B, height, width, C] by repeating the last row/column (works
   for a 1x1 image, unlike reflection)."""
@@ -60,10 +62,66 @@ def pad_replicate(x, height, width):
   return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
 
 
-class CompressionModel(tf.keras.Model):
+def padded_shape(image_shape):
+  """int32 [2] (height, width) -> the coded size: each side up to a multiple of PAD_MULTIPLE."""
+  return (image_shape + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
 
-  def __init__(self, num_filters, latent_depth, hyperprior_depth, hyper_analysis_filters,
-               entropy_model: EntropyModel, lmbda=0.01):
+
+def pad_to_multiple(image):
+  """A uint8 image [H, W, 3] -> the float32 batch [1, H', W', 3] the model codes, H' and W' the
+  next multiples of PAD_MULTIPLE, the last row and column repeated."""
+  x = tf.cast(tf.convert_to_tensor(image)[None], tf.float32)
+  size = padded_shape(tf.shape(x)[1:3])
+  return pad_replicate(x, size[0], size[1])
+
+
+def crop(x_hat, image_shape):
+  """The inverse of ``pad_to_multiple`` on a decoded batch: the top-left ``image_shape`` of
+  ``x_hat[0]``, rounded to uint8."""
+  return tf.saturate_cast(tf.round(x_hat[0, : image_shape[0], : image_shape[1], :]), tf.uint8)
+
+
+class SymbolCheckError(CbexpError, ValueError):
+  """The decoder did not reproduce the encoder's symbols (an intact file)."""
+
+
+def symbol_check_mismatch(stored, decoded):
+  """Why a decode whose symbol checks differ from the ones the encoder stored is refused (one
+  line naming the first string that differs: the later ones follow from it); None if equal."""
+  if len(stored) != len(decoded):
+    return f"{len(stored)} symbol checks stored, {len(decoded)} decoded"
+  differ = [i for i, (a, b) in enumerate(zip(stored, decoded)) if bytes(a) != bytes(b)]
+  if not differ:
+    return None
+  i = differ[0]
+  which = "the z string" if i == 0 else f"string {i} (y string {i} of {len(stored) - 1})"
+  return (
+    f"symbol check failed for {which}, {len(differ)} of {len(stored)} strings differ "
+    f"(stored {bytes(stored[i]).hex()}, decoded {bytes(decoded[i]).hex()}): the decoder "
+    "decoded other symbols than the encoder coded, so its numeric environment differs "
+    "from the encoder's (thread count, oneDNN, instruction set, GPU); decode on the "
+    "encoder's kind of machine, or encode with an entropy.numerics=exact model (or the "
+    "file was altered)"
+  )
+
+
+def compare_symbol_checks(stored, decoded):
+  """Raises SymbolCheckError (``symbol_check_mismatch``) unless the checks are equal."""
+  message = symbol_check_mismatch(stored, decoded)
+  if message:
+    raise SymbolCheckError(message)
+
+
+class CompressionModel(tf.keras.Model):
+  def __init__(
+    self,
+    num_filters,
+    latent_depth,
+    hyperprior_depth,
+    hyper_analysis_filters,
+    entropy_model: EntropyModel,
+    lmbda=0.01,
+  ):
     super().__init__(name="cbexp_model")
     self.lmbda = float(lmbda)
     self.latent_depth = int(latent_depth)
@@ -74,7 +132,8 @@ class CompressionModel(tf.keras.Model):
     self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[hyperprior_depth])
     self.entropy_model = entropy_model
     self._z_training_model = tfc.ContinuousBatchedEntropyModel(
-        self.hyperprior, coding_rank=3, compression=False, offset_heuristic=False)
+      self.hyperprior, coding_rank=3, compression=False, offset_heuristic=False
+    )
     self._z_coder = None
     self.build((None, None, None, 3))
 
@@ -92,32 +151,37 @@ class CompressionModel(tf.keras.Model):
     z_bpp = tf.reduce_sum(z_bits) / num_pixels
     mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))
     bpp = y_bpp + z_bpp
-    return TrainOutput(loss=bpp + self.lmbda * mse, bpp=bpp, y_bpp=y_bpp, z_bpp=z_bpp, mse=mse,
-                       x_hat=x_hat)
+    return TrainOutput(
+      loss=bpp + self.lmbda * mse, bpp=bpp, y_bpp=y_bpp, z_bpp=z_bpp, mse=mse, x_hat=x_hat
+    )
 
   # --- range coding -----------------------------------------------------------------------
   def build_coders(self):
     """Builds range-coding tables from the current weights. Call after training or restoring,
     before compress/decompress: the z tables depend on the trained hyperprior."""
     self._z_coder = tfc.ContinuousBatchedEntropyModel(
-        self.hyperprior, coding_rank=3, compression=True, offset_heuristic=False)
+      self.hyperprior, coding_rank=3, compression=True, offset_heuristic=False
+    )
     self._z_cost = CodingCost(self._z_coder)  # a plain object: no checkpoint dependency
     self.entropy_model.build_coders()
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
     from cbexp.models.precision import MaterializedTransform
+
     self._coding_analysis = MaterializedTransform(self.analysis)
     self._coding_hyper_analysis = MaterializedTransform(self.hyper_analysis)
-    self._compress_graph = tf.function(self._compress_padded, input_signature=[
-        tf.TensorSpec([1, None, None, 3], tf.float32)])
+    self._compress_graph = tf.function(
+      self._compress_padded, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)]
+    )
     self.set_decode_precision(self.decode_precision)  # builds the decompress graph
+
+  def require_coders(self):
+    """Raises the error that says to call ``build_coders`` unless the tables are built."""
+    require_built(self._z_coder)
 
   @property
   def z_coder(self):
-    if self._z_coder is None:
-      raise RuntimeError("range-coding tables are not built: call model.build_coders() "
-                         "after training or restoring weights, before compress/decompress")
-    return self._z_coder
+    return require_built(self._z_coder)
 
   def _compress_padded(self, x):
     """-> (strings [1 + num_strings], y_hat, symbol checks uint8 [1 + num_strings, 4])."""
@@ -127,8 +191,11 @@ class CompressionModel(tf.keras.Model):
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
     with self._collecting_checks() as checks:
       y_strings, y_hat = self.entropy_model.compress(y, z_hat)
-    return (tf.concat([z_string] + y_strings, axis=0), y_hat,
-            self._symbol_checks(z_hat, checks.result))
+    return (
+      tf.concat([z_string] + y_strings, axis=0),
+      y_hat,
+      self._symbol_checks(z_hat, checks.result),
+    )
 
   # --- the symbol check of each string (cbexp.bitstream, format 2) ---------------------------
   # The entropy model codes each of its strings through GaussianConditional.compress/decompress
@@ -144,10 +211,12 @@ class CompressionModel(tf.keras.Model):
     finally:
       collected.result = gaussian.finish_checks()
     if len(collected.result) != self.entropy_model.num_strings:
-      raise RuntimeError(f"the '{self.entropy_model.name}' entropy model recorded "
-                         f"{len(collected.result)} symbol checks for its "
-                         f"{self.entropy_model.num_strings} strings (one per string, "
-                         "GaussianConditional.record_check)")
+      raise RuntimeError(
+        f"the '{self.entropy_model.name}' entropy model recorded "
+        f"{len(collected.result)} symbol checks for its "
+        f"{self.entropy_model.num_strings} strings (one per string, "
+        "GaussianConditional.record_check)"
+      )
 
   def _symbol_checks(self, z_hat, y_checks):
     return tf.concat([GaussianConditional.symbol_check(tf.round(z_hat))] + y_checks, axis=0)
@@ -161,13 +230,14 @@ class CompressionModel(tf.keras.Model):
     # crafted z string, stops here (cheap) instead of after the whole decoder ran.
     channels = tf.range(self.hyperprior_depth)  # the z coder's table rows
     symbols = tf.cast(tf.round(z_hat), tf.int32) - tf.gather(self._z_cost.offsets, channels)
-    z_hat = verify_strings(z_hat, strings[:1], self.z_coder.compress(z_hat),
-                           self._z_cost(symbols, channels))
+    z_hat = verify_strings(
+      z_hat, strings[:1], self.z_coder.compress(z_hat), self._z_cost(symbols, channels)
+    )
     with self._collecting_checks() as checks:
       y_hat = self.entropy_model.decompress(
-          [strings[i + 1:i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape)
-    return (self._low_precision_synthesis(y_hat), y_hat,
-            self._symbol_checks(z_hat, checks.result))
+        [strings[i + 1 : i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape
+      )
+    return (self.decoding_synthesis(y_hat), y_hat, self._symbol_checks(z_hat, checks.result))
 
   @property
   def decode_precision(self):
@@ -177,52 +247,52 @@ class CompressionModel(tf.keras.Model):
     """Runs the synthesis in "float32" (the reference) or "bfloat16" when decoding
     (cbexp.precision): the strings do not change, the reconstruction slightly does. The
     kernels are a snapshot of the weights; ``build_coders`` takes a new one."""
-    from cbexp.models.precision import LowPrecisionSynthesis, check_precision
+    from cbexp.models.precision import MaterializedTransform, check_precision
+
     self._decode_precision = check_precision(precision)
-    # Kernels materialized once (a plain object, no tf.Module: no checkpoint dependencies).
-    # In float32 the output is bit-identical to self.synthesis, without recomputing the RDFT
-    # kernel parameterization on every call.
-    self._low_precision_synthesis = LowPrecisionSynthesis(self.synthesis, precision)
+    # The synthesis the decoder runs: kernels materialized once (a plain object, no tf.Module:
+    # no checkpoint dependencies). In float32 the output is bit-identical to self.synthesis,
+    # without recomputing the RDFT kernel parameterization on every call.
+    self.decoding_synthesis = MaterializedTransform(self.synthesis, precision)
     self.entropy_model.set_decode_precision(precision)  # its LRP, where that is safe
-    self._decompress_graph = tf.function(self._decompress_padded, input_signature=[
+    self._decompress_graph = tf.function(
+      self._decompress_padded,
+      input_signature=[
         tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
-        tf.TensorSpec([2], tf.int32)])
+        tf.TensorSpec([2], tf.int32),
+      ],
+    )
 
   def compress(self, image):
     """Compresses one uint8 image [H, W, 3] (any H, W >= 1). Returns ``Compressed``."""
-    if self._z_coder is None:
-      self.z_coder  # raises the explanatory error
+    self.require_coders()
     image = tf.convert_to_tensor(image)
     height, width = int(image.shape[0]), int(image.shape[1])
-    x = tf.cast(image[None], tf.float32)
-    x = pad_replicate(x, padded_size(height), padded_size(width))
-    strings, y_hat, checks = self._compress_graph(x)
-    return Compressed(strings=[bytes(s) for s in strings.numpy()], image_shape=(height, width),
-                      y_hat=y_hat, checks=[bytes(c) for c in checks.numpy()])
+    strings, y_hat, checks = self._compress_graph(pad_to_multiple(image))
+    return Compressed(
+      strings=[bytes(s) for s in strings.numpy()],
+      image_shape=(height, width),
+      y_hat=y_hat,
+      checks=[bytes(c) for c in checks.numpy()],
+    )
 
   def decompress(self, compressed: Compressed, return_latent=False):
     """Inverse of ``compress``: the uint8 image [H, W, 3] (and y_hat if asked). If
     ``compressed.checks`` is given, the decoder's symbol checks must equal them
     (SymbolCheckError otherwise, naming the first string that differs)."""
-    from cbexp.codec.bitstream import compare_symbol_checks
-    if self._z_coder is None:
-      self.z_coder
-    height, width = compressed.image_shape
+    self.require_coders()
+    image_shape = tf.constant(compressed.image_shape, tf.int32)
     strings = tf.constant(compressed.strings, tf.string)
-    padded_shape = tf.constant([padded_size(height), padded_size(width)], tf.int32)
-    x_hat, y_hat, checks = self._decompress_graph(strings, padded_shape)
+    x_hat, y_hat, checks = self._decompress_graph(strings, padded_shape(image_shape))
     if compressed.checks is not None:
       compare_symbol_checks(compressed.checks, [bytes(c) for c in checks.numpy()])
-    image = tf.saturate_cast(tf.round(x_hat[0, :height, :width, :]), tf.uint8)
+    image = crop(x_hat, image_shape)
     return (image, y_hat) if return_latent else image
 
   def estimate_bits(self, image):
     """The model's estimated rate (bits, y and z) of the *quantized* latents of one uint8 image,
     computed by the forward pass with ``training=False``: compare with ``compress``'s strings."""
-    height, width = int(image.shape[0]), int(image.shape[1])
-    x = pad_replicate(tf.cast(tf.convert_to_tensor(image)[None], tf.float32),
-                      padded_size(height), padded_size(width))
-    y = self.analysis(x)
+    y = self.analysis(pad_to_multiple(image))
     z = self.hyper_analysis(y)
     _, z_bits = self._z_training_model(z, training=False)
     latent = self.entropy_model(y, tf.round(z), training=False)

@@ -1,22 +1,10 @@
-"""Transforms with materialized kernels, and the reduced-precision synthesis for decoding
-(``precision="bfloat16"``).
-
-Materialized kernels (float32, bit-identical): tfc.SignalConv2D with its default RDFT kernel
-parameterization recomputes the kernel (an inverse FFT of the stored parameters) on every call:
-about 0.9-1.4 s per call for g_s's four kernels on this shared 2-core machine. The codec's graphs
-(``CompressionModel.build_coders``) use ``MaterializedTransform`` snapshots instead: the very same
-convolution ops with the kernels computed once, so the output is bit-identical.
-
-bfloat16 (decoding option, float32 stays the reference): the decoder must recompute the entropy
-parameters bit-exactly, but the synthesis g_s is outside that loop in every entropy model here (its
-output never conditions a later entropy parameter), so running it in bfloat16 changes the
-reconstruction slightly and the bitstream not at all. Keras's ``mixed_bfloat16`` policy on tfc's
-layers (which recompute the RDFT kernels and GDN reparameterizations on every call) ran the paper
-synthesis 20x slower than float32 on this CPU; here the kernels, biases and IGDN beta/gamma are
-materialized once as bfloat16 tensors and run as plain TF ops with tfc's geometry. The last layer
-(to 3 channels, 2% of the work) and the final scaling stay float32, so the output is not rounded
-to bfloat16's 8-bit mantissa.
+"""Transforms with their kernels computed once (``MaterializedTransform``): the codec's graphs
+use them for g_a, h_a and g_s, bit-identical to tfc's layers in float32, which recompute the
+RDFT kernel parameterization on every call. The decoder may run g_s (and an LRP outside the
+entropy loop) in bfloat16 (``precision="bfloat16"``): the strings do not change, the
+reconstruction slightly does; float32 stays the reference.
 """
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import padding_ops
@@ -35,8 +23,10 @@ class MaterializedTransform:
   scalings, run as plain TF ops on kernels computed once.
 
   ``dtype`` float32: bit-identical to ``transform`` (tfc's own convolution ops). bfloat16: all
-  conv layers but the last one (in g_s, 192 -> 3 channels, 2% of the work) run in bfloat16; the
-  output is float32. A plain object, not a tf.Module: a model keeping one gains no checkpoint
+  conv layers but the last one (in g_s, to 3 channels, a small part of the work) run in
+  bfloat16, with kernels, biases and GDN parameters cast once (Keras's mixed-precision policy
+  would recompute them on every call); the output is float32, not rounded to bfloat16's 8-bit
+  mantissa. A plain object, not a tf.Module: a model keeping one gains no checkpoint
   dependencies. It is a snapshot: build a new one after the weights change.
   """
 
@@ -51,8 +41,9 @@ class MaterializedTransform:
       elif isinstance(layer, tf.keras.layers.Lambda):
         self._steps.append(("lambda", layer))
       else:
-        raise ValueError(f"materialized transform: unsupported layer {layer.name} "
-                         f"({type(layer).__name__})")
+        raise ValueError(
+          f"materialized transform: unsupported layer {layer.name} ({type(layer).__name__})"
+        )
 
   @staticmethod
   def _materialize_conv(layer, dtype):
@@ -61,48 +52,78 @@ class MaterializedTransform:
     # stride-1 convolution (the slice transforms, LRP), which tfc computes as a correlation with
     # the spatially flipped kernel: so do we.
     down = layer.corr and all(s == 1 for s in layer.strides_up)
-    flipped = (not layer.corr and all(s == 1 for s in layer.strides_up)
-               and all(s == 1 for s in layer.strides_down))
-    up = (not layer.corr and tuple(layer.strides_down) == (1, 1)
-          and any(s > 1 for s in layer.strides_up)
-          and all(k // 2 + s <= k for k, s in zip(layer.kernel_support, layer.strides_up)))
-    if (not (down or up or flipped) or layer.padding != "same_zeros" or not layer.use_explicit
-        or layer.channel_separable or layer.data_format != "channels_last"
-        or any(k % 2 == 0 for k in layer.kernel_support)):
-      raise ValueError(f"materialized transform: layer {layer.name} is neither a 'same_zeros' "
-                       f"downsampling correlation, a stride-1 convolution nor an upsampling "
-                       f"transposed convolution")
+    flipped = (
+      not layer.corr
+      and all(s == 1 for s in layer.strides_up)
+      and all(s == 1 for s in layer.strides_down)
+    )
+    up = (
+      not layer.corr
+      and tuple(layer.strides_down) == (1, 1)
+      and any(s > 1 for s in layer.strides_up)
+      and all(k // 2 + s <= k for k, s in zip(layer.kernel_support, layer.strides_up))
+    )
+    if (
+      not (down or up or flipped)
+      or layer.padding != "same_zeros"
+      or not layer.use_explicit
+      or layer.channel_separable
+      or layer.data_format != "channels_last"
+      or any(k % 2 == 0 for k in layer.kernel_support)
+    ):
+      raise ValueError(
+        f"materialized transform: layer {layer.name} is neither a 'same_zeros' "
+        f"downsampling correlation, a stride-1 convolution nor an upsampling "
+        f"transposed convolution"
+      )
     kernel = layer.kernel[::-1, ::-1] if flipped else layer.kernel
     activation, gdn = layer.activation, None
     if activation is tf.keras.activations.linear:
       activation = None
     if isinstance(activation, tfc.GDN):
-      if not (not activation.rectify and not callable(activation.alpha_parameter)
-              and not callable(activation.epsilon_parameter)
-              and activation.data_format == "channels_last"):
-        raise ValueError(f"materialized transform: layer {layer.name}: only fixed-exponent, "
-                         f"non-rectified GDN is supported")
+      if not (
+        not activation.rectify
+        and not callable(activation.alpha_parameter)
+        and not callable(activation.epsilon_parameter)
+        and activation.data_format == "channels_last"
+      ):
+        raise ValueError(
+          f"materialized transform: layer {layer.name}: only fixed-exponent, "
+          f"non-rectified GDN is supported"
+        )
       gamma = tf.cast(activation.gamma, dtype)
-      gdn = dict(inverse=activation.inverse, alpha=float(activation.alpha),
-                 epsilon=float(activation.epsilon), beta=tf.cast(activation.beta, dtype),
-                 gamma=tf.reshape(gamma, [1, 1] + gamma.shape))
+      gdn = dict(
+        inverse=activation.inverse,
+        alpha=float(activation.alpha),
+        epsilon=float(activation.epsilon),
+        beta=tf.cast(activation.beta, dtype),
+        gamma=tf.reshape(gamma, [1, 1] + gamma.shape),
+      )
       activation = None
     elif isinstance(activation, tf.keras.layers.Layer):
-      raise ValueError(f"materialized transform: layer {layer.name}: unsupported activation "
-                       f"layer {type(activation).__name__}")
-    return dict(layer=layer, dtype=dtype, up=up, kernel=tf.cast(kernel, dtype),
-                bias=tf.cast(layer.bias, dtype) if layer.use_bias else None,
-                activation=activation, gdn=gdn)
+      raise ValueError(
+        f"materialized transform: layer {layer.name}: unsupported activation "
+        f"layer {type(activation).__name__}"
+      )
+    return dict(
+      layer=layer,
+      dtype=dtype,
+      up=up,
+      kernel=tf.cast(kernel, dtype),
+      bias=tf.cast(layer.bias, dtype) if layer.use_bias else None,
+      activation=activation,
+      gdn=gdn,
+    )
 
   @staticmethod
   def _gdn(x, inverse, alpha, epsilon, beta, gamma):
     # tfc.GDN.call with rectify=False, channels_last, fixed alpha and epsilon.
-    norm_pool = tf.math.square(x) if alpha == 2 else abs(x) if alpha == 1 else x ** alpha
+    norm_pool = tf.math.square(x) if alpha == 2 else abs(x) if alpha == 1 else x**alpha
     norm_pool = tf.nn.bias_add(tf.nn.convolution(norm_pool, gamma, padding="VALID"), beta)
-    if epsilon == .5:
+    if epsilon == 0.5:
       norm_pool = tf.math.sqrt(norm_pool)
     elif epsilon != 1:
-      norm_pool = norm_pool ** epsilon
+      norm_pool = norm_pool**epsilon
     return x * norm_pool if inverse else x / norm_pool
 
   @staticmethod
@@ -118,18 +139,28 @@ class MaterializedTransform:
   def _transpose_conv(layer, x, kernel):
     if x.dtype == tf.float32:  # tfc's own op: bit-identical to the layer
       return layer._up_convolve_transpose_explicit(  # pylint: disable=protected-access
-          x, kernel, ((0, 0), (0, 0)))
-    # oneDNN has no fast bfloat16 path for EXPLICIT padding (38 s instead of 0.5 s for the
-    # largest layer here): compute the full ("VALID") transposed convolution and crop it to
-    # the window tfc's "same_zeros" padding keeps, which starts at kernel_size // 2.
+        x, kernel, ((0, 0), (0, 0))
+      )
+    # oneDNN has no fast bfloat16 path for EXPLICIT padding: compute the full ("VALID")
+    # transposed convolution and crop it to the window tfc's "same_zeros" padding keeps, which
+    # starts at kernel_size // 2.
     strides, support = layer.strides_up, layer.kernel_support
     shape = tf.shape(x)
     full = [shape[0]] + [(shape[1 + i] - 1) * strides[i] + support[i] for i in range(2)]
-    x = tf.nn.conv2d_transpose(x, tf.transpose(kernel, [0, 1, 3, 2]), full + [layer.filters],
-                               strides=strides, padding="VALID")
+    x = tf.nn.conv2d_transpose(
+      x,
+      tf.transpose(kernel, [0, 1, 3, 2]),
+      full + [layer.filters],
+      strides=strides,
+      padding="VALID",
+    )
     starts = [k // 2 for k in support]
-    return x[:, starts[0]:starts[0] + shape[1] * strides[0],
-             starts[1]:starts[1] + shape[2] * strides[1], :]
+    return x[
+      :,
+      starts[0] : starts[0] + shape[1] * strides[0],
+      starts[1] : starts[1] + shape[2] * strides[1],
+      :,
+    ]
 
   def __call__(self, x):
     for kind, step in self._steps:
@@ -149,8 +180,3 @@ class MaterializedTransform:
       if step["gdn"] is not None:
         x = self._gdn(x, **step["gdn"])
     return tf.cast(x, tf.float32)
-
-
-def LowPrecisionSynthesis(synthesis, dtype=tf.bfloat16):  # pylint: disable=invalid-name
-  """The decoder's synthesis in ``dtype`` (kept for readability at the call sites)."""
-  return MaterializedTransform(synthesis, dtype)

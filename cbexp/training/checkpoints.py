@@ -1,26 +1,24 @@
 """Training checkpoints that survive crashes: which checkpoint a restarted run resumes from, and a
 save that leaves nothing half-written.
 
-``tf.train.CheckpointManager`` records the newest checkpoint in a small state file (``checkpoint``)
-that it writes *after* the checkpoint's own files. A crash between the two, or a damaged state
-file, would make it resume from an older checkpoint (logging steps twice) or from step 0. So the
-checkpoint files themselves are the source of truth here: the newest ``ckpt-N`` whose every tensor
-reads back is the one resumed, and the state file is rewritten to match before the manager reads
-it. A damaged newest checkpoint (truncated file, full disk) falls back to the one before, with one
-warning line.
+The checkpoint files, not ``tf.train.CheckpointManager``'s state file (written after them), say
+where to resume: the newest ``ckpt-N`` whose every tensor reads back, the state file rewritten to
+match. A damaged newest checkpoint falls back to the one before, with one warning line.
 """
+
+import logging
 import pathlib
 import re
 import shutil
-import logging
 
 from cbexp import files
+from cbexp.errors import CbexpError
 
 log = logging.getLogger(__name__)
 PREFIX = "ckpt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CbexpError, RuntimeError):
   """A checkpoint that cannot be written or restored; the message says which and what to do."""
 
 
@@ -41,7 +39,7 @@ def checkpoints_on_disk(folder):
   for index in pathlib.Path(folder).glob(f"{PREFIX}-*.index"):
     match = re.fullmatch(rf"{PREFIX}-(\d+)\.index", index.name)
     if match:
-      found.append((int(match.group(1)), str(index)[:-len(".index")]))
+      found.append((int(match.group(1)), str(index)[: -len(".index")]))
   return sorted(found, reverse=True)
 
 
@@ -49,6 +47,7 @@ def verify(prefix):
   """Reads every tensor of a checkpoint (TensorFlow checks each one's CRC while reading): a
   truncated or damaged file raises here, not in the middle of training."""
   import tensorflow as tf
+
   reader = tf.train.load_checkpoint(prefix)
   for name in reader.get_variable_to_shape_map():
     reader.get_tensor(name)
@@ -62,6 +61,7 @@ def restore_latest(checkpoint, folder, read_only=False):
   changes nothing in ``folder`` (the other workers of a multi-worker run read the chief's
   checkpoints; only the chief tidies them)."""
   import tensorflow as tf
+
   folder = pathlib.Path(folder)
   if not read_only:
     remove_partial_writes(folder)
@@ -70,26 +70,34 @@ def restore_latest(checkpoint, folder, read_only=False):
     try:
       verify(prefix)
     except Exception as error:  # OpError, or IndexError ("Read less bytes") on a short file
-      log.warning(f"warning: checkpoint {prefix} is unreadable ({_one_line(error)}); trying "
-                  f"the one before")
+      log.warning(
+        f"warning: checkpoint {prefix} is unreadable ({_one_line(error)}); trying the one before"
+      )
       continue
     try:
       checkpoint.restore(prefix).assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as error:
-      raise CheckpointError(f"checkpoint {prefix} does not fit this model ({_one_line(error)}): "
-                            f"the run directory holds a run of another configuration; use "
-                            f"another run_dir or the original settings") from None
+      raise CheckpointError(
+        f"checkpoint {prefix} does not fit this model ({_one_line(error)}): "
+        f"the run directory holds a run of another configuration; use "
+        f"another run_dir or the original settings"
+      ) from None
     if read_only:
       return prefix
     # Names relative to the folder (a moved run directory still resumes), oldest first.
     kept = [pathlib.Path(p).name for _, p in reversed(found[position:])]
     # The manager's state file (a CheckpointState text proto), written as TensorFlow writes it.
-    files.write_atomic(folder / "checkpoint", f'model_checkpoint_path: "{kept[-1]}"\n' + "".join(
-        f'all_model_checkpoint_paths: "{name}"\n' for name in kept))
+    files.write_atomic(
+      folder / "checkpoint",
+      f'model_checkpoint_path: "{kept[-1]}"\n'
+      + "".join(f'all_model_checkpoint_paths: "{name}"\n' for name in kept),
+    )
     return prefix
   if found:
-    raise CheckpointError(f"no readable checkpoint in {folder} ({len(found)} damaged): delete "
-                          f"the folder to train from the start")
+    raise CheckpointError(
+      f"no readable checkpoint in {folder} ({len(found)} damaged): delete "
+      f"the folder to train from the start"
+    )
   return None
 
 
@@ -109,10 +117,13 @@ def save(manager, step):
   """``manager.save`` numbered by the training step. A failed write (full disk, quota, I/O error)
   removes its partial files and raises CheckpointError; the previous checkpoints are kept."""
   import tensorflow as tf
+
   try:
     return manager.save(checkpoint_number=step)
   except (tf.errors.OpError, OSError) as error:
     remove_partial_writes(manager.directory, step)
-    raise CheckpointError(f"checkpoint at step {step} not written ({_one_line(error)}); the last "
-                          f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept: free the "
-                          f"space and run the same command to resume") from None
+    raise CheckpointError(
+      f"checkpoint at step {step} not written ({_one_line(error)}); the last "
+      f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept: free the "
+      f"space and run the same command to resume"
+    ) from None

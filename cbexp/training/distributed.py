@@ -1,37 +1,18 @@
-"""The training step and a plain training loop. ``cbexp.run`` wraps this with schedules,
-checkpoints, distribution strategies and tracking."""
+"""TensorFlow's side of training: threads and seeds (repeatability), the tf.distribute strategies
+and the cluster of a multi-worker run (TF_CONFIG or Slurm), the distributed train step and the
+checks around it (finite weights, lost peers, the step every worker resumes from).
+"""
+
+import os
+import re
+import typing
+
 import tensorflow as tf
 
+from cbexp.config import STRATEGIES
 
-def make_train_step(model, optimizer):
-  """One optimizer step on a float batch (0..255). Returns the loss terms as a dict."""
+# --- repeatability --------------------------------------------------------------------------------
 
-  @tf.function(reduce_retracing=True)
-  def train_step(x):
-    with tf.GradientTape() as tape:
-      out = model(x, training=True)
-    variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(out.loss, variables), variables))
-    return {"loss": out.loss, "bpp": out.bpp, "mse": out.mse}
-
-  return train_step
-
-
-def fit(model, dataset, steps, learning_rate=1e-4, on_step=None):
-  """Trains for ``steps`` steps, then builds the range-coding tables. Returns the loss history."""
-  optimizer = tf.keras.optimizers.Adam(learning_rate)
-  train_step = make_train_step(model, optimizer)
-  history = []
-  for step, batch in enumerate(dataset.take(steps)):
-    metrics = {k: float(v) for k, v in train_step(batch).items()}
-    history.append(metrics)
-    if on_step:
-      on_step(step, metrics)
-  model.build_coders()
-  return history
-
-
-# --- repeatability (cbexp.run) ------------------------------------------------------------------
 
 def configure_threads(threads):
   """Intra- and inter-op thread counts (None: TensorFlow's default, every core). Float sums,
@@ -52,9 +33,8 @@ def seed_everything(seed, op_determinism=False):
     tf.config.experimental.enable_op_determinism()
 
 
-# --- distributed training (cbexp.run) ------------------------------------------------------------
+# --- distributed training -------------------------------------------------------------------------
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 # Under Slurm, worker i of a job listens on port SLURM_PORT_BASE + (job id % 10000) + its index on
 # its node: every task computes the same ports from the job id, and two jobs sharing a node
 # rarely collide (SlurmClusterResolver's own default, 8888 for every job, always would).
@@ -68,31 +48,52 @@ def cluster_resolver():
   SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE; host lists are expanded in Python, no
   ``scontrol``), else one local worker. Reads the environment only: no TensorFlow runtime
   starts, so the role of this process is known before the strategy exists."""
-  import os
-  if os.environ.get("TF_CONFIG") or not (os.environ.get("SLURM_JOB_ID")
-                                         and os.environ.get("SLURM_PROCID")):
+  if os.environ.get("TF_CONFIG") or not (
+    os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_PROCID")
+  ):
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
   # TensorFlow's own parser of Slurm's tasks-per-node syntax ("2(x3),1").
   from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver as slurm
-  tasks_per_node = max(slurm.expand_tasks_per_node(
-      os.environ.get("SLURM_STEP_TASKS_PER_NODE", os.environ.get("SLURM_TASKS_PER_NODE", "1"))))
+
+  tasks_per_node = max(
+    slurm.expand_tasks_per_node(
+      os.environ.get("SLURM_STEP_TASKS_PER_NODE", os.environ.get("SLURM_TASKS_PER_NODE", "1"))
+    )
+  )
   # Slurm binds each task's GPUs itself (the launcher's gpus_per_task): the resolver must not
   # reassign CUDA_VISIBLE_DEVICES (auto_set_gpu) nor run nvidia-smi to count them. Its GPU
   # bookkeeping only limits how many tasks fit on a node, hence one "GPU" per task there; the
   # strategy gets the GPUs this task really sees (listing them starts no runtime).
   resolved = tf.distribute.cluster_resolver.SlurmClusterResolver(
-      port_base=SLURM_PORT_BASE + int(os.environ["SLURM_JOB_ID"]) % 10000,
-      gpus_per_node=tasks_per_node, gpus_per_task=1, auto_set_gpu=False)
+    port_base=SLURM_PORT_BASE + int(os.environ["SLURM_JOB_ID"]) % 10000,
+    gpus_per_node=tasks_per_node,
+    gpus_per_task=1,
+    auto_set_gpu=False,
+  )
   spec = resolved.cluster_spec()  # also sets task_type and task_id
   gpus = len(tf.config.list_physical_devices("GPU"))
   return tf.distribute.cluster_resolver.SimpleClusterResolver(
-      spec, task_type=resolved.task_type, task_id=resolved.task_id,
-      num_accelerators={"GPU": gpus} if gpus else {}, rpc_layer="grpc")
+    spec,
+    task_type=resolved.task_type,
+    task_id=resolved.task_id,
+    num_accelerators={"GPU": gpus} if gpus else {},
+    rpc_layer="grpc",
+  )
+
+
+class Worker(typing.NamedTuple):
+  """This process in a multi-worker run: its index among the workers, their count, whether it is
+  the chief (the one that tracks, writes the run directory and evaluates)."""
+
+  index: int = 0
+  count: int = 1
+  chief: bool = True
 
 
 def worker_role(resolver):
-  """-> (index of this worker in the cluster, number of workers, is it the chief). The chief is
-  the ``chief`` task if the cluster has one, else worker 0 (TensorFlow's rule)."""
+  """-> (index of this worker in the cluster, number of workers, is it the chief): a Worker's
+  fields. The chief is the ``chief`` task if the cluster has one, else worker 0 (TensorFlow's
+  rule)."""
   spec = resolver.cluster_spec().as_dict()
   jobs = [job for job in ("chief", "worker") if job in spec]
   if not jobs:  # no cluster: one local worker
@@ -100,8 +101,9 @@ def worker_role(resolver):
   tasks = [(job, i) for job in jobs for i in range(len(spec[job]))]
   task = (resolver.task_type, int(resolver.task_id or 0))
   if task not in tasks:
-    raise ValueError(f"this task ({task[0]} {task[1]}) is not a chief or worker of the cluster "
-                     f"{spec}")
+    raise ValueError(
+      f"this task ({task[0]} {task[1]}) is not a chief or worker of the cluster {spec}"
+    )
   return tasks.index(task), len(tasks), tasks.index(task) == 0
 
 
@@ -122,25 +124,30 @@ def make_strategy(name, resolver=None, collective_timeout_s=None):
     return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == "multi_worker":
     options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=float(collective_timeout_s) if collective_timeout_s else None)
+      timeout_seconds=float(collective_timeout_s) if collective_timeout_s else None
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver or cluster_resolver(), communication_options=options)
+      cluster_resolver=resolver or cluster_resolver(), communication_options=options
+    )
   raise ValueError(f"trainer.strategy: unknown strategy {name!r} ({', '.join(STRATEGIES)})")
 
 
 # What a collective raises on a worker whose peer died (coordination service heartbeat, a reset
 # connection) or timed out (collective_timeout_s).
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-               tf.errors.AbortedError, tf.errors.CancelledError)
+PEER_ERRORS = (
+  tf.errors.UnavailableError,
+  tf.errors.DeadlineExceededError,
+  tf.errors.AbortedError,
+  tf.errors.CancelledError,
+)
 
 
 def peer_failure(error):
   """One line from TensorFlow's message about a lost peer, e.g. "Task /job:worker/replica:0/
   task:1 heartbeat timeout" or "Connection reset by peer"."""
-  import re
   text = getattr(error, "message", None) or str(error)
   match = re.search(r"aborted by: (?:Error reported from \S+: )?([^\n]+)", text)
-  line = match.group(1) if match else next((l for l in text.splitlines() if l.strip()), "")
+  line = match.group(1) if match else next((x for x in text.splitlines() if x.strip()), "")
   line = re.split(r"\. This indicates|\s*\[type\.googleapis|\s*Additional GRPC", line)[0]
   return f"{error.__class__.__name__}: {line.strip()[:200]}"
 
@@ -149,7 +156,8 @@ def steps_of_all_workers(strategy, step):
   """-> ``step`` as every replica of the cluster sees it (one all-gather): workers that resumed
   from different checkpoints must not train together."""
   value = strategy.experimental_distribute_values_from_function(
-      lambda context: tf.constant([step], tf.int64))
+    lambda context: tf.constant([step], tf.int64)
+  )
   return [int(v) for v in strategy.gather(value, axis=0).numpy()]
 
 
@@ -173,8 +181,9 @@ def make_distributed_train_step(model, optimizer, strategy):
   @tf.function(reduce_retracing=True)
   def train_step(batches):
     per_replica = strategy.run(replica_step, args=(next(batches),))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-            for k, v in per_replica.items()}
+    return {
+      k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()
+    }
 
   return train_step
 
@@ -188,8 +197,3 @@ def evaluate_batch(model, x):
   """Loss terms of the forward pass with ``training=False`` (validation)."""
   out = model(x, training=False)
   return {"loss": float(out.loss), "bpp": float(out.bpp), "mse": float(out.mse)}
-
-
-def psnr_from_mse(mse):
-  import math
-  return 10.0 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf

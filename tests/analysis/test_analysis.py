@@ -6,6 +6,7 @@ that results are known by hand (the checkerboard curve is the charm curve at 1.1
 BD-rate +10% exactly). They are fixtures for the analysis code, not measurements. The real
 tiny sweep through ``python -m cbexp.run -m`` is in tests/test_analysis_sweep.py.
 """
+
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from PIL import Image
 from cbexp.analysis import bd, figures, reference, runs, tables
 from cbexp.analysis.points import POINT_COLUMNS, AnalysisError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENT = "analysis-test"
 SWEEP = "synthetic-sweep-1"
 
@@ -33,14 +34,35 @@ PSNR = [28.1, 31.2, 34.4]
 MS_SSIM = [0.951, 0.972, 0.986]
 RATE_FACTOR = 1.1
 SYNTHETIC = {
-    "charm": dict(bpp=CHARM_BPP, psnr=PSNR, ms_ssim=MS_SSIM, enc=[0.30, 0.32, 0.35],
-                  dec=[0.40, 0.44, 0.50], params=1_234_567, kmac=52.5),
-    "checkerboard": dict(bpp=[b * RATE_FACTOR for b in CHARM_BPP], psnr=PSNR, ms_ssim=MS_SSIM,
-                         enc=[0.20, 0.22, 0.27], dec=[0.20, 0.21, 0.25], params=456_789,
-                         kmac=None),
-    # one rate point only
-    "hyperprior": dict(bpp=[0.5], psnr=[31.0], ms_ssim=[0.975], enc=[0.1], dec=[0.1],
-                       params=333_333, kmac=None, lmbdas=[0.01]),
+  "charm": dict(
+    bpp=CHARM_BPP,
+    psnr=PSNR,
+    ms_ssim=MS_SSIM,
+    enc=[0.30, 0.32, 0.35],
+    dec=[0.40, 0.44, 0.50],
+    params=1_234_567,
+    kmac=52.5,
+  ),
+  "checkerboard": dict(
+    bpp=[b * RATE_FACTOR for b in CHARM_BPP],
+    psnr=PSNR,
+    ms_ssim=MS_SSIM,
+    enc=[0.20, 0.22, 0.27],
+    dec=[0.20, 0.21, 0.25],
+    params=456_789,
+    kmac=None,
+  ),
+  # one rate point only
+  "hyperprior": dict(
+    bpp=[0.5],
+    psnr=[31.0],
+    ms_ssim=[0.975],
+    enc=[0.1],
+    dec=[0.1],
+    params=333_333,
+    kmac=None,
+    lmbdas=[0.01],
+  ),
 }
 
 
@@ -51,49 +73,81 @@ def python():
 def run_analysis(*overrides, cwd=None):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   env.pop("MLFLOW_TRACKING_URI", None)
-  return subprocess.run([python(), "-m", "cbexp.analysis", *overrides], capture_output=True,
-                        text=True, cwd=cwd or REPO, env=env, timeout=300)
+  return subprocess.run(
+    [python(), "-m", "cbexp.analysis", *overrides],
+    capture_output=True,
+    text=True,
+    cwd=cwd or REPO,
+    env=env,
+    timeout=300,
+  )
 
 
 def log_synthetic_runs(uri):
   """Logs the SYNTHETIC fixture runs; -> {entropy: [run ids]} of the runs that are rate points."""
   from mlflow.entities import Metric, Param
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(uri)
   experiment_id = client.create_experiment(EXPERIMENT)
-  parent = client.create_run(experiment_id, run_name="sweep (synthetic)",
-                             tags={"sweep_id": SWEEP, "run_type": "sweep_parent"})
+  parent = client.create_run(
+    experiment_id,
+    run_name="sweep (synthetic)",
+    tags={"sweep_id": SWEEP, "run_type": "sweep_parent"},
+  )
   client.set_terminated(parent.info.run_id, "FINISHED")
   ids = {}
   for entropy, s in SYNTHETIC.items():
     for i, lmbda in enumerate(s.get("lmbdas", LMBDAS)):
-      tags = {"entropy": entropy, "lmbda": str(lmbda), "transform": "tiny", "eval_set": "kodak",
-              "sweep_id": SWEEP, "run_type": "train", "synthetic": "true",
-              "mlflow.parentRunId": parent.info.run_id}
+      tags = {
+        "entropy": entropy,
+        "lmbda": str(lmbda),
+        "transform": "tiny",
+        "eval_set": "kodak",
+        "sweep_id": SWEEP,
+        "run_type": "train",
+        "synthetic": "true",
+        "mlflow.parentRunId": parent.info.run_id,
+      }
       run = client.create_run(experiment_id, run_name=f"{entropy} {lmbda} (synthetic)", tags=tags)
       rid = run.info.run_id
-      params = {"entropy.name": entropy, "lmbda": lmbda, "trainer.steps": 10,
-                "transform.num_filters": 16}
-      metrics = {"eval/bpp": s["bpp"][i], "eval/psnr": s["psnr"][i],
-                 "eval/ms_ssim": s["ms_ssim"][i],
-                 "eval/ms_ssim_db": -10 * math.log10(1 - s["ms_ssim"][i]),
-                 "eval/encode_time_median": s["enc"][i], "eval/decode_time_median": s["dec"][i],
-                 "eval/encode_time_mean": s["enc"][i] * 1.05,
-                 "eval/decode_time_mean": s["dec"][i] * 1.05,
-                 "eval/num_images": 24, "model/trainable_parameters": s["params"]}
+      params = {
+        "entropy.name": entropy,
+        "lmbda": lmbda,
+        "trainer.steps": 10,
+        "transform.num_filters": 16,
+      }
+      metrics = {
+        "eval/bpp": s["bpp"][i],
+        "eval/psnr": s["psnr"][i],
+        "eval/ms_ssim": s["ms_ssim"][i],
+        "eval/ms_ssim_db": -10 * math.log10(1 - s["ms_ssim"][i]),
+        "eval/encode_time_median": s["enc"][i],
+        "eval/decode_time_median": s["dec"][i],
+        "eval/encode_time_mean": s["enc"][i] * 1.05,
+        "eval/decode_time_mean": s["dec"][i] * 1.05,
+        "eval/num_images": 24,
+        "model/trainable_parameters": s["params"],
+      }
       if s["kmac"] is not None:
         metrics["model/decode_kmac_per_pixel"] = s["kmac"]
-      client.log_batch(rid, metrics=[Metric(k, float(v), 0, 10) for k, v in metrics.items()],
-                       params=[Param(k, str(v)) for k, v in params.items()])
+      client.log_batch(
+        rid,
+        metrics=[Metric(k, float(v), 0, 10) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+      )
       client.set_terminated(rid, "FINISHED")
       ids.setdefault(entropy, []).append(rid)
   # A sweep job that finished without evaluating (skipped) and a run of another sweep (filtered).
-  unevaluated = client.create_run(experiment_id, tags={"entropy": "charm", "sweep_id": SWEEP,
-                                                       "run_type": "train"})
+  unevaluated = client.create_run(
+    experiment_id, tags={"entropy": "charm", "sweep_id": SWEEP, "run_type": "train"}
+  )
   client.log_metric(unevaluated.info.run_id, "train/loss", 1.0)
   client.set_terminated(unevaluated.info.run_id, "FINISHED")
-  other = client.create_run(experiment_id, tags={"entropy": "charm", "sweep_id": "other-sweep",
-                                                 "run_type": "train", "eval_set": "kodak"})
+  other = client.create_run(
+    experiment_id,
+    tags={"entropy": "charm", "sweep_id": "other-sweep", "run_type": "train", "eval_set": "kodak"},
+  )
   client.log_metric(other.info.run_id, "eval/bpp", 9.0)
   client.log_metric(other.info.run_id, "eval/psnr", 9.0)
   client.set_terminated(other.info.run_id, "FINISHED")
@@ -111,18 +165,24 @@ def synthetic_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cli_result(synthetic_store, tmp_path_factory):
   out = tmp_path_factory.mktemp("analysis") / "out"
-  result = run_analysis(f"tracking.uri={synthetic_store['uri']}", f"experiment_name={EXPERIMENT}",
-                        f"sweep_id={SWEEP}", f"out={out}")
+  result = run_analysis(
+    f"tracking.uri={synthetic_store['uri']}",
+    f"experiment_name={EXPERIMENT}",
+    f"sweep_id={SWEEP}",
+    f"out={out}",
+  )
   assert result.returncode == 0, result.stderr
   return out, result
 
 
 def metrics_of(uri, run_id):
   from mlflow.tracking import MlflowClient
+
   return MlflowClient(uri).get_run(run_id).data.metrics
 
 
 # --- BD-rate against hand-computable cases ---------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["pchip", "akima"])
 @pytest.mark.parametrize("factor", [0.8, 1.1, 1.5])
@@ -141,8 +201,13 @@ def test_bd_pair_ignores_the_order_of_the_points():
   rate, psnr = [0.12, 0.25, 0.5, 0.9], [27.5, 30.1, 33.0, 35.6]
   shuffled = [2, 0, 3, 1]
   ordered = bd.bd_pair(rate, psnr, [r * 1.2 for r in rate], psnr, "pchip")
-  mixed = bd.bd_pair([rate[i] for i in shuffled], [psnr[i] for i in shuffled],
-                     [rate[i] * 1.2 for i in shuffled], [psnr[i] for i in shuffled], "pchip")
+  mixed = bd.bd_pair(
+    [rate[i] for i in shuffled],
+    [psnr[i] for i in shuffled],
+    [rate[i] * 1.2 for i in shuffled],
+    [psnr[i] for i in shuffled],
+    "pchip",
+  )
   assert mixed == pytest.approx(ordered) and ordered[0] == pytest.approx(20)
 
 
@@ -155,17 +220,31 @@ def points_for(curves):
   rows = []
   for name, (rate, psnr) in curves.items():
     for r, p in zip(rate, psnr):
-      rows.append({"curve": name, "curve_id": name, "entropy": name, "source": "cbexp",
-                   "kind": "measured", "bpp": r, "psnr": p, "run_id": f"{name}-{r}"})
+      rows.append(
+        {
+          "curve": name,
+          "curve_id": name,
+          "entropy": name,
+          "source": "cbexp",
+          "kind": "measured",
+          "bpp": r,
+          "psnr": p,
+          "run_id": f"{name}-{r}",
+        }
+      )
   return pd.DataFrame(rows).reindex(columns=POINT_COLUMNS)
 
 
 def test_bd_table_with_too_few_points_or_no_overlap_says_so_instead_of_failing():
-  points = points_for({"charm": ([0.2, 0.4, 0.8], [28, 31, 34]),
-                       "single": ([0.5], [31.5]),
-                       "far": ([4.0, 8.0], [50, 55]),
-                       "expensive": ([1.0, 2.0], [29, 33]),
-                       "checkerboard": ([0.22, 0.44, 0.88], [28, 31, 34])})
+  points = points_for(
+    {
+      "charm": ([0.2, 0.4, 0.8], [28, 31, 34]),
+      "single": ([0.5], [31.5]),
+      "far": ([4.0, 8.0], [50, 55]),
+      "expensive": ([1.0, 2.0], [29, 33]),
+      "checkerboard": ([0.22, 0.44, 0.88], [28, 31, 34]),
+    }
+  )
   table = bd.bd_table(points, anchor="charm").set_index("curve")
   assert "charm" not in table.index  # the anchor is not compared with itself
   assert table.loc["checkerboard", "bd_rate_pchip_pct"] == pytest.approx(10)
@@ -201,6 +280,7 @@ def test_an_unknown_anchor_is_a_clear_error():
 
 # --- published numbers ----------------------------------------------------------------------
 
+
 def test_bundled_published_numbers_are_the_shared_reference():
   shared = REPO.parent / "shared" / "reference" / "published-kodak.json"
   if not shared.is_file():
@@ -226,8 +306,13 @@ def test_published_only_regenerates_the_published_comparison(tmp_path):
   assert (tmp_path / "published_rd.pdf").read_bytes()[:5] == b"%PDF-"
   # the figure holds the chosen curves with their published numbers
   shown = pd.read_csv(tmp_path / "rd_points.csv")
-  assert set(shown["curve_id"]) == {"ms2020_charm", "mbt2018_context", "mbt2018_mean",
-                                    "mbt2018_checkerboard_he2021", "ms2020_checkerboard_tf2"}
+  assert set(shown["curve_id"]) == {
+    "ms2020_charm",
+    "mbt2018_context",
+    "mbt2018_mean",
+    "mbt2018_checkerboard_he2021",
+    "ms2020_checkerboard_tf2",
+  }
   ours = shown[shown["curve_id"] == "ms2020_checkerboard_tf2"]
   assert list(ours["bpp"]) == [0.4132] and list(ours["psnr"]) == [32.832]
   table = pd.read_csv(tmp_path / "bd_psnr.csv").set_index("curve")
@@ -238,8 +323,9 @@ def test_published_only_regenerates_the_published_comparison(tmp_path):
   assert 0 < float(context["bd_rate_pchip_pct"]) < 20  # ChARM saves rate over serial context
   assert "Nikolai10/Checkerboard-Context-Model" in (tmp_path / "report.md").read_text()
   # the copy the README shows is this figure (same pixels up to font rendering)
-  shown_in_readme = np.asarray(Image.open(REPO / "notebooks" / "figures" / "published_rd.png")
-                               .convert("RGB"), dtype=float)
+  shown_in_readme = np.asarray(
+    Image.open(REPO / "notebooks" / "figures" / "published_rd.png").convert("RGB"), dtype=float
+  )
   regenerated = np.asarray(Image.open(png).convert("RGB"), dtype=float)
   assert shown_in_readme.shape == regenerated.shape
   assert np.abs(shown_in_readme - regenerated).mean() < 2.0
@@ -260,6 +346,7 @@ def test_published_rd_figure_draws_every_curve_and_the_single_point():
 
 
 # --- from MLflow runs -------------------------------------------------------------------------
+
 
 def test_search_runs_selects_the_sweep_and_skips_what_is_not_a_rate_point(synthetic_store):
   frame, filter_string = runs.search_runs(synthetic_store["uri"], EXPERIMENT, sweep_id=SWEEP)
@@ -303,12 +390,16 @@ def test_tables_match_the_mlflow_metrics_they_came_from(synthetic_store, cli_res
     decode[entropy] = np.median([m["eval/decode_time_median"] for m in metrics])
     assert float(row["decode_time_median_s"]) == pytest.approx(decode[entropy])
     assert float(row["encode_time_median_s"]) == pytest.approx(
-        np.median([m["eval/encode_time_median"] for m in metrics]))
+      np.median([m["eval/encode_time_median"] for m in metrics])
+    )
     assert row["anchor"] == "charm" and int(row["rate_points"]) == len(run_ids)
   for entropy in SYNTHETIC:
     assert float(comparison.loc[entropy, "decode_speedup_vs_anchor"]) == pytest.approx(
-        decode["charm"] / decode[entropy])
-  assert float(comparison.loc["checkerboard", "decode_speedup_vs_anchor"]) == pytest.approx(0.44 / 0.21)
+      decode["charm"] / decode[entropy]
+    )
+  assert float(comparison.loc["checkerboard", "decode_speedup_vs_anchor"]) == pytest.approx(
+    0.44 / 0.21
+  )
   assert float(comparison.loc["checkerboard", "bd_rate_pchip_pct"]) == pytest.approx(10)
   assert float(comparison.loc["charm", "bd_rate_pchip_pct"]) == 0
   assert comparison.loc["hyperprior", "bd_rate_pchip_pct"] == "n/a"
@@ -338,9 +429,16 @@ def test_compressai_results_schema(synthetic_store, cli_result):
   assert files == ["charm.json", "checkerboard.json", "hyperprior.json"]
   results = json.loads((out / "compressai" / "checkerboard.json").read_text())
   assert set(results) == {"name", "description", "meta", "results"}
-  assert set(results["results"]) == {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time",
-                                     "decoding_time"}
-  metrics = [metrics_of(synthetic_store["uri"], rid) for rid in synthetic_store["ids"]["checkerboard"]]
+  assert set(results["results"]) == {
+    "bpp",
+    "psnr-rgb",
+    "ms-ssim-rgb",
+    "encoding_time",
+    "decoding_time",
+  }
+  metrics = [
+    metrics_of(synthetic_store["uri"], rid) for rid in synthetic_store["ids"]["checkerboard"]
+  ]
   metrics.sort(key=lambda m: m["eval/bpp"])
   assert results["results"]["bpp"] == [m["eval/bpp"] for m in metrics]
   assert results["results"]["psnr-rgb"] == [m["eval/psnr"] for m in metrics]
@@ -362,7 +460,10 @@ def test_figures_open_with_the_expected_size(cli_result):
 def test_the_figure_shows_the_runs_and_a_single_point(synthetic_store):
   frame, _ = runs.search_runs(synthetic_store["uri"], EXPERIMENT, sweep_id=SWEEP)
   points, _ = runs.runs_to_points(frame)
-  for quality, values in (("psnr", PSNR), ("ms_ssim_db", [-10 * math.log10(1 - v) for v in MS_SSIM])):
+  for quality, values in (
+    ("psnr", PSNR),
+    ("ms_ssim_db", [-10 * math.log10(1 - v) for v in MS_SSIM]),
+  ):
     fig = figures.rd_figure(points, quality)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert list(lines["cbexp: charm"].get_xdata()) == CHARM_BPP
@@ -375,6 +476,7 @@ def test_the_figure_shows_the_runs_and_a_single_point(synthetic_store):
 
 def test_the_analysis_is_logged_back_to_mlflow(synthetic_store, cli_result):
   from mlflow.tracking import MlflowClient
+
   _, result = cli_result
   run_id = result.stdout.strip().splitlines()[-1].split()[-1]
   client = MlflowClient(synthetic_store["uri"])
@@ -383,8 +485,16 @@ def test_the_analysis_is_logged_back_to_mlflow(synthetic_store, cli_result):
   assert run.data.tags["analysis.sweep_id"] == SWEEP
   assert run.data.metrics["bd_psnr/checkerboard/bd_rate_pchip_pct"] == pytest.approx(10)
   artifacts = {a.path for a in client.list_artifacts(run_id)}
-  assert {"rd_psnr.png", "rd_psnr.pdf", "rd_msssim.png", "bd_psnr.csv", "comparison.csv",
-          "comparison.md", "report.md", "compressai"} <= artifacts
+  assert {
+    "rd_psnr.png",
+    "rd_psnr.pdf",
+    "rd_msssim.png",
+    "bd_psnr.csv",
+    "comparison.csv",
+    "comparison.md",
+    "report.md",
+    "compressai",
+  } <= artifacts
   # analysing again does not take the analysis run for a rate point
   frame, _ = runs.search_runs(synthetic_store["uri"], EXPERIMENT, sweep_id=None)
   assert run_id not in set(frame["run_id"])
@@ -395,9 +505,19 @@ def test_overlay_off_and_no_mlflow_logging(synthetic_store, tmp_path):
   before = len(frame)
   from cbexp.analysis import report
   from cbexp.config import compose
-  cfg = compose([f"tracking.uri={synthetic_store['uri']}", f"experiment_name={EXPERIMENT}",
-                 f"sweep_id={SWEEP}", f"out={tmp_path}", "reference.overlay=false",
-                 "log_to_mlflow=false", "anchor=checkerboard"], config_name="analysis")
+
+  cfg = compose(
+    [
+      f"tracking.uri={synthetic_store['uri']}",
+      f"experiment_name={EXPERIMENT}",
+      f"sweep_id={SWEEP}",
+      f"out={tmp_path}",
+      "reference.overlay=false",
+      "log_to_mlflow=false",
+      "anchor=checkerboard",
+    ],
+    config_name="analysis",
+  )
   result = report.analyze_runs(cfg)
   assert result["analysis_run_id"] is None
   assert set(result["points"]["source"]) == {"cbexp"}
@@ -407,29 +527,50 @@ def test_overlay_off_and_no_mlflow_logging(synthetic_store, tmp_path):
   assert len(frame) == before
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["tracking.uri=sqlite:////nonexistent/mlflow.db"], "no MLflow store at /nonexistent/mlflow.db"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      ["tracking.uri=sqlite:////nonexistent/mlflow.db"],
+      "no MLflow store at /nonexistent/mlflow.db",
+    ),
     (["experiment_name=nope"], "no MLflow experiment named 'nope'"),
     (["sweep_id=nope"], "no runs with eval/bpp and eval/psnr"),
     (["anchor=nope"], "anchor 'nope' matches no curve"),
     (["reference.overlay=maybe"], "reference.overlay must be auto, true or false"),
     (["bd.methods=[pchip,nope]"], "unknown BD interpolation method"),
     (["filter=\"tags.entropy ~ 'x'\""], "MLflow rejected the run filter"),
-])
+  ],
+)
 def test_bad_selection_is_a_clear_error(synthetic_store, tmp_path, overrides, message):
   from cbexp.analysis import report
   from cbexp.config import compose
-  cfg = compose([f"tracking.uri={synthetic_store['uri']}", f"experiment_name={EXPERIMENT}",
-                 f"out={tmp_path}", "log_to_mlflow=false", *overrides], config_name="analysis")
+
+  cfg = compose(
+    [
+      f"tracking.uri={synthetic_store['uri']}",
+      f"experiment_name={EXPERIMENT}",
+      f"out={tmp_path}",
+      "log_to_mlflow=false",
+      *overrides,
+    ],
+    config_name="analysis",
+  )
   with pytest.raises(AnalysisError, match=message):
     report.analyze_runs(cfg)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["tracking.uri=sqlite:////nonexistent/mlflow.db"], "no MLflow store at /nonexistent/mlflow.db"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      ["tracking.uri=sqlite:////nonexistent/mlflow.db"],
+      "no MLflow store at /nonexistent/mlflow.db",
+    ),
     ([f"experiment_name={EXPERIMENT}", "anchor=nope"], "anchor 'nope' matches no curve"),
     (["bogus=1"], "Could not override 'bogus'. To append to your config use +bogus=1"),
-])
+  ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(synthetic_store, tmp_path, overrides, message):
   overrides = [f"tracking.uri={synthetic_store['uri']}", f"out={tmp_path}", *overrides]
   result = run_analysis(*overrides)
@@ -445,22 +586,40 @@ def test_markdown_marks_missing_values():
 
 # --- the notebook ---------------------------------------------------------------------------------
 
+
 def test_notebook_regenerates_the_figures_from_mlflow(synthetic_store, tmp_path):
   import nbformat
   from nbclient import NotebookClient
+
   notebook = nbformat.read(REPO / "notebooks" / "rd_curves.ipynb", as_version=4)
-  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
-      "commit the notebook without outputs"
-  env = {"MLFLOW_TRACKING_URI": synthetic_store["uri"], "CBEXP_EXPERIMENT": EXPERIMENT,
-         "CBEXP_SWEEP_ID": SWEEP, "CBEXP_ANALYSIS_OUT": str(tmp_path / "out")}
+  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+    "commit the notebook without outputs"
+  )
+  env = {
+    "MLFLOW_TRACKING_URI": synthetic_store["uri"],
+    "CBEXP_EXPERIMENT": EXPERIMENT,
+    "CBEXP_SWEEP_ID": SWEEP,
+    "CBEXP_ANALYSIS_OUT": str(tmp_path / "out"),
+  }
   with unittest.mock.patch.dict(os.environ, env):
-    NotebookClient(notebook, timeout=240, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    NotebookClient(
+      notebook,
+      timeout=240,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(REPO / "notebooks")}},
+    ).execute()
   for stem in ("rd_psnr", "rd_msssim"):
     assert Image.open(tmp_path / "out" / f"{stem}.png").size == figures.PNG_SIZE
-  images = [o for cell in notebook.cells for o in cell.get("outputs", [])
-            if "image/png" in o.get("data", {})]
+  images = [
+    o
+    for cell in notebook.cells
+    for o in cell.get("outputs", [])
+    if "image/png" in o.get("data", {})
+  ]
   assert len(images) >= 2
-  text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                 for cell in notebook.cells for o in cell.get("outputs", []))
+  text = "".join(
+    o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+    for cell in notebook.cells
+    for o in cell.get("outputs", [])
+  )
   assert "checkerboard vs charm: BD-rate +10.00%" in text and "(pchip" in text

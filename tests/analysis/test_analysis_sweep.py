@@ -4,6 +4,7 @@ through ``python -m cbexp.run -m``, evaluated with real range coding, then
 training steps on three small images, one 192x192 evaluation image), not how good the models
 are. The six jobs run in two processes (joblib launcher), writing one sqlite store.
 """
+
 import json
 import os
 import pathlib
@@ -28,8 +29,10 @@ def write_images(folder, sizes, seed):
   rng = np.random.default_rng(seed)
   for i, (height, width) in enumerate(sizes):
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    channels = [np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y)) * 100 + 128
-                for _ in range(3)]
+    channels = [
+      np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y)) * 100 + 128
+      for _ in range(3)
+    ]
     Image.fromarray(np.stack(channels, -1).astype(np.uint8)).save(folder / f"{i}.png")
   return folder
 
@@ -37,8 +40,14 @@ def write_images(folder, sizes, seed):
 def run(module, *arguments, cwd):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   env.pop("MLFLOW_TRACKING_URI", None)
-  return subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True,
-                        text=True, cwd=cwd, env=env, timeout=900)
+  return subprocess.run(
+    [sys.executable, "-m", module, *arguments],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=env,
+    timeout=900,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +56,68 @@ def sweep(tmp_path_factory):
   uri = f"sqlite:///{folder / 'mlflow.db'}"
   train = write_images(folder / "train", [(96, 96), (80, 128), (96, 64)], seed=0)
   evaluation = write_images(folder / "eval", [(192, 192)], seed=1)  # MS-SSIM needs >= 161
-  result = run("cbexp.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-               "transform=tiny", f"entropy={','.join(ENTROPY_MODELS)}",
-               "entropy.hidden_filters=[16,16]", f"lmbda={','.join(LMBDAS)}",
-               "dataset=folder", f"dataset.path={train}", "eval=folder", f"eval.path={evaluation}",
-               "trainer=tiny", "trainer.steps=4", "trainer.batch_size=2", "trainer.log_every=2",
-               "trainer.val_every=4", "trainer.checkpoint_every=4", f"tracking.uri={uri}",
-               f"hydra.sweep.dir={folder / 'sweep'}", cwd=folder)
+  result = run(
+    "cbexp.run",
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "transform=tiny",
+    f"entropy={','.join(ENTROPY_MODELS)}",
+    "entropy.hidden_filters=[16,16]",
+    f"lmbda={','.join(LMBDAS)}",
+    "dataset=folder",
+    f"dataset.path={train}",
+    "eval=folder",
+    f"eval.path={evaluation}",
+    "trainer=tiny",
+    "trainer.steps=4",
+    "trainer.batch_size=2",
+    "trainer.log_every=2",
+    "trainer.val_every=4",
+    "trainer.checkpoint_every=4",
+    f"tracking.uri={uri}",
+    f"hydra.sweep.dir={folder / 'sweep'}",
+    cwd=folder,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((folder / "sweep" / "mlflow_sweep.json").read_text())
   out = folder / "analysis"
-  analysis = run("cbexp.analysis", f"tracking.uri={uri}", "experiment_name=cbexp",
-                 f"sweep_id={record['sweep_id']}", f"out={out}", cwd=folder)
+  analysis = run(
+    "cbexp.analysis",
+    f"tracking.uri={uri}",
+    "experiment_name=cbexp",
+    f"sweep_id={record['sweep_id']}",
+    f"out={out}",
+    cwd=folder,
+  )
   assert analysis.returncode == 0, analysis.stderr[-3000:]
-  return {"uri": uri, "out": out, "sweep_id": record["sweep_id"], "record": record,
-          "sweep_stderr": result.stderr, "analysis_stdout": analysis.stdout}
+  return {
+    "uri": uri,
+    "out": out,
+    "sweep_id": record["sweep_id"],
+    "record": record,
+    "sweep_stderr": result.stderr,
+    "analysis_stdout": analysis.stdout,
+  }
 
 
 def test_the_sweep_ends_with_a_summary_and_the_next_command(sweep):
   lines = sweep["sweep_stderr"].strip().splitlines()
   jobs = len(ENTROPY_MODELS) * len(LMBDAS)
-  assert lines[-2].startswith(f"sweep {sweep['sweep_id']} ended: {jobs} jobs: {jobs} finished, "
-                              f"0 failed or stopped"), lines[-2:]
+  assert lines[-2].startswith(
+    f"sweep {sweep['sweep_id']} ended: {jobs} jobs: {jobs} finished, 0 failed or stopped"
+  ), lines[-2:]
   # the store is ./mlflow.db of the sweep's working directory: the default, so not repeated
   assert lines[-1] == f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}"
   from mlflow.tracking import MlflowClient
+
   parent = MlflowClient(sweep["uri"]).get_run(sweep["record"]["parent_run_id"])
   assert parent.info.status == "FINISHED"
 
 
 def test_the_analysis_run_is_a_child_of_the_sweep(sweep):
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(sweep["uri"])
   run_id = sweep["analysis_stdout"].strip().splitlines()[-1].split()[-1]
   run = client.get_run(run_id)
@@ -95,24 +135,43 @@ def test_a_failed_job_is_counted_and_the_sweep_goes_on(tmp_path):
   train = write_images(tmp_path / "train", [(96, 96), (80, 128)], seed=0)
   evaluation = write_images(tmp_path / "eval", [(64, 64)], seed=1)
   uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-  result = run("cbexp.run", "-m", "transform=tiny", "entropy=hyperprior",
-               "entropy.hidden_filters=[16,16]", "dataset=folder", f"dataset.path={train}",
-               "dataset.val_images=0", "eval=folder", f"eval.path={evaluation}", "trainer=tiny",
-               "trainer.steps=2", "trainer.batch_size=1", "trainer.log_every=1",
-               "trainer.val_every=2", "trainer.checkpoint_every=2", "trainer.patch_size=100,64",
-               f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+  result = run(
+    "cbexp.run",
+    "-m",
+    "transform=tiny",
+    "entropy=hyperprior",
+    "entropy.hidden_filters=[16,16]",
+    "dataset=folder",
+    f"dataset.path={train}",
+    "dataset.val_images=0",
+    "eval=folder",
+    f"eval.path={evaluation}",
+    "trainer=tiny",
+    "trainer.steps=2",
+    "trainer.batch_size=1",
+    "trainer.log_every=1",
+    "trainer.val_every=2",
+    "trainer.checkpoint_every=2",
+    "trainer.patch_size=100,64",
+    f"tracking.uri={uri}",
+    f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    cwd=tmp_path,
+  )
   assert result.returncode != 0
   assert "error: trainer.patch_size 100: must be a multiple of 64" in result.stderr
   summary = [line for line in result.stderr.splitlines() if " ended: " in line]
-  assert len(summary) == 1 and "2 jobs: 1 finished, 1 failed or stopped" in summary[0], \
-      result.stderr[-2000:]
+  assert len(summary) == 1 and "2 jobs: 1 finished, 1 failed or stopped" in summary[0], (
+    result.stderr[-2000:]
+  )
   record = json.loads((tmp_path / "sweep" / "mlflow_sweep.json").read_text())
   from mlflow.tracking import MlflowClient
+
   assert MlflowClient(uri).get_run(record["parent_run_id"]).info.status == "FAILED"
 
 
 def test_a_real_sweep_gives_the_figures_and_tables(sweep):
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(sweep["uri"])
   out = sweep["out"]
   points = pd.read_csv(out / "rd_points.csv", float_precision="round_trip")
@@ -138,10 +197,12 @@ def test_a_real_sweep_gives_the_figures_and_tables(sweep):
     decode[entropy] = np.median([m["eval/decode_time_median"] for m in runs])
     assert float(row["decode_time_median_s"]) == pytest.approx(decode[entropy])
   assert float(comparison.loc["checkerboard", "decode_speedup_vs_anchor"]) == pytest.approx(
-      decode["charm"] / decode["checkerboard"])
+    decode["charm"] / decode["checkerboard"]
+  )
   # ChARM has more parameters than the checkerboard model, also in the tiny configuration
-  assert float(comparison.loc["charm", "trainable_parameters"]) > \
-      float(comparison.loc["checkerboard", "trainable_parameters"])
+  assert float(comparison.loc["charm", "trainable_parameters"]) > float(
+    comparison.loc["checkerboard", "trainable_parameters"]
+  )
 
   bd = pd.read_csv(out / "bd_psnr.csv").set_index("curve")
   row = bd.loc["checkerboard"]

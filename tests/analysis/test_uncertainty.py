@@ -1,13 +1,14 @@
 """Seeds and images in the analysis: averaging runs that differ only in their seed, and the
 bootstrap intervals of BD values (cbexp.analysis.uncertainty). Synthetic per-image numbers with a
 known answer: a test curve that costs exactly RATE_FACTOR times the anchor's rate on every image."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cbexp.analysis import uncertainty
 from cbexp.analysis.uncertainty import CurveSamples
-from cbexp.evaluation.evaluate import ms_ssim_db
+from cbexp.evaluation.metrics import ms_ssim_db
 
 LMBDAS = [0.003, 0.01, 0.03, 0.1]
 IMAGES = [f"kodim{i:02d}.png" for i in range(13, 25)]
@@ -25,8 +26,9 @@ def synthetic_curve(name, rate_factor=1.0, seeds=(0, 1), noise=0.02, seed=0):
   bpp = base * seed_factor * rate_factor
   psnr = np.broadcast_to(24 + 3 * np.log2(base / 0.15) - image_factor, bpp.shape).copy()
   ms_ssim = 1 - 10 ** (-psnr / 20)
-  return CurveSamples(name, LMBDAS, list(seeds), IMAGES,
-                      {"bpp": bpp, "psnr": psnr, "ms_ssim": ms_ssim})
+  return CurveSamples(
+    name, LMBDAS, list(seeds), IMAGES, {"bpp": bpp, "psnr": psnr, "ms_ssim": ms_ssim}
+  )
 
 
 def test_a_curve_against_itself_has_an_interval_that_contains_zero():
@@ -43,8 +45,13 @@ def test_a_known_rate_difference_is_inside_the_interval(noise):
   """The test model costs exactly RATE_FACTOR times the anchor's rate, image by image and seed
   by seed (the same noise realisation): BD-rate is +10% on all data and inside the interval."""
   anchor = synthetic_curve("charm", noise=noise, seed=1)
-  test = CurveSamples("checkerboard", LMBDAS, anchor.seeds, IMAGES,
-                      {**anchor.values, "bpp": anchor.values["bpp"] * RATE_FACTOR})
+  test = CurveSamples(
+    "checkerboard",
+    LMBDAS,
+    anchor.seeds,
+    IMAGES,
+    {**anchor.values, "bpp": anchor.values["bpp"] * RATE_FACTOR},
+  )
   result = uncertainty.bd_interval(test, anchor, resamples=300)
   truth = (RATE_FACTOR - 1) * 100
   assert result["bd_rate"] == pytest.approx(truth)
@@ -65,7 +72,8 @@ def test_seed_noise_widens_the_interval_of_independent_models():
   noisy = uncertainty.bd_interval(test, anchor, resamples=300)
   assert noisy["bd_rate_high"] - noisy["bd_rate_low"] > 1.0
   assert uncertainty.bd_interval(quiet, synthetic_curve("charm", noise=0.0), resamples=300)[
-      "bd_rate"] == pytest.approx((RATE_FACTOR - 1) * 100)
+    "bd_rate"
+  ] == pytest.approx((RATE_FACTOR - 1) * 100)
 
 
 def test_the_interval_is_seeded_and_one_seed_resamples_images_only():
@@ -90,19 +98,39 @@ def test_seed_noise_table_compares_each_seed_with_the_first():
 def per_run_table():
   rows = []
   for seed, (bpp, psnr, ms_ssim) in enumerate([(0.30, 30.0, 0.95), (0.34, 30.4, 0.97)]):
-    rows.append({"curve": "charm", "curve_id": "charm", "entropy": "charm", "source": "cbexp",
-                 "run_id": f"run{seed}", "lmbda": 0.01, "bpp": bpp, "psnr": psnr,
-                 "ms_ssim": ms_ssim, "ms_ssim_db": ms_ssim_db(ms_ssim),
-                 "encode_time_median": 0.1 * (seed + 1), "decode_time_median": 0.2,
-                 "encode_time_mean": 0.1, "decode_time_mean": 0.2, "num_images": 12,
-                 "seed": str(seed), "seeds": 1})
+    rows.append(
+      {
+        "curve": "charm",
+        "curve_id": "charm",
+        "entropy": "charm",
+        "source": "cbexp",
+        "run_id": f"run{seed}",
+        "lmbda": 0.01,
+        "bpp": bpp,
+        "psnr": psnr,
+        "ms_ssim": ms_ssim,
+        "ms_ssim_db": ms_ssim_db(ms_ssim),
+        "encode_time_median": 0.1 * (seed + 1),
+        "decode_time_median": 0.2,
+        "encode_time_mean": 0.1,
+        "decode_time_mean": 0.2,
+        "num_images": 12,
+        "seed": str(seed),
+        "seeds": 1,
+      }
+    )
   return pd.DataFrame(rows)
 
 
 def test_runs_that_differ_only_in_seed_become_one_point_with_its_spread():
   per_run = per_run_table()
-  runs = pd.DataFrame({"run_id": ["run0", "run1"], "params.trainer.seed": ["0", "1"],
-                       "params.trainer.steps": ["10", "10"]})
+  runs = pd.DataFrame(
+    {
+      "run_id": ["run0", "run1"],
+      "params.trainer.seed": ["0", "1"],
+      "params.trainer.steps": ["10", "10"],
+    }
+  )
   points, notes = uncertainty.average_seeds(per_run, runs)
   assert notes == [] and len(points) == 1
   point = points.iloc[0]
@@ -114,8 +142,13 @@ def test_runs_that_differ_only_in_seed_become_one_point_with_its_spread():
 
 def test_runs_that_differ_in_more_than_the_seed_are_flagged():
   per_run = per_run_table()
-  runs = pd.DataFrame({"run_id": ["run0", "run1"], "params.trainer.seed": ["0", "1"],
-                       "params.trainer.steps": ["10", "20"]})
+  runs = pd.DataFrame(
+    {
+      "run_id": ["run0", "run1"],
+      "params.trainer.seed": ["0", "1"],
+      "params.trainer.steps": ["10", "20"],
+    }
+  )
   _, notes = uncertainty.average_seeds(per_run, runs)
   assert len(notes) == 1 and "differ in more than the seed (trainer.steps)" in notes[0]
   per_run["seed"] = "0"
@@ -125,8 +158,14 @@ def test_runs_that_differ_in_more_than_the_seed_are_flagged():
 
 def test_curve_samples_need_one_run_per_lambda_and_seed_over_the_same_images():
   per_run = per_run_table()
-  table = pd.DataFrame({"image": IMAGES[:3], "bpp": [0.1, 0.2, 0.3], "psnr": [30, 31, 32],
-                        "ms_ssim": [0.9, 0.91, 0.92]})
+  table = pd.DataFrame(
+    {
+      "image": IMAGES[:3],
+      "bpp": [0.1, 0.2, 0.3],
+      "psnr": [30, 31, 32],
+      "ms_ssim": [0.9, 0.91, 0.92],
+    }
+  )
   samples = uncertainty.curve_samples(per_run, {"run0": table, "run1": table})
   assert samples["charm"].values["bpp"].shape == (1, 2, 3)
   other_images = table.assign(image=IMAGES[3:6])

@@ -1,11 +1,18 @@
-"""Every config composes: each option of each group, each experiment preset (no TensorFlow)."""
+"""Every config composes: each option of each group, each experiment preset (no TensorFlow); each
+config group names existing code; every command answers --help both ways."""
+
+import importlib
+import os
+import subprocess
+import sys
+
 import pytest
 from omegaconf import OmegaConf
 
-from cbexp.config import CONF_DIR, compose
-from cbexp.training.run import check_group_overrides
+from cbexp.config import CONF_DIR, compose, run_name
+from cbexp.tracking.runs import flatten
+from cbexp.training.preflight import check_group_overrides
 from cbexp.training.schedules import ScheduleError, check, first_steps
-from cbexp.tracking.runs import flatten, run_name
 
 GROUPS = ("transform", "entropy", "schedule", "dataset", "trainer", "eval", "tracking")
 RUN_KEYS = ("schedule", "dataset", "trainer", "eval", "tracking", "run_dir")
@@ -28,8 +35,11 @@ def test_default_config_has_every_group():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group, option, monkeypatch, tmp_path):
   monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
-  extra = [f"{group}.path={tmp_path}"] if (group, option) in (("dataset", "folder"),
-                                                              ("eval", "folder")) else []
+  extra = (
+    [f"{group}.path={tmp_path}"]
+    if (group, option) in (("dataset", "folder"), ("eval", "folder"))
+    else []
+  )
   cfg = compose([f"{group}={option}"] + extra)
   # Resolving catches broken interpolations; a mandatory value left ??? would raise here.
   container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -44,7 +54,7 @@ def test_every_experiment_preset_composes(preset, monkeypatch, tmp_path):
   cfg = compose([f"experiment={preset}"])
   OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
   if preset.startswith("paper_"):
-    assert cfg.entropy.name == preset[len("paper_"):]
+    assert cfg.entropy.name == preset[len("paper_") :]
     assert cfg.transform.num_filters == 192 and cfg.transform.latent_depth == 320
     assert cfg.dataset.name == "clic" and cfg.eval.set == "kodak"
     assert cfg.eval.path == str(tmp_path)  # Kodak from $CBEXP_KODAK_DIR
@@ -67,11 +77,20 @@ def test_command_line_beats_preset():
 
 def test_unknown_group_option_is_one_line():
   message = check_group_overrides(["entropy=charmm"])
-  assert message == "unknown entropy model 'charmm' (known: " + ", ".join(
-      options("entropy")) + ")"
+  assert message == "unknown entropy model 'charmm' (known: " + ", ".join(options("entropy")) + ")"
   assert "unknown dataset option 'nope'" in check_group_overrides(["dataset=default,nope"])
-  assert check_group_overrides(["-m", "entropy=charm,checkerboard", "lmbda=0.1",
-                                "experiment=quickstart", "hydra/launcher=joblib"]) is None
+  assert (
+    check_group_overrides(
+      [
+        "-m",
+        "entropy=charm,checkerboard",
+        "lmbda=0.1",
+        "experiment=quickstart",
+        "hydra/launcher=joblib",
+      ]
+    )
+    is None
+  )
 
 
 def test_run_names_are_deterministic_and_safe():
@@ -97,11 +116,17 @@ def test_params_are_flattened_with_dots():
   assert flat["lmbda"] == "0.01" and flat["schedule.rates"] == "[0.0001, 1e-05]"
 
 
-@pytest.mark.parametrize("launcher,target", [
+@pytest.mark.parametrize(
+  "launcher,target",
+  [
     ("local_processes", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")])
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+  ],
+)
 def test_launcher_configs_compose(launcher, target):
-  from hydra import compose as hydra_compose, initialize_config_dir
+  from hydra import compose as hydra_compose
+  from hydra import initialize_config_dir
+
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     cfg = hydra_compose("config", [f"hydra/launcher={launcher}"], return_hydra_config=True)
   assert cfg.hydra.launcher._target_ == target
@@ -109,9 +134,12 @@ def test_launcher_configs_compose(launcher, target):
 
 
 def test_optuna_sweeper_config_composes():
-  pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
-                      reason="optional extra: pip install -e '.[optuna]'")
-  from hydra import compose as hydra_compose, initialize_config_dir
+  pytest.importorskip(
+    "hydra_plugins.hydra_optuna_sweeper", reason="optional extra: pip install -e '.[optuna]'"
+  )
+  from hydra import compose as hydra_compose
+  from hydra import initialize_config_dir
+
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     cfg = hydra_compose("config", ["hydra/sweeper=lr_search"], return_hydra_config=True)
   assert cfg.hydra.sweeper.storage is None and cfg.hydra.sweeper.direction == "minimize"
@@ -122,12 +150,113 @@ def test_resuming_a_run_saved_before_a_new_entropy_key(tmp_path):
   # A run directory whose config predates context_positions was built with the class default
   # (full_grid): resuming it with that value passes, with the new "coded" default it is refused.
   from omegaconf import OmegaConf
-  from cbexp.training.run import ConfigError, check_same_model
+
+  from cbexp.config import ConfigError
+  from cbexp.training.preflight import check_same_model
+
   cfg = compose(["entropy=checkerboard", "run_dir=x"])
   saved = OmegaConf.to_container(cfg, resolve=True)
   del saved["entropy"]["context_positions"]
   OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
-  check_same_model(compose(["entropy=checkerboard", "entropy.context_positions=full_grid"]),
-                   tmp_path)
+  check_same_model(
+    compose(["entropy=checkerboard", "entropy.context_positions=full_grid"]), tmp_path
+  )
   with pytest.raises(ConfigError, match="entropy.context_positions=full_grid, not coded"):
     check_same_model(cfg, tmp_path)
+
+
+# --- every config of every group, as lightning-hydra-template's tests/test_configs.py ------------
+
+
+def default_groups():
+  """The groups of the primary config's defaults list (``override``/``optional`` stripped)."""
+  names = set()
+  for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+    if not isinstance(entry, str):
+      names.update(key.split()[-1] for key in entry)
+  return names
+
+
+def every_config():
+  """(group, option) of every conf/<group>/<option>.yaml, hydra/* and preset groups included."""
+  return [
+    (path.parent.relative_to(CONF_DIR).as_posix(), path.stem)
+    for path in sorted(CONF_DIR.rglob("*.yaml"))
+    if path.parent != CONF_DIR
+  ]
+
+
+@pytest.mark.parametrize("group,option", every_config())
+def test_every_config_of_every_group_composes_and_resolves(group, option, monkeypatch, tmp_path):
+  from hydra import compose as hydra_compose
+  from hydra import initialize_config_dir
+
+  from cbexp.training.preflight import PLUGIN_EXTRAS
+
+  monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
+  if (group, option) in PLUGIN_EXTRAS:
+    pytest.importorskip(PLUGIN_EXTRAS[group, option][0], reason="an optional extra")
+  appended = not group.startswith("hydra/") and group not in default_groups()
+  overrides = [f"{'+' if appended else ''}{group}={option}"]
+  if option == "folder":  # the folder datasets have no default folder
+    overrides.append(f"{group}.path={tmp_path}")
+  with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = hydra_compose("config", overrides, return_hydra_config=True)
+  assert cfg.hydra.runtime.choices[group] == option
+  job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+  OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+  if group.startswith(("hydra/launcher", "hydra/sweeper")):
+    node = cfg.hydra[group.split("/")[1]]
+    module, name = node._target_.rsplit(".", 1)
+    assert hasattr(importlib.import_module(module), name), node._target_
+
+
+@pytest.mark.parametrize("name", options("entropy"))
+def test_every_entropy_config_names_its_own_module_and_an_allowed_class(name):
+  from cbexp.config import entropy_classes
+  from cbexp.entropy.base import EntropyModel
+
+  target = OmegaConf.load(CONF_DIR / "entropy" / f"{name}.yaml")._target_
+  assert target in entropy_classes()
+  module, class_name = target.rsplit(".", 1)
+  assert module == f"cbexp.entropy.{name}"  # conf/entropy/<name>.yaml -> cbexp/entropy/<name>.py
+  assert issubclass(getattr(importlib.import_module(module), class_name), EntropyModel)
+
+
+def test_the_analysis_config_composes_and_resolves(tmp_path):
+  cfg = compose([f"out={tmp_path}"], config_name="analysis")
+  OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+# --- every command answers --help: `cbexp <command>` and `python -m cbexp.<module>` -------------
+
+# The `python -m` module of a command, where it is not cbexp.<command>.
+PYTHON_M = {"train": "cbexp.run", "analyze": "cbexp.analysis"}
+
+
+def commands():
+  from cbexp.cli.__main__ import COMMANDS
+
+  return sorted(COMMANDS)
+
+
+def answer(tmp_path, *arguments):
+  env = {k: v for k, v in os.environ.items() if k != "CBEXP_DEBUG"}
+  return subprocess.run(
+    [sys.executable, "-m", *arguments, "--help"],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_answers_help_both_ways(command, tmp_path):
+  console = answer(tmp_path, "cbexp.cli", command)  # what the `cbexp` console script runs
+  module = answer(tmp_path, PYTHON_M.get(command, f"cbexp.{command}"))
+  for result in (console, module):
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert not list(tmp_path.iterdir())  # --help writes nothing

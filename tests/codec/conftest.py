@@ -1,10 +1,10 @@
 """Fixtures of the codec tests."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cbexp.codec import bitstream
-from cbexp.codec import savedmodel as export
 from cbexp.codec.codec import Codec
 from cbexp.codec.model_dir import save_model_dir
 from cbexp.config import build_model, compose
@@ -19,7 +19,7 @@ def tiny_files(model_factory, tmp_path_factory):
   cfg = compose(overrides)
   model = model_factory(overrides)
   save_model_dir(model, cfg, folder / "model")
-  tiny_codec = Codec(export.codec_module(model, cfg), "memory")
+  tiny_codec = Codec.from_model(model, cfg)
   image = np.random.default_rng(0).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
   stream = tiny_codec.encode(image)
   bitstream.write(folder / "good.cbx", stream)

@@ -1,4 +1,5 @@
 """Issue 4: the .cbx container parses only what it wrote; every kind of damage is a clear error."""
+
 import struct
 import zlib
 
@@ -11,14 +12,26 @@ FINGERPRINT = "0123456789abcdef0123456789abcdef"
 CHECKS = (b"\x01\x02\x03\x04", b"\xa0\xb0\xc0\xd0", b"\xff\x00\xff\x00")
 
 
-def make_stream(strings=(b"zz", b"\x00\x01\x02anchors", b"non-anchors\xff"), name="checkerboard",
-                height=512, width=768, checks=CHECKS):
+def make_stream(
+  strings=(b"zz", b"\x00\x01\x02anchors", b"non-anchors\xff"),
+  name="checkerboard",
+  height=512,
+  width=768,
+  checks=CHECKS,
+):
   """A format-2 stream (with symbol checks, one per string); ``checks=None``: format 1."""
   if checks is not None:
-    checks = checks[:len(strings)] + tuple(bytes([i, 0, 0, 7]) for i in range(
-        len(strings) - len(checks)))
-  return Bitstream(entropy_model=name, fingerprint=FINGERPRINT, height=height, width=width,
-                   strings=strings, checks=checks)
+    checks = checks[: len(strings)] + tuple(
+      bytes([i, 0, 0, 7]) for i in range(len(strings) - len(checks))
+    )
+  return Bitstream(
+    entropy_model=name,
+    fingerprint=FINGERPRINT,
+    height=height,
+    width=width,
+    strings=strings,
+    checks=checks,
+  )
 
 
 def header_size(stream):
@@ -34,14 +47,14 @@ def test_round_trip_and_documented_layout():
   n = len("checkerboard")
   assert FORMAT_VERSION == 2 and stream.version == 2
   assert data[:4] == b"\x89CBX" and data[4] == 2 and data[5] == n
-  assert data[6:6 + n] == b"checkerboard"
-  assert data[6 + n:22 + n] == bytes.fromhex(FINGERPRINT)
-  assert struct.unpack(">II", data[22 + n:30 + n]) == (512, 768)
+  assert data[6 : 6 + n] == b"checkerboard"
+  assert data[6 + n : 22 + n] == bytes.fromhex(FINGERPRINT)
+  assert struct.unpack(">II", data[22 + n : 30 + n]) == (512, 768)
   assert data[30 + n] == 3
-  lengths = struct.unpack(">III", data[31 + n:43 + n])
+  lengths = struct.unpack(">III", data[31 + n : 43 + n])
   assert list(lengths) == [len(s) for s in stream.strings]
-  assert data[43 + n:55 + n] == b"".join(CHECKS)  # 31+n+4k: the symbol checks
-  assert data[55 + n:-4] == b"".join(stream.strings)  # 31+n+8k: the strings
+  assert data[43 + n : 55 + n] == b"".join(CHECKS)  # 31+n+4k: the symbol checks
+  assert data[55 + n : -4] == b"".join(stream.strings)  # 31+n+8k: the strings
   assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
   assert len(data) == header_size(stream) + sum(lengths) + 4
 
@@ -52,7 +65,7 @@ def test_version_1_layout_is_still_written_and_read():
   data = stream.to_bytes()
   n = len("checkerboard")
   assert stream.version == 1 and data[4] == 1
-  assert data[43 + n:-4] == b"".join(stream.strings)  # the strings right after the lengths
+  assert data[43 + n : -4] == b"".join(stream.strings)  # the strings right after the lengths
   assert len(data) == header_size(stream) + sum(len(s) for s in stream.strings) + 4
   assert Bitstream.from_bytes(data) == stream
   assert make_stream().to_bytes() != data and len(make_stream().to_bytes()) == len(data) + 12
@@ -60,15 +73,28 @@ def test_version_1_layout_is_still_written_and_read():
 
 def test_symbol_checks_must_match_the_strings():
   with pytest.raises(BitstreamError, match="as many symbol checks"):
-    Bitstream(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
-              strings=(b"a", b"b"), checks=(b"1234",))
+    Bitstream(
+      entropy_model="charm",
+      fingerprint=FINGERPRINT,
+      height=4,
+      width=4,
+      strings=(b"a", b"b"),
+      checks=(b"1234",),
+    )
   with pytest.raises(BitstreamError, match="symbol checks of 4 bytes"):
-    Bitstream(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
-              strings=(b"a",), checks=(b"12345",))
+    Bitstream(
+      entropy_model="charm",
+      fingerprint=FINGERPRINT,
+      height=4,
+      width=4,
+      strings=(b"a",),
+      checks=(b"12345",),
+    )
 
 
 def test_symbol_check_size_is_the_graphs():
   from cbexp.entropy.base import SYMBOL_CHECK_BYTES
+
   assert bitstream.SYMBOL_CHECK_BYTES == SYMBOL_CHECK_BYTES
 
 
@@ -161,12 +187,19 @@ def test_string_count_change_is_refused():
   assert len(Bitstream.from_bytes(fewer.to_bytes()).strings) == 2
 
 
-@pytest.mark.parametrize("field,value", [
-    ("entropy_model", ""), ("entropy_model", "é"), ("fingerprint", "abc"), ("height", 0),
-    ("width", -3), ("strings", ())])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("entropy_model", ""),
+    ("entropy_model", "é"),
+    ("fingerprint", "abc"),
+    ("height", 0),
+    ("width", -3),
+    ("strings", ()),
+  ],
+)
 def test_invalid_fields_are_refused_when_writing(field, value):
-  values = dict(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4,
-                strings=(b"a",))
+  values = dict(entropy_model="charm", fingerprint=FINGERPRINT, height=4, width=4, strings=(b"a",))
   values[field] = value
   with pytest.raises(BitstreamError):
     Bitstream(**values)

@@ -1,24 +1,30 @@
-"""Issue 4, in process: exported models, model fingerprints, the codec's refusals and its inputs.
+"""In process: exported models, model fingerprints, the codec's refusals and its inputs.
 
 The command line end to end is in test_codec_cli.py; here the same functions run without a
 subprocess (each of those costs a TensorFlow start-up)."""
+
 import math
 import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from cbexp.cli.codec import main as codec_main
+from cbexp.cli.export import main as export_main
 from cbexp.codec import codec
 from cbexp.codec import savedmodel as export
 from cbexp.codec.bitstream import Bitstream
 from cbexp.codec.codec import Codec, CodecError
-from cbexp.config import build_model, compose
-from cbexp.images import load_image
-from cbexp.models.compression import Compressed
 from cbexp.codec.model_dir import save_model_dir
+from cbexp.config import build_model, compose
+from cbexp.constants import PAD_MULTIPLE
+from cbexp.images import load_image
+from cbexp.load import LoadError, load_codec
+from cbexp.models.compression import Compressed
 from helpers.models import tiny_overrides
 
 BASE_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]
@@ -34,7 +40,7 @@ def tiny(model_factory):
   overrides = tiny_overrides("checkerboard")
   model = model_factory(overrides)
   cfg = compose(overrides)
-  return model, cfg, Codec(export.codec_module(model, cfg), "memory")
+  return model, cfg, Codec.from_model(model, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,7 @@ def other_weights(tiny):
   tf.random.set_seed(1)
   model = build_model(cfg)
   model.build_coders()
-  return model, cfg, Codec(export.codec_module(model, cfg), "memory, other weights")
+  return model, cfg, Codec.from_model(model, cfg, "memory, other weights")
 
 
 # --- the property: decode(encode(x)) is x's shape and exactly the encoder's reconstruction -----
@@ -60,12 +66,17 @@ def other_weights(tiny):
 def test_decode_reproduces_the_encoders_reconstruction(entropy, model_factory):
   overrides = tiny_overrides(entropy)
   model = model_factory(overrides)
-  tiny_codec = Codec(export.codec_module(model, compose(overrides)), "memory")
+  tiny_codec = Codec.from_model(model, compose(overrides))
 
-  @settings(max_examples=10, deadline=None, derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow])
-  @given(height=st.integers(1, 80), width=st.integers(1, 80), seed=st.integers(0, 2**32 - 1),
-         fill=st.sampled_from(["noise", "flat", "ramp"]))
+  @settings(
+    max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+  )
+  @given(
+    height=st.integers(1, 80),
+    width=st.integers(1, 80),
+    seed=st.integers(0, 2**32 - 1),
+    fill=st.sampled_from(["noise", "flat", "ramp"]),
+  )
   def check(height, width, seed, fill):
     x = random_image(height, width, seed)
     if fill == "flat":
@@ -79,8 +90,9 @@ def test_decode_reproduces_the_encoders_reconstruction(entropy, model_factory):
     # The codec functions are the model's own coding path: same strings, same latents.
     compressed = model.compress(x)
     assert list(stream.strings) == compressed.strings
-    _, y_hat = model.decompress(Compressed(list(stream.strings), (height, width)),
-                                return_latent=True)
+    _, y_hat = model.decompress(
+      Compressed(list(stream.strings), (height, width)), return_latent=True
+    )
     np.testing.assert_array_equal(y_hat, compressed.y_hat)
 
   check()
@@ -89,9 +101,13 @@ def test_decode_reproduces_the_encoders_reconstruction(entropy, model_factory):
 # --- exports --------------------------------------------------------------------------------
 def test_export_loads_without_config_and_codes_identically(tiny, tiny_export):
   model, _, memory_codec = tiny
-  loaded = codec.load_codec(tiny_export)
+  loaded = load_codec(tiny_export)
   assert (loaded.entropy_model, loaded.fingerprint, loaded.num_strings, loaded.pad_multiple) == (
-      "checkerboard", memory_codec.fingerprint, 3, 64)
+    "checkerboard",
+    memory_codec.fingerprint,
+    3,
+    64,
+  )
   for shape in [(1, 1), (64, 64), (70, 33)]:
     x = random_image(*shape, seed=sum(shape))
     stream = loaded.encode(x)
@@ -116,14 +132,26 @@ def test_export_refuses_non_empty_output(tiny, tmp_path):
     export.save(model, cfg, tmp_path)
 
 
+def exit_status(main, argv):
+  """A command's exit status, whether it returns it or argparse exits."""
+  try:
+    return main(argv)
+  except SystemExit as stop:
+    return stop.code
+
+
 def test_export_command_refuses_bad_arguments(tmp_path, capsys):
-  cases = [([], "out=<folder>"),
-           ([f"out={tmp_path / 'a'}", "entropy=nonesuch"], "known entropy models: .*charm"),
-           ([f"out={tmp_path / 'b'}", "--from", str(tmp_path / "none")], "no such model"),
-           ([f"out={tmp_path / 'c'}", "--from", str(tmp_path), "entropy=charm"],
-            "cannot change a trained model")]
+  cases = [
+    ([], "required: --out"),
+    (["--out", str(tmp_path / "a"), "entropy=nonesuch"], "known entropy models are .*charm"),
+    (["--out", str(tmp_path / "b"), "--from", str(tmp_path / "none")], "no such model"),
+    (
+      ["--out", str(tmp_path / "c"), "--from", str(tmp_path), "entropy=charm"],
+      "cannot change a trained model",
+    ),
+  ]
   for argv, message in cases:
-    assert export.main(argv) == 1
+    assert exit_status(export_main, argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and re.search(message, err), err
   assert not any(p.name in "abc" for p in tmp_path.iterdir())
@@ -132,10 +160,10 @@ def test_export_command_refuses_bad_arguments(tmp_path, capsys):
 def test_load_refuses_what_is_not_an_export(tmp_path):
   with pytest.raises(export.ExportError, match="not a cbexp export"):
     export.load(tmp_path)
-  with pytest.raises(CodecError, match="no such model"):
-    codec.load_codec(tmp_path / "missing")
-  with pytest.raises(CodecError, match="not a model"):
-    codec.load_codec(tmp_path)
+  with pytest.raises(LoadError, match="no such model"):
+    load_codec(tmp_path / "missing")
+  with pytest.raises(LoadError, match="not a model"):
+    load_codec(tmp_path)
 
 
 def test_fingerprint_covers_weights_and_config(tiny, other_weights):
@@ -157,34 +185,11 @@ def test_fingerprint_covers_weights_and_config(tiny, other_weights):
 def test_export_command_on_a_model_directory_gives_the_same_codec(tiny, tmp_path):
   model, cfg, memory_codec = tiny
   save_model_dir(model, cfg, tmp_path / "model")
-  assert export.main(["out=" + str(tmp_path / "export"), "--from", str(tmp_path / "model")]) == 0
-  exported = codec.load_codec(tmp_path / "export")
+  assert export_main(["--out", str(tmp_path / "export"), "--from", str(tmp_path / "model")]) == 0
+  exported = load_codec(tmp_path / "export")
   assert exported.fingerprint == memory_codec.fingerprint
   x = random_image(40, 50)
   assert exported.encode(x) == memory_codec.encode(x)
-
-
-def test_mlflow_run_id_loads_the_runs_model_artifact(tiny, tmp_path):
-  import mlflow
-  model, cfg, memory_codec = tiny
-  save_model_dir(model, cfg, tmp_path / "model")
-  tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-  mlflow.set_tracking_uri(tracking_uri)
-  try:
-    # An explicit experiment of this store: other tests may leave an active experiment id behind.
-    experiment_id = mlflow.create_experiment("codec-test")
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-      mlflow.log_artifacts(str(tmp_path / "model"), artifact_path="model")
-  finally:
-    mlflow.set_tracking_uri(None)
-  from_run = codec.load_codec(f"runs:/{run.info.run_id}", tracking_uri=tracking_uri)
-  assert from_run.fingerprint == memory_codec.fingerprint
-  x = random_image(40, 50)
-  assert from_run.encode(x) == memory_codec.encode(x)  # a model directory codes identically
-  with pytest.raises(export.ExportError, match="runs:/0123"):
-    codec.load_codec("runs:/0123", tracking_uri=tracking_uri)
-  with pytest.raises(export.ExportError, match="no MLflow tracking store"):
-    codec.load_codec("runs:/0123", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
 
 
 # --- refusals -------------------------------------------------------------------------------
@@ -200,18 +205,20 @@ def test_other_weights_are_refused_naming_both_fingerprints(tiny, other_weights)
 def test_other_entropy_model_is_refused_naming_both(tiny, model_factory):
   _, _, memory_codec = tiny
   overrides = tiny_overrides("charm")
-  charm = Codec(export.codec_module(model_factory(overrides), compose(overrides)), "memory")
+  charm = Codec.from_model(model_factory(overrides), compose(overrides))
   stream = memory_codec.encode(random_image(30, 30))
-  with pytest.raises(CodecError, match="coded with entropy model 'checkerboard'.*this model is "
-                                       "'charm'"):
+  with pytest.raises(
+    CodecError, match="coded with entropy model 'checkerboard'.*this model is 'charm'"
+  ):
     charm.decode(stream)
 
 
 def test_string_count_mismatch_is_refused(tiny):
   _, _, memory_codec = tiny
   stream = memory_codec.encode(random_image(30, 30))
-  fewer = Bitstream(stream.entropy_model, stream.fingerprint, stream.height, stream.width,
-                    stream.strings[:2])
+  fewer = Bitstream(
+    stream.entropy_model, stream.fingerprint, stream.height, stream.width, stream.strings[:2]
+  )
   with pytest.raises(CodecError, match="the file has 2 strings.*codes 3"):
     memory_codec.decode(Bitstream.from_bytes(fewer.to_bytes()))
 
@@ -220,21 +227,34 @@ def test_pixel_limit_is_named_and_counts_the_padded_size(tiny, tmp_path):
   """The limit counts what the model allocates for: the image padded to a multiple of 64."""
   _, _, memory_codec = tiny
   limited = Codec(memory_codec.module, "memory", max_pixels=64 * 128)
-  with pytest.raises(CodecError, match=r"10x130 pixels, coded as 64x192 = 12288 pixels \(padded "
-                                       r"to a multiple of 64\), is above the limit of 8192"):
+  with pytest.raises(
+    CodecError,
+    match=r"10x130 pixels, coded as 64x192 = 12288 pixels \(padded "
+    r"to a multiple of 64\), is above the limit of 8192",
+  ):
     limited.encode(random_image(130, 10))
   limited.encode(random_image(128, 64))
   with pytest.raises(CodecError, match="above the limit of 8192 pixels"):  # on decode too
     limited.decode(memory_codec.encode(random_image(65, 65)))
   Image.fromarray(random_image(20, 20)).save(tmp_path / "big.png")
-  with pytest.raises(CodecError, match="big.png: image of 20x20 pixels, coded as 64x64 = 4096 "
-                                       "pixels .* is above the limit of 100 pixels"):
+  with pytest.raises(
+    CodecError,
+    match="big.png: image of 20x20 pixels, coded as 64x64 = 4096 "
+    "pixels .* is above the limit of 100 pixels",
+  ):
     codec.describe_image_file(tmp_path / "big.png", max_pixels=100)
-  assert codec.PAD_MULTIPLE == memory_codec.pad_multiple  # known before TensorFlow loads
+  assert PAD_MULTIPLE == memory_codec.pad_multiple  # known before TensorFlow loads
 
 
-@pytest.mark.parametrize("array", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8),
-                                   np.zeros((4, 4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)])
+@pytest.mark.parametrize(
+  "array",
+  [
+    np.zeros((4, 4, 3), np.float32),
+    np.zeros((4, 4), np.uint8),
+    np.zeros((4, 4, 4), np.uint8),
+    np.zeros((0, 4, 3), np.uint8),
+  ],
+)
 def test_bad_arrays_are_refused(tiny, array):
   with pytest.raises(CodecError):
     tiny[2].encode(array)
@@ -243,14 +263,21 @@ def test_bad_arrays_are_refused(tiny, array):
 # --- inputs: PNG and JPEG, grayscale, RGBA, 16-bit --------------------------------------------
 def _save(path, array, mode=None, **kwargs):
   Image.fromarray(array, mode).save(path, **kwargs) if mode else Image.fromarray(array).save(
-      path, **kwargs)
+    path, **kwargs
+  )
   return path
 
 
-@pytest.mark.parametrize("kind,note", [("rgb.png", ""), ("rgb.jpg", ""),
-                                       ("gray.png", "converted from L to RGB"),
-                                       ("rgba.png", "alpha dropped"),
-                                       ("gray16.png", "16/32-bit grayscale, to 8-bit RGB")])
+@pytest.mark.parametrize(
+  "kind,note",
+  [
+    ("rgb.png", ""),
+    ("rgb.jpg", ""),
+    ("gray.png", "converted from L to RGB"),
+    ("rgba.png", "alpha dropped"),
+    ("gray16.png", "16/32-bit grayscale, to 8-bit RGB"),
+  ],
+)
 def test_accepted_image_files(kind, note, tiny, tmp_path):
   rgb = random_image(21, 13)
   path = tmp_path / kind
@@ -277,6 +304,7 @@ def test_accepted_image_files(kind, note, tiny, tmp_path):
 # --- eval -----------------------------------------------------------------------------------
 def test_eval_command_reports_real_rates_and_qualities(tiny, tmp_path, capsys, kodak_image):
   import pandas as pd
+
   model, cfg, memory_codec = tiny
   save_model_dir(model, cfg, tmp_path / "model")
   folder = tmp_path / "images"
@@ -285,8 +313,9 @@ def test_eval_command_reports_real_rates_and_qualities(tiny, tmp_path, capsys, k
   for name, crop in crops.items():
     _save(folder / name, np.ascontiguousarray(crop))
   csv = tmp_path / "per_image.csv"
-  assert codec.main(["eval", "--model", str(tmp_path / "model"), str(folder),
-                     "--csv", str(csv)]) == 0
+  assert (
+    codec_main(["eval", "--model", str(tmp_path / "model"), str(folder), "--csv", str(csv)]) == 0
+  )
   out = capsys.readouterr().out
   table = pd.read_csv(csv)
   assert list(table.image) == ["a.png", "b.png"]
@@ -296,14 +325,18 @@ def test_eval_command_reports_real_rates_and_qualities(tiny, tmp_path, capsys, k
     assert row.bytes == len(data)
     assert row.bpp == pytest.approx(8 * len(data) / (row.height * row.width), rel=1e-12)
     decoded = memory_codec.decode(Bitstream.from_bytes(data))
-    psnr = float(tf.image.psnr(crop.astype(np.float32), decoded.astype(np.float32), 255.))
+    psnr = float(tf.image.psnr(crop.astype(np.float32), decoded.astype(np.float32), 255.0))
     assert row.psnr == pytest.approx(psnr, rel=1e-6)
     assert row.encode_s > 0 and row.decode_s > 0
     assert f"{row.bpp:.4f}" in out and f"{row.psnr:.3f}" in out
   a = table.set_index("image").loc["a.png"]
-  ms_ssim = float(tf.image.ssim_multiscale(crops["a.png"].astype(np.float32),
-                                           memory_codec.decode(memory_codec.encode(
-                                               crops["a.png"])).astype(np.float32), 255.))
+  ms_ssim = float(
+    tf.image.ssim_multiscale(
+      crops["a.png"].astype(np.float32),
+      memory_codec.decode(memory_codec.encode(crops["a.png"])).astype(np.float32),
+      255.0,
+    )
+  )
   assert a.ms_ssim == pytest.approx(ms_ssim, rel=1e-6)
   assert a.ms_ssim_db == pytest.approx(-10 * math.log10(1 - ms_ssim), rel=1e-6)
   assert math.isnan(table.set_index("image").loc["b.png"].ms_ssim)  # 40x30: too small

@@ -1,9 +1,10 @@
-"""Issue 4, end to end: ``python -m cbexp.codec`` in a fresh process.
+"""End to end: ``python -m cbexp.codec`` in a fresh process.
 
 The paper configuration (untrained) round-trips Kodak images of both orientations through
-compress and decompress, and every bad input ends with a non-zero exit, one line on stderr, no
+compress and decompress, and every bad input ends with exit status 2, one line on stderr, no
 traceback and no output file. Most bad inputs are caught before TensorFlow loads, so those
 processes are short."""
+
 import re
 import subprocess
 import sys
@@ -42,8 +43,9 @@ def test_paper_model_round_trip_on_the_command_line(paper, kodak_dir, tmp_path, 
   assert image.shape == shape + (3,)  # one image per orientation
   pixels = shape[0] * shape[1]
 
-  compressed = run_codec("compress", "--model", model_path, kodak_dir / name, "image.cbx",
-                         cwd=tmp_path)
+  compressed = run_codec(
+    "compress", "--model", model_path, kodak_dir / name, "image.cbx", cwd=tmp_path
+  )
   assert compressed.returncode == 0, compressed.stderr
   size = (tmp_path / "image.cbx").stat().st_size
   assert printed_bpp(compressed.stdout) == f"{8 * size / pixels:.6f}"
@@ -52,8 +54,9 @@ def test_paper_model_round_trip_on_the_command_line(paper, kodak_dir, tmp_path, 
   in_memory = model.compress(image)
   assert list(stream.strings) == in_memory.strings  # the command's encoder is the model's
 
-  decompressed = run_codec("decompress", "--model", model_path, "image.cbx", "decoded.png",
-                           cwd=tmp_path)
+  decompressed = run_codec(
+    "decompress", "--model", model_path, "image.cbx", "decoded.png", cwd=tmp_path
+  )
   assert decompressed.returncode == 0, decompressed.stderr
   assert printed_bpp(decompressed.stdout) == f"{8 * size / pixels:.6f}"
   decoded = load_image(tmp_path / "decoded.png")
@@ -66,47 +69,92 @@ def test_bfloat16_decoding_option(tiny_files, tmp_path):
   """--precision bfloat16: same stream, a slightly different image; an export keeps its own
   precision and refuses another one in one line."""
   from PIL import Image
+
   folder, stream = tiny_files
   decoded = {}
   for precision in ("float32", "bfloat16"):
-    result = run_codec("decompress", "--model", folder / "model", "--precision", precision,
-                       folder / "good.cbx", f"{precision}.png", cwd=tmp_path)
+    result = run_codec(
+      "decompress",
+      "--model",
+      folder / "model",
+      "--precision",
+      precision,
+      folder / "good.cbx",
+      f"{precision}.png",
+      cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     decoded[precision] = np.asarray(Image.open(tmp_path / f"{precision}.png"))
   assert not np.array_equal(decoded["float32"], decoded["bfloat16"])  # bf16 really ran
-  assert float(tf.image.psnr(decoded["float32"], decoded["bfloat16"], 255)) > 40.
-  exported = subprocess.run([sys.executable, "-m", "cbexp.export", "--from", folder / "model",
-                             f"out={tmp_path / 'bf16_export'}", "--precision", "bfloat16"],
-                            capture_output=True, text=True, timeout=900)
+  assert float(tf.image.psnr(decoded["float32"], decoded["bfloat16"], 255)) > 40.0
+  exported = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cbexp.export",
+      "--from",
+      folder / "model",
+      "--out",
+      tmp_path / "bf16_export",
+      "--precision",
+      "bfloat16",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert exported.returncode == 0, exported.stderr
-  result = run_codec("decompress", "--model", tmp_path / "bf16_export", folder / "good.cbx",
-                     "export.png", cwd=tmp_path)
+  result = run_codec(
+    "decompress",
+    "--model",
+    tmp_path / "bf16_export",
+    folder / "good.cbx",
+    "export.png",
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "export.png")),
-                                decoded["bfloat16"])
-  result = run_codec("decompress", "--model", tmp_path / "bf16_export", "--precision", "float32",
-                     folder / "good.cbx", "refused.png", cwd=tmp_path)
+  np.testing.assert_array_equal(
+    np.asarray(Image.open(tmp_path / "export.png")), decoded["bfloat16"]
+  )
+  result = run_codec(
+    "decompress",
+    "--model",
+    tmp_path / "bf16_export",
+    "--precision",
+    "float32",
+    folder / "good.cbx",
+    "refused.png",
+    cwd=tmp_path,
+  )
   assert_refused(result, tmp_path / "refused.png", "this export decodes in bfloat16")
 
 
 def test_decoding_with_other_weights_is_refused(tiny_files, tmp_path):
   folder, stream = tiny_files
-  result = run_codec("decompress", "--model", folder / "other_model", folder / "good.cbx",
-                     "out.png", cwd=tmp_path)
-  assert_refused(result, tmp_path / "out.png",
-                 f"model mismatch: .*fingerprint {stream.fingerprint}.* fingerprint [0-9a-f]{{32}}")
+  result = run_codec(
+    "decompress", "--model", folder / "other_model", folder / "good.cbx", "out.png", cwd=tmp_path
+  )
+  assert_refused(
+    result,
+    tmp_path / "out.png",
+    f"model mismatch: .*fingerprint {stream.fingerprint}.* fingerprint [0-9a-f]{{32}}",
+  )
 
 
 def _damaged(data, stream):
   """name -> (bytes, expected message) for every kind of damaged .cbx file."""
   header = len(data) - 4 - sum(len(s) for s in stream.strings)
   height_at = 6 + len(stream.entropy_model) + 16
-  files = {"empty": (b"", "empty file"),
-           "wrong_magic": (b"\x89PNG" + data[4:], "not a .cbx file"),
-           "future_version": (data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:],
-                              f"format version {bitstream.FORMAT_VERSION + 1} is newer"),
-           "flipped_bit_header": (_flip(data, height_at + 3), "checksum mismatch"),
-           "flipped_bit_payload": (_flip(data, header + 5), "checksum mismatch")}
+  files = {
+    "empty": (b"", "empty file"),
+    "wrong_magic": (b"\x89PNG" + data[4:], "not a .cbx file"),
+    "future_version": (
+      data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:],
+      f"format version {bitstream.FORMAT_VERSION + 1} is newer",
+    ),
+    "flipped_bit_header": (_flip(data, height_at + 3), "checksum mismatch"),
+    "flipped_bit_payload": (_flip(data, header + 5), "checksum mismatch"),
+  }
   for length in (3, 12, header - 1, header + 2, len(data) - 1):
     files[f"truncated_{length}"] = (data[:length], "truncated")
   return files
@@ -118,9 +166,18 @@ def _flip(data, position):
   return bytes(damaged)
 
 
-DAMAGE = ["empty", "wrong_magic", "future_version", "flipped_bit_header", "flipped_bit_payload",
-          "truncated_3", "truncated_12", "truncated_header-1", "truncated_header+2",
-          "truncated_end-1"]
+DAMAGE = [
+  "empty",
+  "wrong_magic",
+  "future_version",
+  "flipped_bit_header",
+  "flipped_bit_payload",
+  "truncated_3",
+  "truncated_12",
+  "truncated_header-1",
+  "truncated_header+2",
+  "truncated_end-1",
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -129,8 +186,11 @@ def test_damaged_cbx_is_refused(tiny_files, tmp_path, damage):
   data = (folder / "good.cbx").read_bytes()
   files = _damaged(data, stream)
   header = len(data) - 4 - sum(len(s) for s in stream.strings)
-  key = (damage.replace("header-1", str(header - 1)).replace("header+2", str(header + 2))
-         .replace("end-1", str(len(data) - 1)))
+  key = (
+    damage.replace("header-1", str(header - 1))
+    .replace("header+2", str(header + 2))
+    .replace("end-1", str(len(data) - 1))
+  )
   content, message = files[key]
   (tmp_path / "in.cbx").write_bytes(content)
   result = run_codec("decompress", "--model", folder / "model", "in.cbx", "out.png", cwd=tmp_path)
@@ -139,17 +199,28 @@ def test_damaged_cbx_is_refused(tiny_files, tmp_path, damage):
 
 def test_missing_model_path_is_refused(tiny_files, tmp_path):
   folder, _ = tiny_files
-  result = run_codec("decompress", "--model", tmp_path / "no_such_model", folder / "good.cbx",
-                     "out.png", cwd=tmp_path)
+  result = run_codec(
+    "decompress",
+    "--model",
+    tmp_path / "no_such_model",
+    folder / "good.cbx",
+    "out.png",
+    cwd=tmp_path,
+  )
   assert_refused(result, tmp_path / "out.png", "no_such_model: no such model")
-  result = run_codec("compress", "--model", tmp_path / "no_such_model", folder / "good.cbx",
-                     "out.cbx", cwd=tmp_path)
+  result = run_codec(
+    "compress", "--model", tmp_path / "no_such_model", folder / "good.cbx", "out.cbx", cwd=tmp_path
+  )
   assert_refused(result, tmp_path / "out.cbx", "no_such_model: no such model")
 
 
-@pytest.mark.parametrize("content,message", [
+@pytest.mark.parametrize(
+  "content,message",
+  [
     (b"", "empty.png: empty file"),
-    (b"this is not an image\n", "not_an_image.png: not a readable image")])
+    (b"this is not an image\n", "not_an_image.png: not a readable image"),
+  ],
+)
 def test_bad_image_file_is_refused(tiny_files, tmp_path, content, message):
   folder, _ = tiny_files
   name = "empty.png" if not content else "not_an_image.png"
@@ -160,12 +231,24 @@ def test_bad_image_file_is_refused(tiny_files, tmp_path, content, message):
 
 def test_image_above_the_pixel_limit_is_refused(tiny_files, tmp_path):
   from PIL import Image
+
   folder, _ = tiny_files
   Image.new("RGB", (30, 20)).save(tmp_path / "big.png")
-  result = run_codec("compress", "--model", folder / "model", "--max-pixels", "500", "big.png",
-                     "out.cbx", cwd=tmp_path)
-  assert_refused(result, tmp_path / "out.cbx",
-                 "30x20 pixels, coded as 64x64 = 4096 pixels .* is above the limit of 500")
+  result = run_codec(
+    "compress",
+    "--model",
+    folder / "model",
+    "--max-pixels",
+    "500",
+    "big.png",
+    "out.cbx",
+    cwd=tmp_path,
+  )
+  assert_refused(
+    result,
+    tmp_path / "out.cbx",
+    "30x20 pixels, coded as 64x64 = 4096 pixels .* is above the limit of 500",
+  )
 
 
 def test_usage_errors_are_one_line(tmp_path):

@@ -1,4 +1,4 @@
-"""Issue 13, item 2: no silent garbage. A decode that lost sync without an error (its strings
+"""No silent garbage. A decode that lost sync without an error (its strings
 still pass the re-encoding check) is refused by the symbol checks of .cbx format 2 instead of
 writing a wrong image; tfc's own range-decoder errors are one line naming the likely cause;
 files of format 1 and exports of format 2 (before the checks) still decode.
@@ -7,6 +7,7 @@ The desynchronisation is made on purpose: a decoder whose coded scale index at o
 moved (what another numeric environment does when an index lands on the other side of an
 integer), on a tiny hyperprior model whose latents and scale indexes spread over the table as in
 a trained model (an untrained one codes nearly all zeros, which such a move rarely changes)."""
+
 import dataclasses
 import re
 import types
@@ -15,17 +16,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbexp.codec import bitstream
-from cbexp.codec import codec
+from cbexp.cli.codec import main as codec_main
+from cbexp.codec import bitstream, codec
 from cbexp.codec import savedmodel as export
 from cbexp.codec.bitstream import Bitstream
 from cbexp.codec.codec import STRINGS_REFUSED, Codec, CodecError
+from cbexp.codec.model_dir import save_model_dir
 from cbexp.config import build_model, compose
 from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
-from cbexp.codec.model_dir import save_model_dir
-from helpers.models import ENTROPY_MODELS, tiny_overrides
+from cbexp.load import load_codec
+from cbexp.models.compression import SymbolCheckError
 from helpers.codec_cli import assert_refused, run_codec
+from helpers.models import ENTROPY_MODELS, tiny_overrides
 
 ENVIRONMENT = "numeric environment differs from the encoder's"
 
@@ -59,20 +62,19 @@ def spread():
   model = build_model(cfg)
   rng = np.random.default_rng(0)
   bias = next(v for v in model.analysis.layers[-1].variables if v.name.endswith("bias:0"))
-  bias.assign(rng.normal(0., 10., bias.shape).astype(np.float32))
+  bias.assign(rng.normal(0.0, 10.0, bias.shape).astype(np.float32))
   out = model.entropy_model.entropy_parameters.out.bias  # [means, scale indexes]
   depth = out.shape[0] // 2
-  out.assign(np.concatenate([np.zeros(depth), rng.uniform(20., 45., depth)]).astype(np.float32))
+  out.assign(np.concatenate([np.zeros(depth), rng.uniform(20.0, 45.0, depth)]).astype(np.float32))
   model.build_coders()
-  tiny_codec = Codec(export.codec_module(model, cfg), "memory")
+  tiny_codec = Codec.from_model(model, cfg)
   image = random_image(64, 64, seed=1)
   stream = tiny_codec.encode(image)
-  return types.SimpleNamespace(model=model, cfg=cfg, codec=tiny_codec, image=image,
-                               stream=stream)
+  return types.SimpleNamespace(model=model, cfg=cfg, codec=tiny_codec, image=image, stream=stream)
 
 
 # Elements (counted from the end of the string) and index moves tried.
-MOVES = [(at, by) for at in (1, 2, 3, 5, 8, 13, 20) for by in (1., -1., 3., -3.)]
+MOVES = [(at, by) for at in (1, 2, 3, 5, 8, 13, 20) for by in (1.0, -1.0, 3.0, -3.0)]
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +82,18 @@ def moved_decoder(spread):
   """The same model's decoder with the coded scale index of one element moved (``at`` from the
   end of each string, by ``by``; variables, so one trace serves every move) and what it decodes
   from ``spread.stream`` for every move of MOVES: (image, decoder's checks) or tf's error."""
-  at, by = tf.Variable(1), tf.Variable(0.)
+  at, by = tf.Variable(1), tf.Variable(0.0)
   original = GaussianConditional.coded_indexes
 
   def moved(self, scale_indexes):
     indexes = original(self, scale_indexes)
     flat = tf.reshape(indexes, [-1])
     flat = tf.tensor_scatter_nd_add(flat, [[tf.size(flat) - at]], [by])
-    return tf.clip_by_value(tf.reshape(flat, tf.shape(indexes)), 0., self.num_scales - 1.)
+    return tf.clip_by_value(tf.reshape(flat, tf.shape(indexes)), 0.0, self.num_scales - 1.0)
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(GaussianConditional, "coded_indexes", moved)
-    decoder = Codec(export.codec_module(spread.model, spread.cfg), "memory, moved indexes")
+    decoder = Codec.from_model(spread.model, spread.cfg, "memory, moved indexes")
     unmoved = decoder.decode(spread.stream)  # traced here, with the move (by 0: none)
   np.testing.assert_array_equal(unmoved, spread.codec.decode(spread.stream))
   stream = spread.stream
@@ -100,8 +102,9 @@ def moved_decoder(spread):
     at.assign(move[0])
     by.assign(move[1])
     try:
-      out = decoder.module.decompress(tf.constant(stream.strings),
-                                      tf.constant([stream.height, stream.width]))
+      out = decoder.module.decompress(
+        tf.constant(stream.strings), tf.constant([stream.height, stream.width])
+      )
       results[move] = (out["image"].numpy(), tuple(bytes(c) for c in out["checks"].numpy()))
     except tf.errors.InvalidArgumentError as error:
       results[move] = str(error)
@@ -119,8 +122,9 @@ def test_checks_are_the_models_and_the_file_is_format_2(spread):
   assert Bitstream.from_bytes(stream.to_bytes()) == stream
   compressed = spread.model.compress(spread.image)  # the model's own coding graph
   assert list(stream.strings) == compressed.strings and list(stream.checks) == compressed.checks
-  np.testing.assert_array_equal(spread.codec.decode(stream),
-                                spread.codec.encoder_reconstruction(spread.image))
+  np.testing.assert_array_equal(
+    spread.codec.decode(stream), spread.codec.encoder_reconstruction(spread.image)
+  )
   # A latent spread over the table: most symbols are not zero (the point of this fixture).
   y_hat = compressed.y_hat.numpy()
   assert np.mean(np.abs(np.round(y_hat)) > 1) > 0.5
@@ -142,28 +146,34 @@ def test_a_desynchronised_decode_that_passes_the_strings_check_is_refused(spread
     moved_decoder.decoder.decode(spread.stream)
   message = str(error.value)
   assert "\n" not in message
-  assert re.match(r"cannot decode: symbol check failed for string 1 \(y string 1 of 1\), 1 of 2 "
-                  r"strings differ \(stored [0-9a-f]{8}, decoded [0-9a-f]{8}\): .*" + ENVIRONMENT
-                  + r" \(thread count, oneDNN, instruction set, GPU\); decode on the encoder's "
-                  r"kind of machine, or encode with an entropy.numerics=exact model", message), \
-      message
-
+  assert re.match(
+    r"cannot decode: symbol check failed for string 1 \(y string 1 of 1\), 1 of 2 "
+    r"strings differ \(stored [0-9a-f]{8}, decoded [0-9a-f]{8}\): .*"
+    + ENVIRONMENT
+    + r" \(thread count, oneDNN, instruction set, GPU\); decode on the encoder's "
+    r"kind of machine, or encode with an entropy.numerics=exact model",
+    message,
+  ), message
 
 
 def test_the_models_own_decompress_compares_the_checks(spread):
   compressed = spread.model.compress(spread.image)
-  np.testing.assert_array_equal(spread.model.decompress(compressed),
-                                spread.codec.decode(spread.stream))
+  np.testing.assert_array_equal(
+    spread.model.decompress(compressed), spread.codec.decode(spread.stream)
+  )
   compressed.checks[1] = flipped(compressed.checks[1])
-  with pytest.raises(bitstream.SymbolCheckError, match=r"string 1 \(y string 1 of 1\)"):
+  with pytest.raises(SymbolCheckError, match=r"string 1 \(y string 1 of 1\)"):
     spread.model.decompress(compressed)
 
 
 def test_tfcs_range_decoder_error_is_one_line_naming_the_cause(spread, moved_decoder):
   """tfc's own sanity check ("Graph execution error" with "Sanity check failed.") fires on many
   moves: the codec says what it likely means, in one line."""
-  sanity = [move for move, r in moved_decoder.results.items()
-            if isinstance(r, str) and "Sanity check failed" in r]
+  sanity = [
+    move
+    for move, r in moved_decoder.results.items()
+    if isinstance(r, str) and "Sanity check failed" in r
+  ]
   assert sanity, moved_decoder.results
   use_move(moved_decoder, sanity[0])
   for stream in (spread.stream, without_checks(spread.stream)):
@@ -176,32 +186,39 @@ def test_tfcs_range_decoder_error_is_one_line_naming_the_cause(spread, moved_dec
 def test_a_model_that_records_no_check_fails_loudly(spread, monkeypatch):
   monkeypatch.setattr(GaussianConditional, "record_check", lambda self, *parts: None)
   x = tf.zeros([1, 64, 64, 3])
-  with pytest.raises(RuntimeError, match="'hyperprior' entropy model recorded 0 symbol checks "
-                                         "for its 1 strings"):
+  with pytest.raises(
+    RuntimeError, match="'hyperprior' entropy model recorded 0 symbol checks for its 1 strings"
+  ):
     spread.model._compress_padded(x)
 
 
 # --- the command line ---------------------------------------------------------------------------
 def test_a_file_whose_symbol_check_fails_is_refused_on_the_command_line(tiny_files, tmp_path):
   """A check changed and the file's CRC recomputed: an intact-looking file whose decode does not
-  reproduce it. Exit status 1, one line naming the string, no output file."""
+  reproduce it. Exit status 2, one line naming the string, no output file."""
   folder, stream = tiny_files
   assert stream.version == 2 and (folder / "good.cbx").read_bytes()[4] == 2
   (tmp_path / "in.cbx").write_bytes(with_check(stream, 2, flipped(stream.checks[2])).to_bytes())
   result = run_codec("decompress", "--model", folder / "model", "in.cbx", "out.png", cwd=tmp_path)
-  assert result.returncode == 1
-  assert_refused(result, tmp_path / "out.png",
-                 r"^python -m cbexp.codec: error: cannot decode: symbol check failed for string 2 "
-                 r"\(y string 2 of 2\), 1 of 3 strings differ .*" + ENVIRONMENT)
+  assert result.returncode == 2
+  assert_refused(
+    result,
+    tmp_path / "out.png",
+    r"^cbexp codec: error: cannot decode: symbol check failed for string 2 "
+    r"\(y string 2 of 2\), 1 of 3 strings differ .*" + ENVIRONMENT,
+  )
 
 
 def test_the_z_check_and_format_1_files_in_process(tiny_files, tmp_path, capsys):
   from PIL import Image
+
   folder, stream = tiny_files
   model = str(folder / "model")
   (tmp_path / "z.cbx").write_bytes(with_check(stream, 0, flipped(stream.checks[0])).to_bytes())
-  assert codec.main(["decompress", "--model", model, str(tmp_path / "z.cbx"),
-                     str(tmp_path / "z.png")]) == 1
+  assert (
+    codec_main(["decompress", "--model", model, str(tmp_path / "z.cbx"), str(tmp_path / "z.png")])
+    == 2
+  )
   err = capsys.readouterr().err
   assert len(err.splitlines()) == 1 and "symbol check failed for the z string" in err, err
   assert not (tmp_path / "z.png").exists()
@@ -211,10 +228,12 @@ def test_the_z_check_and_format_1_files_in_process(tiny_files, tmp_path, capsys)
   assert (tmp_path / "v1.cbx").stat().st_size == (folder / "good.cbx").stat().st_size - 4 * 3
   for name in ("v1", "good"):
     source = tmp_path / "v1.cbx" if name == "v1" else folder / "good.cbx"
-    assert codec.main(["decompress", "--model", model, str(source),
-                       str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "v1.png")),
-                                np.asarray(Image.open(tmp_path / "good.png")))
+    assert (
+      codec_main(["decompress", "--model", model, str(source), str(tmp_path / f"{name}.png")]) == 0
+    ), capsys.readouterr().err
+  np.testing.assert_array_equal(
+    np.asarray(Image.open(tmp_path / "v1.png")), np.asarray(Image.open(tmp_path / "good.png"))
+  )
 
 
 @pytest.mark.parametrize("entropy", ENTROPY_MODELS)
@@ -229,18 +248,20 @@ def test_every_entropy_model_records_one_check_per_string(entropy, model_factory
   assert all(len(c) == bitstream.SYMBOL_CHECK_BYTES for c in compressed.checks)
   reference = model.decompress(compressed).numpy()  # the checks are compared
   np.testing.assert_array_equal(
-      model.decompress(dataclasses.replace(compressed, checks=None)).numpy(), reference)
+    model.decompress(dataclasses.replace(compressed, checks=None)).numpy(), reference
+  )
   last = len(compressed.checks) - 1
   compressed.checks[last] = flipped(compressed.checks[last])
-  with pytest.raises(bitstream.SymbolCheckError,
-                     match=rf"string {last} \(y string {last} of {last}\), 1 of {last + 1}"):
+  with pytest.raises(
+    SymbolCheckError, match=rf"string {last} \(y string {last} of {last}\), 1 of {last + 1}"
+  ):
     model.decompress(compressed)
 
 
 # --- exports of format 2 (before the checks) -----------------------------------------------------
 def _old_format_export(model, cfg, path):
   """An export as format 2 wrote it: compress -> strings, decompress -> image."""
-  module = export.codec_module(model, cfg)
+  module = export.build_codec_functions(model, cfg)
   compress, decompress = module.compress, module.decompress
 
   @tf.function(input_signature=compress.input_signature)
@@ -257,17 +278,20 @@ def _old_format_export(model, cfg, path):
   return path
 
 
-def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread, tmp_path,
-                                                                           capsys):
+def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread, tmp_path, capsys):
   from cbexp.tracking.pyfunc import EXPORT, MODEL_DIR, CodecModel
+
   assert export.EXPORT_FORMAT_VERSION == 3
   path = _old_format_export(spread.model, spread.cfg, tmp_path / "old_export")
-  old = codec.load_codec(path)
+  old = load_codec(path)
   assert not old.symbol_checks and old.fingerprint == spread.codec.fingerprint
-  np.testing.assert_array_equal(old.decode(without_checks(spread.stream)),
-                                spread.codec.decode(spread.stream))
-  message = (r"this export \(format 2\) predates the symbol checks of \.cbx format 2 and cannot "
-             r"(write them|check the symbols of a \.cbx file of format 2); export the model again")
+  np.testing.assert_array_equal(
+    old.decode(without_checks(spread.stream)), spread.codec.decode(spread.stream)
+  )
+  message = (
+    r"this export \(format 2\) predates the symbol checks of \.cbx format 2 and cannot "
+    r"(write them|check the symbols of a \.cbx file of format 2); export the model again"
+  )
   with pytest.raises(CodecError, match=message) as error:
     old.encode(spread.image)
   assert "cannot write them" in str(error.value)
@@ -275,19 +299,25 @@ def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread
     old.decode(spread.stream)
   assert "cannot check the symbols" in str(error.value)
   (tmp_path / "in.png").write_bytes(codec.encode_png(spread.image))
-  assert codec.main(["compress", "--model", str(path), str(tmp_path / "in.png"),
-                     str(tmp_path / "out.cbx")]) == 1
+  assert (
+    codec_main(
+      ["compress", "--model", str(path), str(tmp_path / "in.png"), str(tmp_path / "out.cbx")]
+    )
+    == 2
+  )
   err = capsys.readouterr().err
   assert len(err.splitlines()) == 1 and re.search(message, err), err
   assert not (tmp_path / "out.cbx").exists()
   # An MLflow model logged with such an export codes through its model directory instead.
   save_model_dir(spread.model, spread.cfg, tmp_path / "model")
   pyfunc = CodecModel()
-  pyfunc.load_context(types.SimpleNamespace(artifacts={EXPORT: str(path),
-                                                       MODEL_DIR: str(tmp_path / "model")}))
+  pyfunc.load_context(
+    types.SimpleNamespace(artifacts={EXPORT: str(path), MODEL_DIR: str(tmp_path / "model")})
+  )
   assert pyfunc.codec.symbol_checks
-  np.testing.assert_array_equal(pyfunc.predict(None, spread.image)["reconstruction"],
-                                spread.codec.decode(spread.stream))
+  np.testing.assert_array_equal(
+    pyfunc.predict(None, spread.image)["reconstruction"], spread.codec.decode(spread.stream)
+  )
 
 
 def test_long_high_rate_strings_of_the_top_table_symbols_are_accepted():

@@ -1,13 +1,15 @@
-"""cbexp.bench on tiny models and tiny images, and the decoding-precision option.
+"""cbexp bench on tiny models and tiny images, and the decoding-precision option.
 Timings are not asserted (they come from the benchmark command); behaviour is."""
+
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cbexp.evaluation import bench
+from cbexp.cli import bench as bench_command
 from cbexp.config import build_model, compose
+from cbexp.evaluation import bench
 
 TINY = ["transform=tiny", "entropy.hidden_filters=[16,16]"]
 
@@ -37,17 +39,25 @@ def image_folder(tmp_path_factory):
 
 def test_bench_command_writes_csvs(image_folder, tmp_path, capsys):
   out = tmp_path / "bench.csv"
-  code = bench.main(["entropy=charm,checkerboard", f"images={image_folder}", "repeats=1",
-                     f"out={out}"] + TINY)
+  code = bench_command.main(
+    ["entropy=charm,checkerboard", f"images={image_folder}", "repeats=1", f"out={out}"] + TINY
+  )
   assert code == 0
   summary = pd.read_csv(out)
   per_image = pd.read_csv(tmp_path / "bench_per_image.csv")
   assert list(summary.entropy) == ["charm", "checkerboard"]
   assert (summary.num_images == 2).all() and len(per_image) == 4
   assert set(per_image.height) == {64, 128}
-  for column in ["encode_s_median", "decode_s_median", "decode_s_q1", "decode_s_q3",
-                 "stage_sum_s_median", "decode_over_stage_sum_median",
-                 "trainable_parameters", "decode_kmac_per_pixel_total"]:
+  for column in [
+    "encode_s_median",
+    "decode_s_median",
+    "decode_s_q1",
+    "decode_s_q3",
+    "stage_sum_s_median",
+    "decode_over_stage_sum_median",
+    "trainable_parameters",
+    "decode_kmac_per_pixel_total",
+  ]:
     assert (summary[column] > 0).all(), column
   for stage in bench.STAGES:
     if stage == "serial_loop":  # the autoregressive model's stage only
@@ -65,11 +75,20 @@ def test_bench_command_writes_csvs(image_folder, tmp_path, capsys):
   assert "untrained weights" in capsys.readouterr().out
 
 
-def test_bench_stages_of_the_issue_7_models_and_bfloat16_columns(image_folder, tmp_path,
-                                                                 capsys):
+def test_bench_stages_of_the_serial_and_sliced_models_and_bfloat16_columns(
+  image_folder, tmp_path, capsys
+):
   out = tmp_path / "bench.csv"
-  code = bench.main(["entropy=autoregressive,charm_checkerboard", f"images={image_folder}",
-                     "repeats=1", "precision=float32,bfloat16", f"out={out}"] + TINY)
+  code = bench_command.main(
+    [
+      "entropy=autoregressive,charm_checkerboard",
+      f"images={image_folder}",
+      "repeats=1",
+      "precision=float32,bfloat16",
+      f"out={out}",
+    ]
+    + TINY
+  )
   assert code == 0
   summary = pd.read_csv(out).set_index(["entropy", "precision"])
   per_image = pd.read_csv(tmp_path / "bench_per_image.csv")
@@ -95,10 +114,11 @@ def test_bench_stages_of_the_issue_7_models_and_bfloat16_columns(image_folder, t
 
 
 def test_bench_bfloat16_on_a_model_directory_with_a_live_lrp(image_folder, tmp_path, capsys):
-  """model_dir= and bfloat16 with an LRP whose output is not zero (random biases), so that the
+  """model= and bfloat16 with an LRP whose output is not zero (random biases), so that the
   bfloat16 LRP really changes y_hat: the bench checks symbols against the float32 decoder, not
   y_hat against the encoder's."""
   from cbexp.codec.model_dir import save_model_dir
+
   overrides = ["entropy=checkerboard"] + TINY
   model = tiny("checkerboard")
   rng = np.random.default_rng(0)
@@ -107,8 +127,18 @@ def test_bench_bfloat16_on_a_model_directory_with_a_live_lrp(image_folder, tmp_p
       variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
   save_model_dir(model, compose(overrides), tmp_path / "model")
   out = tmp_path / "bench.csv"
-  assert bench.main([f"model_dir={tmp_path / 'model'}", f"images={image_folder}", "repeats=1",
-                     "precision=float32,bfloat16", f"out={out}"]) == 0
+  assert (
+    bench_command.main(
+      [
+        f"model={tmp_path / 'model'}",
+        f"images={image_folder}",
+        "repeats=1",
+        "precision=float32,bfloat16",
+        f"out={out}",
+      ]
+    )
+    == 0
+  )
   summary = pd.read_csv(out).set_index("precision")
   assert bool(summary.loc["float32", "trained_weights"])
   assert 0 < summary.loc["bfloat16", "y_hat_max_abs_diff_vs_float32"] < 0.05
@@ -120,9 +150,20 @@ def test_bench_compares_two_values_of_a_config_key(image_folder, tmp_path):
   # The checkerboard context at the coded positions against the full grid, same weights, side
   # by side in one process (README: decoding speed).
   out = tmp_path / "bench.csv"
-  assert bench.main(["entropy=checkerboard", "compare=entropy.context_positions=coded,full_grid",
-                     f"images={image_folder}", "max_images=1", "repeats=1", f"out={out}"]
-                    + TINY) == 0
+  assert (
+    bench_command.main(
+      [
+        "entropy=checkerboard",
+        "entropy.context_positions=coded,full_grid",
+        f"images={image_folder}",
+        "max_images=1",
+        "repeats=1",
+        f"out={out}",
+      ]
+      + TINY
+    )
+    == 0
+  )
   summary = pd.read_csv(out).set_index("entropy")
   assert list(summary.index) == ["checkerboard+coded", "checkerboard+full_grid"]
   assert summary.trainable_parameters.nunique() == 1
@@ -130,18 +171,21 @@ def test_bench_compares_two_values_of_a_config_key(image_folder, tmp_path):
   assert kmac["checkerboard+full_grid"] / kmac["checkerboard+coded"] == pytest.approx(25 / 9)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["compare=context_positions"], "compare must be <config key>=<value>"),
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["model=/nonexistent/model"], "cbexp bench: error: /nonexistent/model: no such model"),
     (["bogus=1"], "unknown argument 'bogus'"),
     (["repeats=x"], "repeats must be an integer"),
     (["precision=float16"], "precision must be among"),
     (["images=/nonexistent/folder"], "does not exist"),
     (["entropy=nosuchmodel", "max_images=1"], "cannot compose entropy=nosuchmodel"),
-])
+  ],
+)
 def test_bench_bad_arguments(argv, message, image_folder, capsys):
   if not any(a.startswith("images=") for a in argv):
     argv = argv + [f"images={image_folder}"]
-  assert bench.main(argv) == 2
+  assert bench_command.main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1
 
@@ -160,6 +204,7 @@ def test_float32_decode_matches_tfc_synthesis(entropy):
 def _range_decoder_outputs(model, compressed, monkeypatch):
   """Every tensor the y range decoder returns during one decode (run eagerly, spied)."""
   from cbexp.models.compression import padded_size
+
   gaussian, outputs = model.entropy_model.gaussian, []
   original = gaussian.decompress
 
@@ -203,8 +248,8 @@ def test_bfloat16_decoding_same_symbols_small_psnr_change(entropy, monkeypatch):
   else:  # ChARM: the LRP conditions later slices, so it stays float32 and y_hat is exact
     assert lrp_difference == 0
   assert not np.array_equal(decoded.numpy(), reference.numpy())  # bf16 really ran
-  psnr = lambda a, b: float(tf.image.psnr(tf.cast(a, tf.float32), tf.cast(b, tf.float32), 255.))
-  assert psnr(decoded, reference) > 45.
+  psnr = lambda a, b: float(tf.image.psnr(tf.cast(a, tf.float32), tf.cast(b, tf.float32), 255.0))
+  assert psnr(decoded, reference) > 45.0
   assert abs(psnr(image, decoded) - psnr(image, reference)) < 0.05
   # back to float32: the reference again, and the option is validated
   model.set_decode_precision("float32")
@@ -219,14 +264,20 @@ def test_materialized_transforms_are_bit_identical():
   """g_a, h_a, g_s and the LRP (stride-1: tfc flips the kernel) with kernels computed once
   give exactly tfc's outputs."""
   from cbexp.models.precision import MaterializedTransform
+
   model = tiny("hyperprior")
   x = tf.constant(smooth_image(64, 128)[None], tf.float32)
   y = model.analysis(x)
   hyper = model.entropy_model.hyper_synthesis(tf.round(model.hyper_analysis(y)))
-  for transform, inputs in ((model.analysis, x), (model.hyper_analysis, y),
-                            (model.synthesis, y), (model.entropy_model.lrp, hyper)):
-    np.testing.assert_array_equal(MaterializedTransform(transform)(inputs).numpy(),
-                                  transform(inputs).numpy())
+  for transform, inputs in (
+    (model.analysis, x),
+    (model.hyper_analysis, y),
+    (model.synthesis, y),
+    (model.entropy_model.lrp, hyper),
+  ):
+    np.testing.assert_array_equal(
+      MaterializedTransform(transform)(inputs).numpy(), transform(inputs).numpy()
+    )
 
 
 @pytest.mark.parametrize("entropy", ["checkerboard", "charm"])
@@ -247,15 +298,28 @@ def test_encoder_strings_equal_reference_computation(entropy):
   expected = [bytes(s) for s in reference(tf.constant(image[None], tf.float32)).numpy()]
   compressed = model.compress(image)
   assert compressed.strings == expected
-  np.testing.assert_array_equal(model.decompress(compressed).numpy(),
-                                model.decompress(model.compress(image)).numpy())
+  np.testing.assert_array_equal(
+    model.decompress(compressed).numpy(), model.decompress(model.compress(image)).numpy()
+  )
 
 
 def test_mlflow_logging(tmp_path):
   import mlflow
-  summary = pd.DataFrame([{"entropy": "checkerboard", "precision": "float32",
-                           "tf_version": tf.__version__, "cpu": "test cpu", "num_images": 2,
-                           "decode_s_median": 0.5, "encode_s_median": 0.25, "note": "x"}])
+
+  summary = pd.DataFrame(
+    [
+      {
+        "entropy": "checkerboard",
+        "precision": "float32",
+        "tf_version": tf.__version__,
+        "cpu": "test cpu",
+        "num_images": 2,
+        "decode_s_median": 0.5,
+        "encode_s_median": 0.25,
+        "note": "x",
+      }
+    ]
+  )
   summary_path, per_image_path = tmp_path / "bench.csv", tmp_path / "bench_per_image.csv"
   summary.to_csv(summary_path)
   summary.to_csv(per_image_path)

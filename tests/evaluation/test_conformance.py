@@ -1,7 +1,8 @@
-"""``python -m cbexp.conformance``: the decode conformance matrix (issue 13, item 1). A tiny
-untrained model on one small image, decoded in fresh processes: the encoder's own configuration
-must decode identically with 0 mismatches; a deliberately broken decoder (every scale index + 1)
-must be counted by the teacher-forced measurement."""
+"""``python -m cbexp.conformance``: the decode conformance matrix. A tiny untrained model on one
+small image, decoded in fresh processes: the encoder's own configuration must decode identically
+with 0 mismatches; a deliberately broken decoder (every scale index + 1) must be counted by the
+teacher-forced measurement."""
+
 import json
 import subprocess
 import sys
@@ -13,16 +14,31 @@ from helpers.runs import environment, write_images
 
 
 def conformance(arguments, cwd, timeout=900):
-  return subprocess.run([sys.executable, "-m", "cbexp.conformance", *arguments], cwd=cwd,
-                        env=environment(), capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "cbexp.conformance", *arguments],
+    cwd=cwd,
+    env=environment(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path):
   images = write_images(tmp_path / "images", [(64, 128)])
   out = tmp_path / "out"
-  result = conformance(["entropy=hyperprior", "transform=tiny", "entropy.hidden_filters=[16,16]",
-                        f"images={images}", "configs=reference,index_offset", f"out={out}",
-                        f"mlflow=sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path)
+  result = conformance(
+    [
+      "entropy=hyperprior",
+      "transform=tiny",
+      "entropy.hidden_filters=[16,16]",
+      f"images={images}",
+      "configs=reference,index_offset",
+      f"out={out}",
+      f"mlflow=sqlite:///{tmp_path}/mlflow.db",
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = pd.read_csv(out / "conformance.csv").set_index("config")
   reference, broken = summary.loc["reference"], summary.loc["index_offset"]
@@ -39,6 +55,7 @@ def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path
   assert report["machine"]["cpu"] and set(report["process_wall_s"]) >= {"encode", "reference"}
   assert "reference" in result.stdout and "index_offset" in result.stdout  # the printed table
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
   runs = client.search_runs([client.get_experiment_by_name("conformance").experiment_id])
   assert {r.data.params["config"] for r in runs} == {"reference", "index_offset"}
@@ -47,10 +64,21 @@ def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path
 
 def test_record_comparison_counts_indexes_and_symbols():
   from cbexp.evaluation.conformance import compare_records
-  encoder = [{"indexes": np.array([1, 2, 3]), "symbols": np.array([0, 1, -1]),
-              "means": np.zeros(3, np.float32)}]
-  decoder = [{"indexes": np.array([1, 3, 3]), "symbols": np.array([0, 1, 0]),
-              "means": np.full(3, 1e-6, np.float32)}]
+
+  encoder = [
+    {
+      "indexes": np.array([1, 2, 3]),
+      "symbols": np.array([0, 1, -1]),
+      "means": np.zeros(3, np.float32),
+    }
+  ]
+  decoder = [
+    {
+      "indexes": np.array([1, 3, 3]),
+      "symbols": np.array([0, 1, 0]),
+      "means": np.full(3, 1e-6, np.float32),
+    }
+  ]
   counts = compare_records(encoder, decoder)
   assert counts["symbols"] == 3 and counts["positions_mismatched"] == 2
   assert counts["index_mismatches"] == 1 and counts["symbol_mismatches"] == 1
@@ -61,12 +89,20 @@ def test_record_comparison_counts_indexes_and_symbols():
 def test_bad_arguments_are_one_line(tmp_path):
   images = write_images(tmp_path / "images", [(64, 64)])
   for arguments, message in [
-      (["entropy=hyperprior", f"images={images}", "configs=warp_drive"],
-       "cbexp.conformance: error: unknown configuration 'warp_drive'"),
-      (["entropy=hyperprior", f"images={images}", "numerics=fixed"],
-       "cbexp.conformance: error: numerics must be among"),
-      ([f"images={images}"], "cbexp.conformance: error: no models"),
-      (["entropy=hyperprior", "max_images=two"], "cbexp.conformance: error: max_images must"),
+    (
+      ["entropy=hyperprior", f"images={images}", "configs=warp_drive"],
+      "cbexp conformance: error: unknown configuration 'warp_drive'",
+    ),
+    (
+      ["entropy=hyperprior", f"images={images}", "numerics=fixed"],
+      "cbexp conformance: error: numerics must be among",
+    ),
+    ([f"images={images}"], "cbexp conformance: error: no models"),
+    (["entropy=hyperprior", "max_images=two"], "cbexp conformance: error: max_images must"),
+    (
+      ["model=/nonexistent/model", f"images={images}"],
+      "cbexp conformance: error: /nonexistent/model: no such model",
+    ),
   ]:
     result = conformance(arguments, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -74,7 +110,17 @@ def test_bad_arguments_are_one_line(tmp_path):
     assert result.stderr.startswith(message), result.stderr
 
 
-def test_the_numerics_choices_are_the_exact_paths():
-  from cbexp.evaluation import conformance
+def test_the_numerics_choices_are_the_exact_paths(tmp_path):
+  import pytest
+
+  from cbexp.config import compose
   from cbexp.entropy import exact
-  assert conformance.NUMERICS == exact.NUMERICS
+  from cbexp.evaluation import conformance
+
+  def numerics(values):
+    cfg = compose([f"numerics=[{','.join(values)}]", f"images={tmp_path}"], "conformance")
+    return conformance.options(cfg, ["entropy=hyperprior"]).numerics
+
+  assert numerics(exact.NUMERICS) == list(exact.NUMERICS)
+  with pytest.raises(conformance.ConformanceError, match="numerics must be among"):
+    numerics(["fixed"])

@@ -1,12 +1,14 @@
 """experiments/laptop.sh end to end with two training steps (the real study takes an hour; its
 results are committed in experiments/results/laptop/): both sweeps, the bench on the trained
 models, the study record and the analysis, into one folder."""
+
 import json
 import pathlib
 import subprocess
 import sys
 
 import pandas as pd
+
 from helpers.runs import environment
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -15,14 +17,30 @@ MODELS = ["autoregressive", "charm", "checkerboard", "hyperprior"]
 
 def test_the_laptop_study_script_runs_in_two_steps(tmp_path, kodak_dir):
   out = tmp_path / "out"
-  env = {**environment(), "PYTHON": sys.executable, "CBEXP_KODAK_DIR": str(kodak_dir),
-         "STEPS": "2", "LAMBDAS": "0.005,0.02", "BENCH_LMBDA": "0.02", "SEEDS": "0", "JOBS": "2", "BENCH_REPEATS": "1",
-         "BENCH_MAX_IMAGES": "1", "OUT": str(out), "SWEEP_DIR": str(tmp_path / "sweep"),
-         "TRACKING": f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         "EXTRA": "eval.max_images=1 trainer.log_every=1 trainer.val_every=2 "
-                  "trainer.checkpoint_every=2"}
-  result = subprocess.run(["bash", str(REPO / "experiments" / "laptop.sh")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=1800)
+  env = {
+    **environment(),
+    "PYTHON": sys.executable,
+    "CBEXP_KODAK_DIR": str(kodak_dir),
+    "STEPS": "2",
+    "LAMBDAS": "0.005,0.02",
+    "BENCH_LMBDA": "0.02",
+    "SEEDS": "0",
+    "JOBS": "2",
+    "BENCH_REPEATS": "1",
+    "BENCH_MAX_IMAGES": "1",
+    "OUT": str(out),
+    "SWEEP_DIR": str(tmp_path / "sweep"),
+    "TRACKING": f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    "EXTRA": "eval.max_images=1 trainer.log_every=1 trainer.val_every=2 trainer.checkpoint_every=2",
+  }
+  result = subprocess.run(
+    ["bash", str(REPO / "experiments" / "laptop.sh")],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   study = json.loads((out / "study.json").read_text())
   assert study["eval_set"].startswith("Kodak kodim13-24") and study["wall_time_s"]["total"] > 0

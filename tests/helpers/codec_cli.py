@@ -1,12 +1,13 @@
 """The codec command in a fresh process, its refusal contract, and a tiny model with a file it
 wrote (shared by the codec tests)."""
+
 import os
 import re
 import resource
 import subprocess
 import sys
 
-
+from cbexp.errors import USER_ERROR
 
 
 def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
@@ -18,15 +19,21 @@ def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
   def limit_address_space():
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=900,
-                        preexec_fn=limit_address_space if address_space else None)
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    preexec_fn=limit_address_space if address_space else None,
+  )
 
 
 def assert_refused(result, output, message):
-  """Non-zero exit, exactly one line on stderr naming the problem, no traceback, no output
-  (nor a temporary file beside it)."""
-  assert result.returncode != 0, result.stdout
+  """Exit status 2 (a user error), exactly one line on stderr naming the problem, no traceback,
+  no output (nor a temporary file beside it)."""
+  assert result.returncode == USER_ERROR, (result.returncode, result.stderr)
   lines = result.stderr.splitlines()
   assert len(lines) == 1, result.stderr
   assert "Traceback" not in result.stderr

@@ -1,7 +1,8 @@
 """Model configs and checks shared by the test files."""
-from cbexp.config import CONF_DIR
 
-ENTROPY_MODELS = sorted(p.stem for p in (CONF_DIR / "entropy").glob("*.yaml"))
+from cbexp.config import entropy_names
+
+ENTROPY_MODELS = entropy_names()
 PAPER_ENTROPY_MODELS = ["hyperprior", "charm", "checkerboard"]
 
 
@@ -15,6 +16,7 @@ def assert_round_trip(model, image):
   the number of strings. Returns the ``Compressed``."""
   import numpy as np
   import tensorflow as tf
+
   compressed = model.compress(image)
   decoded, y_hat = model.decompress(compressed, return_latent=True)
   assert decoded.shape == image.shape and decoded.dtype == tf.uint8

@@ -1,5 +1,6 @@
 """Helpers for the tests of ``python -m cbexp.run`` (tests/test_run*.py): tiny data, tiny
 models, the command as a subprocess, a free port."""
+
 import os
 import socket
 import subprocess
@@ -8,23 +9,53 @@ import sys
 import numpy as np
 from PIL import Image
 
-SCHEMA_EVAL = ("eval/bpp", "eval/bpp_estimated", "eval/psnr", "eval/ms_ssim", "eval/ms_ssim_db",
-               "eval/encode_time_median", "eval/decode_time_median", "eval/encode_time_mean",
-               "eval/decode_time_mean", "eval/num_images")
+SCHEMA_EVAL = (
+  "eval/bpp",
+  "eval/bpp_estimated",
+  "eval/psnr",
+  "eval/ms_ssim",
+  "eval/ms_ssim_db",
+  "eval/encode_time_median",
+  "eval/decode_time_median",
+  "eval/encode_time_mean",
+  "eval/decode_time_mean",
+  "eval/num_images",
+)
 SCHEMA_TRAIN = ("train/loss", "train/bpp", "train/mse", "train/psnr", "train/lr")
 SCHEMA_VAL = ("val/loss", "val/bpp", "val/mse", "val/psnr")
-SCHEMA_TAGS = ("entropy", "lmbda", "transform", "dataset", "eval_set", "git_commit",
-               "tf_version", "tfc_version")
-PER_IMAGE_COLUMNS = ["image", "height", "width", "bytes", "bpp", "bpp_estimated", "psnr",
-                     "ms_ssim", "ms_ssim_db", "encode_s", "decode_s"]
+SCHEMA_TAGS = (
+  "entropy",
+  "lmbda",
+  "transform",
+  "dataset",
+  "eval_set",
+  "git_commit",
+  "tf_version",
+  "tfc_version",
+)
+PER_IMAGE_COLUMNS = [
+  "image",
+  "height",
+  "width",
+  "bytes",
+  "bpp",
+  "bpp_estimated",
+  "psnr",
+  "ms_ssim",
+  "ms_ssim_db",
+  "encode_s",
+  "decode_s",
+]
 
 
 def smooth_image(height, width, seed):
   """A smooth colour image (compressible, unlike noise)."""
   rng = np.random.default_rng(seed)
   y, x = np.mgrid[0:height, 0:width] / max(height, width)
-  channels = [np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y
-                                  + rng.uniform())) for _ in range(3)]
+  channels = [
+    np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform()))
+    for _ in range(3)
+  ]
   return np.clip(np.stack(channels, -1) * 100 + 128, 0, 255).astype(np.uint8)
 
 
@@ -39,12 +70,26 @@ def tiny_run_overrides(tmp_path, entropy="hyperprior", steps=8, **trainer):
   """A run on 3 small training images and one 192x192 eval image (MS-SSIM needs >= 161)."""
   train = write_images(tmp_path / "train", [(96, 96), (80, 128), (96, 64)])
   evaluation = write_images(tmp_path / "eval", [(192, 192)], seed=10)
-  settings = {"steps": steps, "batch_size": 2, "patch_size": 64, "log_every": 2,
-              "val_every": 4, "checkpoint_every": 4, **trainer}
-  return (["transform=tiny", f"entropy={entropy}", "entropy.hidden_filters=[16,16]",
-           "dataset=folder", f"dataset.path={train}", "eval=folder", f"eval.path={evaluation}",
-           "trainer=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
-          + [f"trainer.{k}={v}" for k, v in settings.items()])
+  settings = {
+    "steps": steps,
+    "batch_size": 2,
+    "patch_size": 64,
+    "log_every": 2,
+    "val_every": 4,
+    "checkpoint_every": 4,
+    **trainer,
+  }
+  return [
+    "transform=tiny",
+    f"entropy={entropy}",
+    "entropy.hidden_filters=[16,16]",
+    "dataset=folder",
+    f"dataset.path={train}",
+    "eval=folder",
+    f"eval.path={evaluation}",
+    "trainer=tiny",
+    f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+  ] + [f"trainer.{k}={v}" for k, v in settings.items()]
 
 
 def environment():
@@ -59,8 +104,9 @@ def command(arguments):
 
 
 def run_cbexp(arguments, cwd, timeout=600):
-  return subprocess.run(command(arguments), cwd=cwd, env=environment(), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    command(arguments), cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout
+  )
 
 
 def free_port():
@@ -71,7 +117,9 @@ def free_port():
 
 def experiment_runs(tracking_uri, experiment="cbexp"):
   from mlflow.tracking import MlflowClient
+
   client = MlflowClient(tracking_uri)
   experiment = client.get_experiment_by_name(experiment)
-  return client, ([] if experiment is None else
-                  client.search_runs([experiment.experiment_id], max_results=1000))
+  return client, (
+    [] if experiment is None else client.search_runs([experiment.experiment_id], max_results=1000)
+  )

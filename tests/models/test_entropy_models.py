@@ -1,5 +1,6 @@
-"""Issue 2: every entropy model round-trips exactly through real range coding, the checkerboard
-partition and passes are what the paper says, and estimated and actual rates agree after training."""
+"""Every entropy model round-trips exactly through real range coding, the checkerboard partition
+and passes are what the paper says, and estimated and actual rates agree after training."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,8 +33,9 @@ def test_context_mask_sees_only_anchor_neighbours():
 
 
 def test_context_at_non_anchors_ignores_non_anchor_values():
-  conv = layers.MaskedConv2D(6, layers.checkerboard_context_mask(5),
-                             bias_initializer="random_normal")
+  conv = layers.MaskedConv2D(
+    6, layers.checkerboard_context_mask(5), bias_initializer="random_normal"
+  )
   rng = np.random.default_rng(0)
   values = tf.constant(rng.normal(size=[1, 8, 8, 3]), tf.float32)
   anchors, non_anchors = layers.split_checkerboard(values)
@@ -56,7 +58,8 @@ def test_context_at_coded_positions_is_the_masked_convolution(height, width):
   coded = layers.CheckerboardContext(6, positions="coded")
   rng = np.random.default_rng(0)
   anchors, _ = layers.split_checkerboard(
-      tf.constant(rng.normal(size=[2, height, width, 3]), tf.float32))
+    tf.constant(rng.normal(size=[2, height, width, 3]), tf.float32)
+  )
   expected = full(anchors)
   coded(anchors)
   coded.set_weights(full.get_weights())
@@ -65,7 +68,7 @@ def test_context_at_coded_positions_is_the_masked_convolution(height, width):
   np.testing.assert_allclose(got, expected, atol=1e-5)
   # each of the 12 unmasked taps is used exactly once per non-anchor parity
   for parity in (0, 1):
-    taps = layers._non_anchor_taps(parity)
+    taps = layers.non_anchor_taps(parity)
     used = sorted(taps[taps < 25].tolist())
     assert used == sorted(np.flatnonzero(layers.checkerboard_context_mask(5)).tolist())
 
@@ -75,10 +78,10 @@ def test_models_saved_without_context_positions_keep_the_full_grid(model_factory
   # context as it did, so that its .cbx files still decode; the configs choose "coded".
   from cbexp.config import compose
   from cbexp.entropy.checkerboard import CheckerboardEntropyModel
+
   assert compose(["entropy=checkerboard"]).entropy.context_positions == "coded"
   assert compose(["entropy=charm_checkerboard"]).entropy.context_positions == "coded"
-  legacy = CheckerboardEntropyModel(8, [8, 8], dict(num_scales=64, scale_min=0.11,
-                                                    scale_max=256.))
+  legacy = CheckerboardEntropyModel(8, [8, 8], dict(num_scales=64, scale_min=0.11, scale_max=256.0))
   assert legacy.context_model.positions == "full_grid"
 
 
@@ -90,8 +93,11 @@ def test_checkerboard_decodes_in_exactly_two_passes(model_factory, monkeypatch):
   z_hat = tf.round(model.hyper_analysis(y))
   strings, y_hat = entropy.compress(y, z_hat)
   calls = {"range_decode": [], "context": 0, "entropy_parameters": 0}
-  decode, context, params = entropy.gaussian.decompress, entropy.context_model.call, \
-      entropy.entropy_parameters.call
+  decode, context, params = (
+    entropy.gaussian.decompress,
+    entropy.context_model.call,
+    entropy.entropy_parameters.call,
+  )
 
   def spy_decode(s, index, mean):
     calls["range_decode"].append(int(tf.size(mean)))
@@ -139,14 +145,18 @@ def test_round_trip_paper_configuration_kodak(model_factory, kodak_image, entrop
 # --- the range coder's own model (diagnostic) ----------------------------------------------
 def test_table_bits_is_the_size_of_the_strings_and_bounds_outliers():
   from cbexp.entropy.base import GaussianConditional
+
   gaussian = GaussianConditional()
   gaussian.build_coder()
   rng = np.random.default_rng(0)
   shape = [3, 16, 16, 8]
   index = tf.constant(rng.uniform(-2, 66, shape), tf.float32)  # also out of the table's range
   loc = tf.constant(rng.normal(0, 3, shape), tf.float32)
-  y = (loc + gaussian._scale_fn(gaussian.coded_indexes(index))
-       * tf.constant(rng.normal(size=shape), tf.float32)).numpy()
+  y = (
+    loc
+    + gaussian._scale_fn(gaussian.coded_indexes(index))
+    * tf.constant(rng.normal(size=shape), tf.float32)
+  ).numpy()
   y[0, 0, 0, :4] += [40, -40, 3, -1000]  # escape codes, both signs; one absurd outlier
   y[1, 2, 3, 0] += 5
   strings = gaussian.compress(y, index, loc).numpy()
@@ -165,6 +175,7 @@ def test_table_bits_is_the_size_of_the_strings_and_bounds_outliers():
 
 def test_compress_before_coders_are_built_says_what_to_do():
   from cbexp.config import build_model, compose
+
   model = build_model(compose(tiny_overrides("hyperprior")))
   with pytest.raises(RuntimeError, match="build_coders"):
     model.compress(np.zeros((8, 8, 3), np.uint8))

@@ -1,6 +1,7 @@
-"""Issue 7: the serial autoregressive and the channel-slices-with-checkerboard entropy models, and
-the like-for-like switches of the checkerboard model: exact round trips, causal contexts, exact
+"""The serial autoregressive and the channel-slices-with-checkerboard entropy models, and the
+like-for-like switches of the checkerboard model: exact round trips, causal contexts, exact
 parameter counts (computed here from the layer shapes), estimated vs actual rate after training."""
+
 import os
 
 import numpy as np
@@ -8,22 +9,21 @@ import pytest
 import tensorflow as tf
 
 from cbexp import images
-
-from cbexp.training import data
-from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
 from cbexp.entropy import layers
 from cbexp.entropy.autoregressive import raster_context_mask
 from cbexp.entropy.charm_checkerboard import resolve_slices
 from cbexp.models.compression import pad_replicate, padded_size
+from cbexp.training import data
 from helpers.models import assert_round_trip, tiny_overrides
+from helpers.training import fit
 
 TINY_SLICES = "entropy.slices=[4,4,8,8,16]"
 TINY_VARIANTS = {
-    "autoregressive": tiny_overrides("autoregressive"),
-    "charm_checkerboard": tiny_overrides("charm_checkerboard", TINY_SLICES),
-    "checkerboard_two_hyper_paths": tiny_overrides("checkerboard", "entropy.two_hyper_paths=true"),
-    "checkerboard_lrp_on_y_hat": tiny_overrides("checkerboard", "entropy.lrp_on_y_hat=true"),
+  "autoregressive": tiny_overrides("autoregressive"),
+  "charm_checkerboard": tiny_overrides("charm_checkerboard", TINY_SLICES),
+  "checkerboard_two_hyper_paths": tiny_overrides("checkerboard", "entropy.two_hyper_paths=true"),
+  "checkerboard_lrp_on_y_hat": tiny_overrides("checkerboard", "entropy.lrp_on_y_hat=true"),
 }
 
 
@@ -46,29 +46,38 @@ def hyper_synthesis(z_depth, filters, depth):  # 5x5 up -> f0, 5x5 up -> f1, 3x3
 
 def entropy_parameters(hyper_depth, context_depth, depth, widths=(3, 2)):
   w0, w1 = widths[0] * depth, widths[1] * depth  # 1x1: [hyper | context] -> w0 -> w1 -> 2 depth
-  return ((hyper_depth * w0 + w0) + context_depth * w0  # first layer: bias on the hyper part
-          + (w0 * w1 + w1) + (w1 * 2 * depth + 2 * depth))
+  return (
+    (hyper_depth * w0 + w0)
+    + context_depth * w0  # first layer: bias on the hyper part
+    + (w0 * w1 + w1)
+    + (w1 * 2 * depth + 2 * depth)
+  )
 
 
-def checkerboard_like(depth, z_depth, hs_filters, hidden, two_hyper_paths=False,
-                      lrp_on_y_hat=False):
+def checkerboard_like(
+  depth, z_depth, hs_filters, hidden, two_hyper_paths=False, lrp_on_y_hat=False
+):
   """Entropy-model parameters of the checkerboard model (and of the autoregressive one: the same
   layers, only the 5x5 mask differs; the whole masked kernel is a variable)."""
   paths = 2 if two_hyper_paths else 1
-  return (paths * hyper_synthesis(z_depth, hs_filters, depth)
-          + conv(5, depth, 2 * depth)  # context model M -> 2M
-          + entropy_parameters(paths * depth, 2 * depth, depth)
-          + slice_transform(depth * (2 if lrp_on_y_hat else 1), hidden, depth))
+  return (
+    paths * hyper_synthesis(z_depth, hs_filters, depth)
+    + conv(5, depth, 2 * depth)  # context model M -> 2M
+    + entropy_parameters(paths * depth, 2 * depth, depth)
+    + slice_transform(depth * (2 if lrp_on_y_hat else 1), hidden, depth)
+  )
 
 
 def charm_checkerboard(depth, z_depth, hs_filters, hidden, slices):
   total = 2 * hyper_synthesis(z_depth, hs_filters, depth)
   for i, d in enumerate(slices):
     support = sum(slices[:i])  # max_support_slices = -1: every earlier slice
-    total += (2 * slice_transform(depth + support, hidden, d)  # channel context: mean, scale
-              + conv(5, d, 2 * d)  # spatial context of the slice's anchors
-              + entropy_parameters(2 * d, 2 * d, d)
-              + slice_transform(depth + support + d, hidden, d))  # LRP
+    total += (
+      2 * slice_transform(depth + support, hidden, d)  # channel context: mean, scale
+      + conv(5, d, 2 * d)  # spatial context of the slice's anchors
+      + entropy_parameters(2 * d, 2 * d, d)
+      + slice_transform(depth + support + d, hidden, d)
+    )  # LRP
   return total
 
 
@@ -95,7 +104,7 @@ def test_raster_context_ignores_the_position_and_everything_after_it():
   context = conv2d(values).numpy()
   for i, j in [(0, 0), (2, 3), (5, 6), (3, 0)]:
     later = values.copy().reshape(1, -1, 3)
-    later[:, i * 7 + j:] = rng.normal(size=later[:, i * 7 + j:].shape)  # raster order
+    later[:, i * 7 + j :] = rng.normal(size=later[:, i * 7 + j :].shape)  # raster order
     changed = conv2d(later.reshape(values.shape)).numpy()
     np.testing.assert_allclose(changed[0, i, j], context[0, i, j], atol=1e-5)
   assert not np.allclose(changed, context)  # ... but the context does see earlier positions
@@ -121,8 +130,9 @@ def coding_costs(model, image):
   """charm_checkerboard's ``coding_costs`` for one uint8 image, with y and z_hat as ``compress``
   gets them (padded image, z decoded from its string)."""
   height, width = image.shape[:2]
-  x = pad_replicate(tf.cast(tf.convert_to_tensor(image)[None], tf.float32),
-                    padded_size(height), padded_size(width))
+  x = pad_replicate(
+    tf.cast(tf.convert_to_tensor(image)[None], tf.float32), padded_size(height), padded_size(width)
+  )
   y = model.analysis(x)
   z = model.hyper_analysis(y)
   z_hat = model.z_coder.decompress(model.z_coder.compress(z), tf.shape(z)[1:-1])
@@ -151,26 +161,32 @@ def test_slices_scale_to_the_latent_depth_or_fail_clearly():
 # --- parameter counts ----------------------------------------------------------------------
 def test_switches_add_exactly_their_layers_tiny(model_factory):
   base = trainable(model_factory(tiny_overrides("checkerboard")))
-  for variant, switches in [("checkerboard_two_hyper_paths", dict(two_hyper_paths=True)),
-                            ("checkerboard_lrp_on_y_hat", dict(lrp_on_y_hat=True))]:
+  for variant, switches in [
+    ("checkerboard_two_hyper_paths", dict(two_hyper_paths=True)),
+    ("checkerboard_lrp_on_y_hat", dict(lrp_on_y_hat=True)),
+  ]:
     extra = checkerboard_like(**TINY, **switches) - checkerboard_like(**TINY)
     assert trainable(model_factory(TINY_VARIANTS[variant])) - base == extra, variant
   # The autoregressive model has the checkerboard model's layers: only the mask differs.
   assert trainable(model_factory(TINY_VARIANTS["autoregressive"])) == base
   shared = base - checkerboard_like(**TINY)
-  assert trainable(model_factory(TINY_VARIANTS["charm_checkerboard"])) == \
-      shared + charm_checkerboard(**TINY, slices=[4, 4, 8, 8, 16])
+  assert trainable(
+    model_factory(TINY_VARIANTS["charm_checkerboard"])
+  ) == shared + charm_checkerboard(**TINY, slices=[4, 4, 8, 8, 16])
 
 
 @pytest.mark.slow
 def test_paper_configuration_parameter_counts(model_factory):
-  counts = {name: trainable(model_factory([f"entropy={name}"]))
-            for name in ("checkerboard", "autoregressive", "charm_checkerboard")}
+  counts = {
+    name: trainable(model_factory([f"entropy={name}"]))
+    for name in ("checkerboard", "autoregressive", "charm_checkerboard")
+  }
   print(counts)
   assert counts["checkerboard"] == PUBLISHED_CHECKERBOARD  # switches off by default
   assert counts["autoregressive"] == SHARED_PAPER + checkerboard_like(**PAPER) == 26_370_403
   assert counts["charm_checkerboard"] == SHARED_PAPER + charm_checkerboard(
-      **PAPER, slices=[16, 16, 32, 64, 192])
+    **PAPER, slices=[16, 16, 32, 64, 192]
+  )
 
 
 # --- paper configuration on Kodak ----------------------------------------------------------
@@ -202,9 +218,10 @@ STEPS, PATCH, BATCH, LEARNING_RATE = 300, 128, 4, 1e-3
 # -log2 p without bound (an outlier at scale 0.11 costs 15-110 bits there, 12-14 in the string).
 # A partly trained model with thin slices has many such collapsed scales (indexes 0-3) with rare
 # +-1 symbols. test_uneven_slices_strings_are_the_coder_tables checks exactly that.
-GAP_VARIANTS = {"autoregressive": TINY_VARIANTS["autoregressive"],
-                "charm_checkerboard_one_slice": tiny_overrides("charm_checkerboard",
-                                                               "entropy.slices=[40]")}
+GAP_VARIANTS = {
+  "autoregressive": TINY_VARIANTS["autoregressive"],
+  "charm_checkerboard_one_slice": tiny_overrides("charm_checkerboard", "entropy.slices=[40]"),
+}
 
 
 def _train_briefly(overrides, paths):
@@ -212,9 +229,10 @@ def _train_briefly(overrides, paths):
   must at least halve."""
   model = build_model(compose(overrides))
   crops = data.random_crops(paths[2:], PATCH, BATCH, seed=1)
-  history = training.fit(model, crops, STEPS, learning_rate=LEARNING_RATE)
+  history = fit(model, crops, STEPS, learning_rate=LEARNING_RATE)
   assert np.mean([h["loss"] for h in history[-20:]]) < 0.5 * np.mean(
-      [h["loss"] for h in history[:20]])
+    [h["loss"] for h in history[:20]]
+  )
   return model
 
 
@@ -228,8 +246,10 @@ def test_actual_rate_matches_estimated_rate_after_training(variant, kodak_dir):
   actual = 8 * compressed.num_bytes
   estimate = model.estimate_bits(image)
   gap = actual / (estimate["y"] + estimate["z"]) - 1
-  print(f"{variant} {os.path.basename(paths[0])}: actual {actual} bits, estimated "
-        f"{estimate['y'] + estimate['z']:.0f} bits, gap {gap:+.2%}")
+  print(
+    f"{variant} {os.path.basename(paths[0])}: actual {actual} bits, estimated "
+    f"{estimate['y'] + estimate['z']:.0f} bits, gap {gap:+.2%}"
+  )
   assert abs(gap) < 0.02
 
 
@@ -250,10 +270,12 @@ def test_uneven_slices_strings_are_the_coder_tables(kodak_dir):
   low = [c["gaussian"] > precision for c in costs]
   low_excess = sum((c["gaussian"] - c["table"])[m].sum() for c, m in zip(costs, low))
   estimate_y = model.estimate_bits(image)["y"]
-  print(f"y: actual {actual.sum()}, table {table.sum():.0f}, Gaussian {gaussian.sum():.0f} "
-        f"(estimate {estimate_y:.0f}); {sum(m.sum() for m in low)} symbols with p < "
-        f"2**-{precision} carry {low_excess:.0f} bits of the {gaussian.sum() - table.sum():.0f} "
-        f"excess; overflows {sum(c['overflow'].sum() for c in costs)}")
+  print(
+    f"y: actual {actual.sum()}, table {table.sum():.0f}, Gaussian {gaussian.sum():.0f} "
+    f"(estimate {estimate_y:.0f}); {sum(m.sum() for m in low)} symbols with p < "
+    f"2**-{precision} carry {low_excess:.0f} bits of the {gaussian.sum() - table.sum():.0f} "
+    f"excess; overflows {sum(c['overflow'].sum() for c in costs)}"
+  )
   print("per string (actual, table, Gaussian):", list(zip(actual, table.round(), gaussian.round())))
   assert np.all(np.abs(actual - table) < 32)  # each string: its table bits + termination
   assert abs(actual.sum() / table.sum() - 1) < 0.01

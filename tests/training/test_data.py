@@ -1,4 +1,5 @@
 """Data sources behind conf/dataset and conf/eval, and the Kodak download helper."""
+
 import functools
 import http.server
 import threading
@@ -8,9 +9,8 @@ import pytest
 from PIL import Image
 
 from cbexp import images
-
-from cbexp.training import data
 from cbexp.cli import datasets
+from cbexp.training import data
 
 
 def write_images(folder, sizes, suffix=".png"):
@@ -50,7 +50,9 @@ def test_skimage_default_is_offline_colour_photos():
 def test_image_smaller_than_patch(tmp_path):
   paths = write_images(tmp_path, [(128, 128), (64, 200)])
   images.check_images(paths, 64)
-  with pytest.raises(images.DataError, match=r"smaller than the 128x128 patch: .*img01.png \(200x64\)"):
+  with pytest.raises(
+    images.DataError, match=r"smaller than the 128x128 patch: .*img01.png \(200x64\)"
+  ):
     images.check_images(paths, 128)
 
 
@@ -70,6 +72,7 @@ def test_train_val_split_and_crops(tmp_path):
 
 def test_kodak_config_reads_the_environment(monkeypatch, tmp_path):
   from cbexp.config import compose
+
   monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
   assert compose(["eval=kodak"]).eval.path == str(tmp_path)
   assert compose(["dataset=kodak"]).dataset.path == str(tmp_path)
@@ -91,7 +94,7 @@ def test_download_kodak_from_a_local_server(tmp_path, capsys):
   server, url = serve(remote)
   try:
     assert datasets.main(["download-kodak", str(tmp_path / "kodak"), "--url", url]) == 0
-    assert sorted(p.name for p in (tmp_path / "kodak").iterdir()) == list(datasets.KODAK_NAMES)
+    assert sorted(p.name for p in (tmp_path / "kodak").iterdir()) == list(data.KODAK_NAMES)
     assert images.load_image(tmp_path / "kodak" / "kodim24.png").shape == (16, 24, 3)
     # a server that answers with something else than PNGs: nothing kept, one line
     (remote / "kodim01.png").write_text("<html>proxy login</html>")
@@ -106,7 +109,9 @@ def test_dark_16_bit_png_stays_dark(tmp_path):
   """16-bit samples are scaled by the 16-bit range, not by the image's own maximum."""
   import numpy as np
   from PIL import Image
+
   from cbexp.images import load_image
+
   values = np.array([[0, 257], [1000, 65535]], dtype=np.uint16)
   path = tmp_path / "dark16.png"
   Image.fromarray(values).save(path)

@@ -2,6 +2,7 @@
 started again with the same command, it finishes in the SAME MLflow run with every training
 step logged exactly once; the run carries the whole MLflow schema, and a real ``mlflow server``
 serves it over HTTP."""
+
 import glob
 import json
 import math
@@ -17,9 +18,20 @@ import urllib.request
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from helpers.runs import (PER_IMAGE_COLUMNS, SCHEMA_EVAL, SCHEMA_TAGS, SCHEMA_TRAIN, SCHEMA_VAL,
-                         command, environment, experiment_runs, free_port, run_cbexp,
-                         tiny_run_overrides)
+
+from helpers.runs import (
+  PER_IMAGE_COLUMNS,
+  SCHEMA_EVAL,
+  SCHEMA_TAGS,
+  SCHEMA_TRAIN,
+  SCHEMA_VAL,
+  command,
+  environment,
+  experiment_runs,
+  free_port,
+  run_cbexp,
+  tiny_run_overrides,
+)
 
 STEPS = 24
 
@@ -30,8 +42,14 @@ def resumed_run(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("resume")
   arguments = tiny_run_overrides(tmp_path, entropy="hyperprior", steps=STEPS)
   uri = f"sqlite:///{tmp_path}/mlflow.db"
-  process = subprocess.Popen(command(arguments), cwd=tmp_path, env=environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    command(arguments),
+    cwd=tmp_path,
+    env=environment(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.monotonic() + 600
   # The manager's state file names a checkpoint only once its data and index are written; the
   # .index file alone appears earlier, and a kill right then leaves nothing to resume from.
@@ -49,8 +67,14 @@ def resumed_run(tmp_path_factory):
 
   second = run_cbexp(arguments, cwd=tmp_path)
   assert second.returncode == 0, second.stderr[-3000:]
-  return {"tmp_path": tmp_path, "uri": uri, "run_id": run_id, "run_dir": run_dir,
-          "before": before, "stderr": second.stderr}
+  return {
+    "tmp_path": tmp_path,
+    "uri": uri,
+    "run_id": run_id,
+    "run_dir": run_dir,
+    "before": before,
+    "stderr": second.stderr,
+  }
 
 
 def test_resume_continues_the_same_run_and_step(resumed_run):
@@ -66,8 +90,9 @@ def test_resume_continues_the_same_run_and_step(resumed_run):
   values = {m.step: m.value for m in history}
   assert resumed_run["before"] and all(values[s] == v for s, v in resumed_run["before"].items())
   assert max(resumed_run["before"]) <= resumed_at
-  assert sorted(m.step for m in client.get_metric_history(resumed_run["run_id"], "val/loss")) \
-      == list(range(4, STEPS + 1, 4))
+  assert sorted(
+    m.step for m in client.get_metric_history(resumed_run["run_id"], "val/loss")
+  ) == list(range(4, STEPS + 1, 4))
 
 
 def test_run_logs_the_schema(resumed_run):
@@ -92,22 +117,31 @@ def test_run_logs_the_schema(resumed_run):
 
   artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
   assert {"config.yaml", "eval", "summary.txt"} <= artifacts
-  local = client.download_artifacts(run.info.run_id, "eval/per_image.csv",
-                                    str(resumed_run["tmp_path"] / "download"))
+  local = client.download_artifacts(
+    run.info.run_id, "eval/per_image.csv", str(resumed_run["tmp_path"] / "download")
+  )
   table = pd.read_csv(local)
   assert list(table.columns) == PER_IMAGE_COLUMNS and len(table) == 1
-  assert table.loc[0, "bpp"] == pytest.approx(8 * table.loc[0, "bytes"] / 192 ** 2)
+  assert table.loc[0, "bpp"] == pytest.approx(8 * table.loc[0, "bytes"] / 192**2)
   assert metrics["eval/bpp"] == pytest.approx(table.loc[0, "bpp"])
   # The model is an MLflow model (MLmodel, pyfunc) holding the model directory and the export.
   import mlflow
+
   mlflow.set_tracking_uri(resumed_run["uri"])  # logged models resolve through the global URI
   try:
-    model = pathlib.Path(mlflow.artifacts.download_artifacts(
-        f"runs:/{run.info.run_id}/model", dst_path=str(resumed_run["tmp_path"] / "mlflow_model")))
+    model = pathlib.Path(
+      mlflow.artifacts.download_artifacts(
+        f"runs:/{run.info.run_id}/model", dst_path=str(resumed_run["tmp_path"] / "mlflow_model")
+      )
+    )
   finally:
     mlflow.set_tracking_uri(None)
-  for name in ("MLmodel", "artifacts/model/config.yaml", "artifacts/model/weights",
-               "artifacts/export/saved_model.pb"):
+  for name in (
+    "MLmodel",
+    "artifacts/model/config.yaml",
+    "artifacts/model/weights",
+    "artifacts/export/saved_model.pb",
+  ):
     assert (model / name).exists(), name
   assert "python_function" in (model / "MLmodel").read_text()
 
@@ -119,8 +153,10 @@ def test_run_record_is_mlflow_native(resumed_run):
   run = client.get_run(resumed_run["run_id"])
   tags = run.data.tags
   # The dashboard opens the experiment in its "Model training" view, not the GenAI one.
-  assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == \
-      "custom_model_development"
+  assert (
+    client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+    == "custom_model_development"
+  )
   assert tags["mlflow.source.name"].endswith("cbexp/run.py") and tags["mlflow.user"]
   assert tags["mlflow.source.type"] == "LOCAL"
   assert tags["mlflow.source.git.commit"] == tags["git_commit"] != "unknown"
@@ -128,18 +164,24 @@ def test_run_record_is_mlflow_native(resumed_run):
   assert "trainer.steps=24" in tags["cbexp.overrides"]
   assert tags["mlflow.note.content"].startswith("hyperprior, lmbda 0.01, 24 steps. Trains on")
   assert tags["eval_overlaps_train"] == "0"
-  inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
-            for i in run.inputs.dataset_inputs}
+  inputs = {
+    next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+    for i in run.inputs.dataset_inputs
+  }
   assert sorted(inputs) == ["evaluation", "training", "validation"]
   assert json.loads(inputs["training"].profile) == {"num_images": 2}
   assert json.loads(inputs["evaluation"].source)["files"] == ["im00.png"]
-  assert len({d.digest for d in inputs.values()}) == 3 and all(len(d.digest) == 16
-                                                              for d in inputs.values())
+  assert len({d.digest for d in inputs.values()}) == 3 and all(
+    len(d.digest) == 16 for d in inputs.values()
+  )
 
 
 def test_same_command_after_completion_does_nothing(resumed_run):
-  again = run_cbexp(tiny_run_overrides(resumed_run["tmp_path"], entropy="hyperprior",
-                                       steps=STEPS), cwd=resumed_run["tmp_path"], timeout=120)
+  again = run_cbexp(
+    tiny_run_overrides(resumed_run["tmp_path"], entropy="hyperprior", steps=STEPS),
+    cwd=resumed_run["tmp_path"],
+    timeout=120,
+  )
   assert again.returncode == 0 and "run already complete" in again.stderr
   assert len(experiment_runs(resumed_run["uri"])[1]) == 1
 
@@ -148,10 +190,26 @@ def test_a_real_mlflow_server_serves_the_run(resumed_run):
   """Starts `mlflow server` on a free localhost port and reads the run over HTTP."""
   port = free_port()
   server = subprocess.Popen(
-      [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", resumed_run["uri"], "--host", "127.0.0.1",
-       "--port", str(port), "--workers", "1"],
-      cwd=resumed_run["tmp_path"], env=environment(), stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL, start_new_session=True)
+    [
+      sys.executable,
+      "-m",
+      "mlflow",
+      "server",
+      "--backend-store-uri",
+      resumed_run["uri"],
+      "--host",
+      "127.0.0.1",
+      "--port",
+      str(port),
+      "--workers",
+      "1",
+    ],
+    cwd=resumed_run["tmp_path"],
+    env=environment(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    start_new_session=True,
+  )
   base = f"http://127.0.0.1:{port}"
   try:
     deadline = time.monotonic() + 120
@@ -166,7 +224,8 @@ def test_a_real_mlflow_server_serves_the_run(resumed_run):
       assert time.monotonic() < deadline, "mlflow server did not come up"
       time.sleep(0.5)
     with urllib.request.urlopen(
-        f"{base}/api/2.0/mlflow/runs/get?run_id={resumed_run['run_id']}", timeout=30) as response:
+      f"{base}/api/2.0/mlflow/runs/get?run_id={resumed_run['run_id']}", timeout=30
+    ) as response:
       payload = json.loads(response.read())["run"]
     served = {m["key"]: m["value"] for m in payload["data"]["metrics"]}
     stored = MlflowClient(resumed_run["uri"]).get_run(resumed_run["run_id"]).data.metrics
@@ -193,8 +252,9 @@ def test_run_log_holds_the_runs_history(resumed_run):
   assert text.count(f"MLflow run {resumed_run['run_id']} (new)") == 1
   assert text.count(f"MLflow run {resumed_run['run_id']} (resumed)") == 1
   assert re.search(r"\]\[cbexp.run\]\[INFO\] resuming from \S+ at step \d+", text)
-  assert re.search(rf"train step {STEPS}/{STEPS} \(100%\), [\d.]+ steps/s, ETA 0:00:00; loss ",
-                   text)
+  assert re.search(
+    rf"train step {STEPS}/{STEPS} \(100%\), [\d.]+ steps/s, ETA 0:00:00; loss ", text
+  )
   assert "done: eval bpp" in text
 
 
@@ -203,11 +263,12 @@ def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, caplog):
   would promise an ETA of hours for a run of minutes."""
   import logging
 
-  from cbexp.training import run as run_module
+  from cbexp.training import progress as progress_module
+
   clock = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0])  # 100 s of tracing, then 1 step/s
-  monkeypatch.setattr(run_module.time, "monotonic", lambda: next(clock))
-  progress = run_module.ProgressLog(total=10, start=0, interval=3.5)
-  with caplog.at_level(logging.INFO, logger="cbexp.training.run"):
+  monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+  progress = progress_module.ProgressLog(total=10, start=0, interval=3.5)
+  with caplog.at_level(logging.INFO, logger="cbexp.run"):
     for _ in range(5):
       progress.update(1)
   assert caplog.messages == ["train step 5/10 (50%), 1.00 steps/s, ETA 0:00:05"]
@@ -232,28 +293,47 @@ def test_the_runs_model_is_an_mlflow_model_and_registers(resumed_run):
   from PIL import Image
 
   from cbexp.tracking import pyfunc as mlflow_model
+
   tmp, uri, run_id = resumed_run["tmp_path"], resumed_run["uri"], resumed_run["run_id"]
   image = tmp / "eval" / "im00.png"
   env = dict(environment(), MLFLOW_TRACKING_URI=uri)
 
   def codec(*arguments):
-    result = subprocess.run([sys.executable, "-m", "cbexp.codec", *map(str, arguments)],
-                            cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+      [sys.executable, "-m", "cbexp.codec", *map(str, arguments)],
+      cwd=tmp,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
   codec("compress", "--model", f"runs:/{run_id}", image, tmp / "a.cbx")
   codec("decompress", "--model", f"runs:/{run_id}", tmp / "a.cbx", tmp / "a.png")
-  predicted = subprocess.run([sys.executable, "-c", PYFUNC_PREDICT, f"runs:/{run_id}/model",
-                              str(image), str(tmp / "pyfunc.npy")], cwd=tmp, env=env,
-                             capture_output=True, text=True, timeout=600)
+  predicted = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      PYFUNC_PREDICT,
+      f"runs:/{run_id}/model",
+      str(image),
+      str(tmp / "pyfunc.npy"),
+    ],
+    cwd=tmp,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   decoded = np.asarray(Image.open(tmp / "a.png"))
   np.testing.assert_array_equal(np.load(tmp / "pyfunc.npy"), decoded)
   assert float(predicted.stdout.strip().splitlines()[-1]) == pytest.approx(
-      8 * (tmp / "a.cbx").stat().st_size / 192 ** 2)
+    8 * (tmp / "a.cbx").stat().st_size / 192**2
+  )
 
   run = MlflowClient(uri).get_run(run_id)
   version = mlflow_model.register(uri, run.data.tags["model_uri"], "tiny_hyperprior")
-  codec("decompress", "--model", f"models:/tiny_hyperprior/{version}", tmp / "a.cbx",
-        tmp / "b.png")
+  codec("decompress", "--model", f"models:/tiny_hyperprior/{version}", tmp / "a.cbx", tmp / "b.png")
   np.testing.assert_array_equal(np.asarray(Image.open(tmp / "b.png")), decoded)

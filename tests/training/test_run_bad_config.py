@@ -1,6 +1,8 @@
 """Bad configuration stops ``python -m cbexp.run`` with one line on stderr and exit status 2,
 before any training (no tracking store, no checkpoint is created)."""
+
 import pytest
+
 from helpers.runs import free_port, run_cbexp, tiny_run_overrides, write_images
 
 
@@ -16,37 +18,59 @@ def cases(tmp_path):
   small = write_images(tmp_path / "small", [(64, 64), (100, 60), (64, 64)])
   port = free_port()  # nothing listens there
   return {
-      "unknown entropy": (replace(base, entropy="charmm"), "unknown entropy model 'charmm'"),
-      "folder with no images": (replace(base, dataset__path=tmp_path / "empty"),
-                                "no images found"),
-      "image smaller than the patch": (
-          replace(base, dataset__path=small, trainer__patch_size=128),
-          "image smaller than the 128x128 patch"),
-      "unreachable tracking URI": (replace(base, tracking__uri=f"http://127.0.0.1:{port}"),
-                                   f"tracking.uri http://127.0.0.1:{port}: MLflow server "
-                                   f"unreachable"),
-      "patch not a multiple of 64": (replace(base, trainer__patch_size=100),
-                                     "trainer.patch_size 100: must be a multiple of 64"),
-      "lmbda not a number": (replace(base, lmbda="abc"), "lmbda='abc': must be a number"),
-      "negative lmbda": (replace(base, lmbda=-1), "lmbda=-1: must be positive"),
-      "zero lmbda": (replace(base, lmbda=0), "lmbda=0: must be positive"),
-      "steps not an integer": (replace(base, trainer__steps="abc"),
-                               "trainer.steps='abc': must be an integer"),
-      "zero filters": (replace(base, transform__num_filters=0),
-                       "transform.num_filters=0: must be positive"),
-      "unsupported tracking URI": (replace(base, tracking__uri="ftp://x/y"),
-                                   "tracking.uri ftp://x/y: unsupported scheme 'ftp'"),
-      "run_dir is a file": (replace(base, run_dir=tmp_path / "train" / "im00.png"),
-                            f"run_dir {tmp_path}/train/im00.png: exists and is not a folder"),
+    "unknown entropy": (replace(base, entropy="charmm"), "unknown entropy model 'charmm'"),
+    "folder with no images": (replace(base, dataset__path=tmp_path / "empty"), "no images found"),
+    "image smaller than the patch": (
+      replace(base, dataset__path=small, trainer__patch_size=128),
+      "image smaller than the 128x128 patch",
+    ),
+    "unreachable tracking URI": (
+      replace(base, tracking__uri=f"http://127.0.0.1:{port}"),
+      f"tracking.uri http://127.0.0.1:{port}: MLflow server unreachable",
+    ),
+    "patch not a multiple of 64": (
+      replace(base, trainer__patch_size=100),
+      "trainer.patch_size 100: must be a multiple of 64",
+    ),
+    "lmbda not a number": (replace(base, lmbda="abc"), "lmbda='abc': must be a number"),
+    "negative lmbda": (replace(base, lmbda=-1), "lmbda=-1: must be positive"),
+    "zero lmbda": (replace(base, lmbda=0), "lmbda=0: must be positive"),
+    "steps not an integer": (
+      replace(base, trainer__steps="abc"),
+      "trainer.steps='abc': must be an integer",
+    ),
+    "zero filters": (
+      replace(base, transform__num_filters=0),
+      "transform.num_filters=0: must be positive",
+    ),
+    "unsupported tracking URI": (
+      replace(base, tracking__uri="ftp://x/y"),
+      "tracking.uri ftp://x/y: unsupported scheme 'ftp'",
+    ),
+    "run_dir is a file": (
+      replace(base, run_dir=tmp_path / "train" / "im00.png"),
+      f"run_dir {tmp_path}/train/im00.png: exists and is not a folder",
+    ),
   }
 
 
-@pytest.mark.parametrize("case", ["unknown entropy", "folder with no images",
-                                  "image smaller than the patch", "unreachable tracking URI",
-                                  "patch not a multiple of 64", "lmbda not a number",
-                                  "negative lmbda", "zero lmbda", "steps not an integer",
-                                  "zero filters", "unsupported tracking URI",
-                                  "run_dir is a file"])
+@pytest.mark.parametrize(
+  "case",
+  [
+    "unknown entropy",
+    "folder with no images",
+    "image smaller than the patch",
+    "unreachable tracking URI",
+    "patch not a multiple of 64",
+    "lmbda not a number",
+    "negative lmbda",
+    "zero lmbda",
+    "steps not an integer",
+    "zero filters",
+    "unsupported tracking URI",
+    "run_dir is a file",
+  ],
+)
 def test_bad_config_gives_one_line_before_training(case, tmp_path):
   arguments, expected = cases(tmp_path)[case]
   result = run_cbexp(arguments, cwd=tmp_path, timeout=300)
@@ -60,11 +84,14 @@ def test_bad_config_gives_one_line_before_training(case, tmp_path):
 
 def test_multi_worker_with_a_malformed_tf_config_is_one_line(tmp_path):
   import subprocess
-  from run_helpers import command, environment
+
+  from helpers.runs import command, environment
+
   env = dict(environment(), TF_CONFIG='{"cluster": {"worker": ["localhost:1"]')
   arguments = tiny_run_overrides(tmp_path) + ["trainer.strategy=multi_worker"]
-  result = subprocess.run(command(arguments), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    command(arguments), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: TF_CONFIG: not valid JSON ("), lines
@@ -74,11 +101,16 @@ def test_a_diverging_run_stops_is_marked_failed_and_keeps_its_finite_checkpoint(
   """A learning rate of 1e12: the loss goes non-finite; the run stops with one line, its MLflow
   run is FAILED, no non-finite value was logged and every kept checkpoint is finite."""
   import math
+
   import numpy as np
   import tensorflow as tf
-  from run_helpers import experiment_runs
+
+  from helpers.runs import experiment_runs
+
   arguments = tiny_run_overrides(tmp_path, steps=40, checkpoint_every=2) + [
-      "schedule=constant", "schedule.rates=[1e12]"]
+    "schedule=constant",
+    "schedule.rates=[1e12]",
+  ]
   result = run_cbexp(arguments, cwd=tmp_path, timeout=600)
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2, result.stderr[-2000:]
@@ -89,7 +121,7 @@ def test_a_diverging_run_stops_is_marked_failed_and_keeps_its_finite_checkpoint(
   for key in ("train/loss", "train/psnr"):
     assert all(math.isfinite(m.value) for m in client.get_metric_history(run.info.run_id, key))
   for index in tmp_path.glob("outputs/runs/*/checkpoints/ckpt-*.index"):
-    reader = tf.train.load_checkpoint(str(index)[:-len(".index")])
+    reader = tf.train.load_checkpoint(str(index)[: -len(".index")])
     for name in reader.get_variable_to_shape_map():
       value = reader.get_tensor(name)
       if np.issubdtype(np.asarray(value).dtype, np.floating):

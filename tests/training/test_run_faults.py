@@ -2,6 +2,7 @@
 logging a step twice or losing one, a damaged checkpoint or record stops or falls back with one
 line, a full disk leaves no partial checkpoint, and processes started together on a fresh
 tracking store all finish."""
+
 import os
 import re
 import subprocess
@@ -9,8 +10,15 @@ import sys
 import textwrap
 
 import pytest
-from helpers.runs import (command, environment, experiment_runs, run_cbexp, tiny_run_overrides,
-                         write_images)
+
+from helpers.runs import (
+  command,
+  environment,
+  experiment_runs,
+  run_cbexp,
+  tiny_run_overrides,
+  write_images,
+)
 
 # Runs ``python -m cbexp.run`` with a deterministic crash: os._exit(137), as a SIGKILL would, at
 # one point of the checkpoint save of training step CRASH_STEP.
@@ -43,8 +51,14 @@ CRASHING_RUN = textwrap.dedent("""
 
 def crashing_run(arguments, cwd, point, step):
   env = dict(environment(), CRASH_POINT=point, CRASH_STEP=str(step))
-  return subprocess.run([sys.executable, "-c", CRASHING_RUN, *arguments], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-c", CRASHING_RUN, *arguments],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def steps_logged(client, run_id, key):
@@ -78,7 +92,7 @@ def test_kills_around_checkpoints_and_damaged_checkpoints_neither_repeat_nor_los
   assert not (folder / "ckpt-12.index").exists()
 
   data = folder / "ckpt-8.data-00000-of-00001"
-  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   third = run_cbexp(arguments, cwd=tmp_path)
   assert third.returncode == 0, third.stderr[-3000:]
   assert "Traceback" not in third.stderr
@@ -96,7 +110,9 @@ def test_kills_around_checkpoints_and_damaged_checkpoints_neither_repeat_nor_los
 
 def test_a_checkpoint_that_cannot_be_read_falls_back_and_none_readable_is_one_clear_error(tmp_path):
   import tensorflow as tf
+
   from cbexp.training import checkpoints
+
   variable = tf.Variable(tf.range(1000, dtype=tf.float32))
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), 5)
   for step in (1, 2):
@@ -112,7 +128,9 @@ def test_a_checkpoint_that_cannot_be_read_falls_back_and_none_readable_is_one_cl
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")  # state file matches
   data = tmp_path / "ckpt-1.data-00000-of-00001"
   data.write_bytes(b"")
-  with pytest.raises(checkpoints.CheckpointError, match=r"no readable checkpoint in .* \(2 damaged\)"):
+  with pytest.raises(
+    checkpoints.CheckpointError, match=r"no readable checkpoint in .* \(2 damaged\)"
+  ):
     checkpoints.restore_latest(tf.train.Checkpoint(v=variable), tmp_path)
 
 
@@ -121,15 +139,22 @@ def test_a_full_disk_during_a_checkpoint_leaves_no_partial_checkpoint_and_fails_
   The run stops with one error line, leaves no ckpt-N_temp/ and no partial ckpt-4 files, and its
   MLflow run is FAILED."""
   import resource
+
   arguments = tiny_run_overrides(tmp_path, steps=8)
   limit = 1_500_000  # the tiny checkpoint is 2.4 MB; the fresh store under 1 MB
 
   def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-  result = subprocess.run(command(arguments), cwd=tmp_path, env=environment(),
-                          capture_output=True, text=True, timeout=600,
-                          preexec_fn=limit_file_size)
+  result = subprocess.run(
+    command(arguments),
+    cwd=tmp_path,
+    env=environment(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    preexec_fn=limit_file_size,
+  )
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -159,8 +184,9 @@ def test_damaged_run_records_and_another_model_in_the_run_dir_are_one_line_error
 
   (run_dir / "mlflow_run.json").unlink()
   assert run_cbexp(arguments, cwd=tmp_path).returncode == 0
-  line = one_line_error(run_cbexp(base + [f"run_dir={run_dir}", "transform.num_filters=8"],
-                                  cwd=tmp_path))
+  line = one_line_error(
+    run_cbexp(base + [f"run_dir={run_dir}", "transform.num_filters=8"], cwd=tmp_path)
+  )
   assert f"run_dir {run_dir} holds a run with transform.num_filters=16, not 8" in line
 
   (run_dir / "complete.json").write_text("[1, 2]")
@@ -172,10 +198,17 @@ def test_processes_started_together_on_a_fresh_store_all_finish(tmp_path):
   """Four independent runs (different lmbda) started at the same moment on a store that does not
   exist yet: all finish, and the store works afterwards."""
   base = tiny_run_overrides(tmp_path, steps=2, val_every=2, checkpoint_every=2)
-  processes = [subprocess.Popen(command(base + [f"lmbda={lmbda}"]), cwd=tmp_path,
-                                env=environment(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-               for lmbda in (0.001, 0.002, 0.004, 0.008)]
+  processes = [
+    subprocess.Popen(
+      command(base + [f"lmbda={lmbda}"]),
+      cwd=tmp_path,
+      env=environment(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for lmbda in (0.001, 0.002, 0.004, 0.008)
+  ]
   errors = [p.communicate(timeout=900)[1] for p in processes]
   for process, stderr in zip(processes, errors):
     assert process.returncode == 0, stderr[-3000:]
@@ -190,8 +223,9 @@ def test_a_tracking_uri_that_is_not_an_mlflow_store_is_one_line(tmp_path):
   not_a_database.write_text("these are my notes\n" * 100)
   arguments = tiny_run_overrides(tmp_path) + [f"tracking.uri=sqlite:///{not_a_database}"]
   line = one_line_error(run_cbexp(arguments, cwd=tmp_path))
-  assert line.startswith(f"error: tracking.uri sqlite:///{not_a_database}: not a usable MLflow "
-                         f"store"), line
+  assert line.startswith(
+    f"error: tracking.uri sqlite:///{not_a_database}: not a usable MLflow store"
+  ), line
   assert not_a_database.read_text() == "these are my notes\n" * 100
   assert not list(tmp_path.glob("outputs/runs/*/checkpoints"))
 
@@ -212,5 +246,6 @@ def test_a_truncated_eval_image_is_found_before_training(tmp_path):
   bad.write_bytes(bad.read_bytes()[:-300])
   line = one_line_error(run_cbexp(arguments, cwd=tmp_path))
   assert f"{bad}: not a readable image" in line
-  assert not list(tmp_path.glob("outputs/runs/*/checkpoints")) and \
-      not (tmp_path / "mlflow.db").exists()
+  assert (
+    not list(tmp_path.glob("outputs/runs/*/checkpoints")) and not (tmp_path / "mlflow.db").exists()
+  )

@@ -10,6 +10,7 @@ trained on the same global batches (killed and resumed at the same point).
 Slurm is not installed here: its side is tested on the environment srun gives the tasks of a job,
 recorded (a 2-node job: the cluster SlurmClusterResolver resolves, without running scontrol or
 nvidia-smi) and real (two tasks on this machine form one cluster)."""
+
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import textwrap
 import time
 
 import pytest
+
 from helpers.runs import command, environment, experiment_runs, free_port, tiny_run_overrides
 
 # ``python -m cbexp.run`` that dies (os._exit, as a SIGKILL would) right after the checkpoint of
@@ -53,22 +55,29 @@ LOSS_TOLERANCE = 2e-3
 
 def start(arguments, cwd, env, crash_after=None):
   if crash_after is not None:
-    env = dict(env, CRASH_AFTER_CHECKPOINT=str(crash_after),
-               CRASH_TIME_FILE=str(cwd / "crash_time"))
+    env = dict(
+      env, CRASH_AFTER_CHECKPOINT=str(crash_after), CRASH_TIME_FILE=str(cwd / "crash_time")
+    )
     argv = [sys.executable, "-c", CRASHING_RUN, *arguments]
   else:
     argv = command(arguments)
-  return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
 
 
 def worker_environments(tmp_path):
   """TF_CONFIG of two workers on free localhost ports; scratch files under tmp_path."""
   ports = [free_port(), free_port()]
   cluster = {"worker": [f"localhost:{port}" for port in ports]}
-  return [dict(environment(), TMPDIR=str(tmp_path),
-               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-          for i in range(2)]
+  return [
+    dict(
+      environment(),
+      TMPDIR=str(tmp_path),
+      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+    )
+    for i in range(2)
+  ]
 
 
 def finish(process, timeout=600):
@@ -89,8 +98,10 @@ def test_two_workers_killed_and_resumed_make_one_run_that_matches_one_process(tm
   multi_dir.mkdir()
   settings = dict(steps=STEPS, log_every=1, val_every=2, checkpoint_every=2, threads=1)
   single_args = tiny_run_overrides(single_dir, **settings)
-  multi_args = tiny_run_overrides(multi_dir, **settings) + ["trainer.strategy=multi_worker",
-                                                            "trainer.collective_timeout_s=600"]
+  multi_args = tiny_run_overrides(multi_dir, **settings) + [
+    "trainer.strategy=multi_worker",
+    "trainer.collective_timeout_s=600",
+  ]
   envs = worker_environments(multi_dir)
 
   # Attempt 1: one process and two workers, each killed after the checkpoint of step 2 (the
@@ -105,9 +116,11 @@ def test_two_workers_killed_and_resumed_make_one_run_that_matches_one_process(tm
   assert code == 2, chief_err[-3000:]
   assert "Traceback" not in chief_err
   last = chief_err.strip().splitlines()[-1]
-  assert re.match(r"error: worker 0 stopped at step 3: a worker is gone or not answering "
-                  r"\((UnavailableError|AbortedError|DeadlineExceededError|CancelledError): ",
-                  last), last
+  assert re.match(
+    r"error: worker 0 stopped at step 3: a worker is gone or not answering "
+    r"\((UnavailableError|AbortedError|DeadlineExceededError|CancelledError): ",
+    last,
+  ), last
   assert stopped_after < STOP_BOUND_S, (stopped_after, chief_err[-2000:])
   run, _, steps = losses(f"sqlite:///{multi_dir}/mlflow.db", "train/loss")
   assert run.info.status == "FAILED" and steps == [1, 2]
@@ -121,8 +134,9 @@ def test_two_workers_killed_and_resumed_make_one_run_that_matches_one_process(tm
   results = [finish(process) for process in workers]
   for index, (code, stderr, _) in enumerate(results):
     assert code == 0, f"worker {index}: {stderr[-3000:]}"
-    assert re.search(rf"resuming from {re.escape(str(run_dir))}/checkpoints/ckpt-2 at step 2",
-                     stderr), stderr[-2000:]
+    assert re.search(
+      rf"resuming from {re.escape(str(run_dir))}/checkpoints/ckpt-2 at step 2", stderr
+    ), stderr[-2000:]
   code, stderr, _ = finish(single)
   assert code == 0, stderr[-3000:]
 
@@ -135,7 +149,9 @@ def test_two_workers_killed_and_resumed_make_one_run_that_matches_one_process(tm
   # The run directory is the chief's alone: its checkpoints, no other worker's files.
   assert (run_dir / "complete.json").is_file() and (run_dir / "model").is_dir()
   assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == [
-      "ckpt-2.index", "ckpt-4.index"]
+    "ckpt-2.index",
+    "ckpt-4.index",
+  ]
 
   _, single_loss, _ = losses(f"sqlite:///{single_dir}/mlflow.db", "train/loss")
   for step in range(1, STEPS + 1):
@@ -146,19 +162,31 @@ def test_two_workers_killed_and_resumed_make_one_run_that_matches_one_process(tm
 # The environment of task 1 of `sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-task=1`, as
 # srun sets it (the variables SlurmClusterResolver reads, and those around them).
 SLURM_TASK_1_OF_2_NODES = {
-    "SLURM_JOB_ID": "734512", "SLURM_JOB_NAME": "cbexp", "SLURM_PROCID": "1",
-    "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
-    "SLURM_JOB_NODELIST": "gpu-node[07-08]", "SLURM_TASKS_PER_NODE": "1(x2)",
-    "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2",
-    "SLURM_STEP_NODELIST": "gpu-node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
-    "SLURMD_NODENAME": "gpu-node08"}
+  "SLURM_JOB_ID": "734512",
+  "SLURM_JOB_NAME": "cbexp",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "SLURM_NODEID": "1",
+  "SLURM_NTASKS": "2",
+  "SLURM_NNODES": "2",
+  "SLURM_JOB_NODELIST": "gpu-node[07-08]",
+  "SLURM_TASKS_PER_NODE": "1(x2)",
+  "SLURM_STEP_ID": "0",
+  "SLURM_STEP_NUM_TASKS": "2",
+  "SLURM_STEP_NUM_NODES": "2",
+  "SLURM_STEP_NODELIST": "gpu-node[07-08]",
+  "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+  "SLURMD_NODENAME": "gpu-node08",
+}
 
 
 def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_path):
   """SlurmClusterResolver on a recorded environment (no Slurm here): both nodes, this task's
   index and role, ports from the job id, and no program run (no scontrol, no nvidia-smi)."""
-  from cbexp.training import run
+  from cbexp.config import ConfigError
   from cbexp.training import distributed as training
+  from cbexp.training import preflight
+
   monkeypatch.delenv("TF_CONFIG", raising=False)
   for key, value in SLURM_TASK_1_OF_2_NODES.items():
     monkeypatch.setenv(key, value)
@@ -166,6 +194,7 @@ def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_
 
   def no_programs(*args, **kwargs):
     raise AssertionError(f"ran a program: {args}")
+
   monkeypatch.setattr(subprocess, "check_output", no_programs)
   monkeypatch.setattr(subprocess, "run", no_programs)
   monkeypatch.setattr(subprocess, "Popen", no_programs)
@@ -173,7 +202,8 @@ def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_
   port = training.SLURM_PORT_BASE + 734512 % 10000
   resolver = training.cluster_resolver()
   assert resolver.cluster_spec().as_dict() == {
-      "worker": [f"gpu-node07:{port}", f"gpu-node08:{port}"]}
+    "worker": [f"gpu-node07:{port}", f"gpu-node08:{port}"]
+  }
   assert (resolver.task_type, resolver.task_id) == ("worker", 1)
   assert training.worker_role(resolver) == (1, 2, False)
   assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible  # Slurm binds GPUs, not the resolver
@@ -182,9 +212,12 @@ def test_the_cluster_of_a_slurm_job_comes_from_its_environment(monkeypatch, tmp_
 
   # The same job step with the default strategy would train two copies into one run directory.
   cfg = compose(["transform=tiny", f"run_dir={tmp_path}/run"])
-  with pytest.raises(run.ConfigError, match="this Slurm job step has 2 tasks: one run on "
-                                            "several tasks needs trainer.strategy=multi_worker"):
-    run.validate(cfg)
+  with pytest.raises(
+    ConfigError,
+    match="this Slurm job step has 2 tasks: one run on "
+    "several tasks needs trainer.strategy=multi_worker",
+  ):
+    preflight.validate(cfg)
 
 
 # Two tasks of one Slurm job step on this machine: the strategy of each, from Slurm's variables.
@@ -204,7 +237,9 @@ SLURM_TASK = textwrap.dedent("""
 def free_port_pair():
   """A job id whose two Slurm worker ports (training.SLURM_PORT_BASE + id, + 1) are free."""
   import socket
+
   from cbexp.training import distributed as training
+
   for job_id in range(0, 10000, 7):
     port = training.SLURM_PORT_BASE + job_id
     try:
@@ -220,17 +255,32 @@ def free_port_pair():
 def test_two_tasks_of_a_slurm_step_form_one_cluster(tmp_path):
   """The strategy built from the environment srun gives two tasks on one node (localhost):
   both join one cluster of 2 replicas, an all-gather crosses them, task 0 is the chief."""
-  env = dict(environment(), SLURM_JOB_ID=str(free_port_pair()), SLURM_STEP_NUM_TASKS="2",
-             SLURM_STEP_NODELIST="localhost", SLURM_STEP_TASKS_PER_NODE="2")
+  env = dict(
+    environment(),
+    SLURM_JOB_ID=str(free_port_pair()),
+    SLURM_STEP_NUM_TASKS="2",
+    SLURM_STEP_NODELIST="localhost",
+    SLURM_STEP_TASKS_PER_NODE="2",
+  )
   env.pop("TF_CONFIG", None)
-  tasks = [subprocess.Popen([sys.executable, "-c", SLURM_TASK], cwd=tmp_path, text=True,
-                            env=dict(env, SLURM_PROCID=str(i)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE) for i in range(2)]
+  tasks = [
+    subprocess.Popen(
+      [sys.executable, "-c", SLURM_TASK],
+      cwd=tmp_path,
+      text=True,
+      env=dict(env, SLURM_PROCID=str(i)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for i in range(2)
+  ]
   outputs = [task.communicate(timeout=300) for task in tasks]
   for task, (out, err) in zip(tasks, outputs):
     assert task.returncode == 0, err[-3000:]
-  assert [out.strip() for out, _ in outputs] == ["(0, 2, True) 2 [0, 1] True",
-                                                 "(1, 2, False) 2 [0, 1] False"]
+  assert [out.strip() for out, _ in outputs] == [
+    "(0, 2, True) 2 [0, 1] True",
+    "(1, 2, False) 2 [0, 1] False",
+  ]
 
 
 def compose(overrides, hydra=False):
@@ -238,6 +288,7 @@ def compose(overrides, hydra=False):
   from hydra import initialize_config_dir
 
   from cbexp.config import CONF_DIR
+
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
 
@@ -255,13 +306,15 @@ def test_the_workers_shares_of_the_crops_make_the_batches_of_one_process(tmp_pat
   import numpy as np
 
   from cbexp import images
-
   from cbexp.training import data
-  from run_helpers import write_images
+  from helpers.runs import write_images
+
   paths = [str(p) for p in sorted(write_images(tmp_path, [(96, 96), (80, 128)]).iterdir())]
   whole = [b.numpy() for b in data.random_crops(paths, 64, 4, seed=3).take(3)]
-  parts = [[b.numpy() for b in data.random_crops(paths, 64, 4, seed=3, part=(i, 2)).take(3)]
-           for i in range(2)]
+  parts = [
+    [b.numpy() for b in data.random_crops(paths, 64, 4, seed=3, part=(i, 2)).take(3)]
+    for i in range(2)
+  ]
   for step in range(3):
     assert parts[0][step].shape == (2, 64, 64, 3)
     np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), whole[step])

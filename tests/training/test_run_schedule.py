@@ -1,4 +1,5 @@
 """The learning rate the optimizer actually applies at the schedule's boundary steps."""
+
 import pytest
 import tensorflow as tf
 

@@ -1,5 +1,6 @@
 """A 2x2 Hydra multirun through the joblib launcher (2 processes writing one sqlite store):
 4 runs, none lost, grouped by a parent run and a shared sweep_id tag."""
+
 import glob
 import json
 import math
@@ -9,9 +10,18 @@ from helpers.runs import experiment_runs, run_cbexp, tiny_run_overrides
 
 def test_joblib_sweep_logs_four_grouped_runs(tmp_path):
   arguments = [a for a in tiny_run_overrides(tmp_path, steps=4) if not a.startswith("entropy=")]
-  result = run_cbexp(["-m", "entropy=hyperprior,checkerboard", "lmbda=0.005,0.02", *arguments,
-                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                     cwd=tmp_path, timeout=900)
+  result = run_cbexp(
+    [
+      "-m",
+      "entropy=hyperprior,checkerboard",
+      "lmbda=0.005,0.02",
+      *arguments,
+      "hydra/launcher=joblib",
+      "hydra.launcher.n_jobs=2",
+    ],
+    cwd=tmp_path,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
 
   (record,) = glob.glob(f"{tmp_path}/outputs/sweeps/*/mlflow_sweep.json")
@@ -29,10 +39,13 @@ def test_joblib_sweep_logs_four_grouped_runs(tmp_path):
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.info.status == "FINISHED"
     assert math.isfinite(run.data.metrics["eval/bpp"])
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) \
-        == [2, 4]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [
+      2,
+      4,
+    ]
     combinations.add((run.data.tags["entropy"], run.data.params["lmbda"]))
-  assert combinations == {(e, l) for e in ("hyperprior", "checkerboard")
-                          for l in ("0.005", "0.02")}
+  assert combinations == {
+    (e, lm) for e in ("hyperprior", "checkerboard") for lm in ("0.005", "0.02")
+  }
   # each job has its own run directory and run id
   assert len({r.data.tags["run_dir"] for r in children}) == 4

@@ -1,9 +1,10 @@
-"""Issue 2: a few hundred steps on real images lower the rate-distortion loss, and afterwards the
+"""A few hundred steps on real images lower the rate-distortion loss, and afterwards the
 real range-coded size agrees with the model's estimated rate on the same quantized latents.
 
 The rate check catches training/coding mismatches (e.g. a context computed from differently
 quantized values). Patches are 128x128: with 64x64 patches z is a 1x1 grid and the hyper path of
 the context-free baseline does not generalize to whole images (observed gap -16%)."""
+
 import os
 
 import numpy as np
@@ -11,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from cbexp import images as image_files
-from cbexp.training import data
-from cbexp.training import distributed as training
 from cbexp.config import build_model, compose
+from cbexp.training import data
 from helpers.models import PAPER_ENTROPY_MODELS, tiny_overrides
+from helpers.training import fit
 
 # 300 steps at 1e-3, then 100 at 1e-4 so that the predicted scales settle: a short run that ends
 # at a high rate leaves rare symbols far outside their predicted scale, which the range coder's
@@ -39,8 +40,9 @@ def trained(request, images):
   model = build_model(compose(tiny_overrides(request.param)))
   x = tf.cast(image_files.load_image(held_out[0])[None], tf.float32)
   loss_before = float(model(x, training=False).loss)
-  history = training.fit(model, data.random_crops(train_paths, PATCH, BATCH, seed=1), STEPS,
-                         learning_rate=LEARNING_RATE)
+  history = fit(
+    model, data.random_crops(train_paths, PATCH, BATCH, seed=1), STEPS, learning_rate=LEARNING_RATE
+  )
   loss_after = float(model(x, training=False).loss)
   return request.param, model, history, loss_before, loss_after
 
@@ -62,6 +64,8 @@ def test_actual_rate_matches_estimated_rate(trained, images):
     estimate = model.estimate_bits(image)
     estimated = estimate["y"] + estimate["z"]
     gap = actual / estimated - 1
-    print(f"{name} {os.path.basename(path)}: actual {actual} bits, estimated {estimated:.0f} "
-          f"bits, gap {gap:+.2%}")
+    print(
+      f"{name} {os.path.basename(path)}: actual {actual} bits, estimated {estimated:.0f} "
+      f"bits, gap {gap:+.2%}"
+    )
     assert abs(gap) < 0.02

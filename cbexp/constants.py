@@ -1,0 +1,10 @@
+"""What commands must know before TensorFlow loads (checks on sizes and arguments)."""
+
+# g_a downsamples by 16, h_a by another 4: images are padded to a multiple of 64 per side so that
+# the latent grids stay whole (and even, for the checkerboard partition of y).
+PAD_MULTIPLE = 64
+
+
+def padded_size(n, multiple=PAD_MULTIPLE):
+  """The coded size of an image side of ``n`` pixels."""
+  return -(-n // multiple) * multiple

@@ -1,0 +1,156 @@
+"""Hydra multiruns in MLflow: one parent run per sweep, its ``sweep_id`` on every job's run.
+
+``SweepCallback`` (hydra.callbacks in conf/config.yaml) creates the parent run in the launching
+process and writes ``<sweep dir>/mlflow_sweep.json``, which every job reads, in whatever process
+the launcher starts it (MLflow's ``nested=True`` works only inside one process).
+``print_sweep_summary`` ends the sweep: jobs finished and failed, and the analysis to run next.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import uuid
+
+from cbexp import files
+from cbexp.tracking.runs import git_commit
+from cbexp.tracking.store import (
+  TrackingError,
+  check_uri,
+  default_uri,
+  get_or_create_experiment,
+  open_store,
+  resolve_uri,
+)
+
+SWEEP_FILE = "mlflow_sweep.json"
+
+
+def sweep_info_or_none():
+  """sweep_info(), or None outside a multirun and when the record is missing."""
+  try:
+    return sweep_info()
+  except Exception:
+    return None
+
+
+def sweep_info():
+  """{sweep_id, parent_run_id} when this job is part of a Hydra multirun, else None."""
+  from hydra.core.hydra_config import HydraConfig
+  from hydra.types import RunMode
+
+  if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    return None
+  path = pathlib.Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
+  if path.is_file():
+    return files.read_record(path, ["sweep_id"])
+  if os.environ.get("CBEXP_SWEEP_ID"):
+    return {
+      "sweep_id": os.environ["CBEXP_SWEEP_ID"],
+      "parent_run_id": os.environ.get("CBEXP_PARENT_RUN_ID"),
+    }
+  raise TrackingError(
+    f"multirun job without sweep record {path} (is SweepCallback configured in hydra.callbacks?)"
+  )
+
+
+try:
+  from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+  Callback = object
+
+
+class SweepCallback(Callback):
+  """Creates the sweep's parent MLflow run before the launcher starts any job."""
+
+  def on_multirun_start(self, config, **kwargs):
+    uri = resolve_uri(config.tracking.uri)
+    sweep_dir = pathlib.Path(str(config.hydra.sweep.dir))
+    record = sweep_dir / SWEEP_FILE
+    try:
+      check_uri(uri)
+      client = open_store(uri)
+      previous = (
+        files.read_record(record, ["sweep_id", "parent_run_id"]) if record.is_file() else None
+      )
+    except ValueError as error:  # TrackingError, RecordError
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    self._client = client
+    self._experiment = config.tracking.experiment
+    self._sweep_dir = sweep_dir
+    if previous:  # the same sweep directory again: its jobs resume, so does the sweep
+      client.update_run(previous["parent_run_id"], status="RUNNING")
+      self._announce(previous["sweep_id"], previous["parent_run_id"], uri, "resumed")
+      return
+    sweep_id = f"{sweep_dir.name}-{uuid.uuid4().hex[:8]}"
+    experiment_id = get_or_create_experiment(client, config.tracking.experiment)
+    overrides = " ".join(config.hydra.overrides.task)
+    parent = client.create_run(
+      experiment_id,
+      run_name=f"sweep {sweep_id}",
+      tags={
+        "sweep_id": sweep_id,
+        "run_type": "sweep_parent",
+        "sweep_overrides": overrides,
+        "git_commit": git_commit(),
+      },
+    )
+    files.write_atomic(
+      record,
+      json.dumps({"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "tracking_uri": uri}),
+    )
+    self._announce(sweep_id, parent.info.run_id, uri, "new")
+
+  def _announce(self, sweep_id, parent_run_id, uri, state):
+    self._parent_run_id = parent_run_id
+    CURRENT_SWEEP.update(
+      sweep_id=sweep_id,
+      parent_run_id=parent_run_id,
+      uri=uri,
+      experiment=str(self._experiment),
+      sweep_dir=str(self._sweep_dir),
+    )
+    os.environ["CBEXP_SWEEP_ID"] = sweep_id
+    os.environ["CBEXP_PARENT_RUN_ID"] = parent_run_id
+    print(
+      f"sweep_id {sweep_id} ({state}; MLflow parent run {parent_run_id} in {uri})", file=sys.stderr
+    )
+
+  def on_multirun_end(self, config, **kwargs):
+    pass  # print_sweep_summary ends the parent run, also when a job failed (Hydra then raises)
+
+
+# The sweep started by this process (SweepCallback), for the summary at its end.
+CURRENT_SWEEP = {}
+
+
+def print_sweep_summary():
+  """After a multirun (also one whose jobs failed): jobs finished and failed, the sweep id and
+  the analysis command to run next; ends the parent run (FAILED if a job did not finish).
+
+  Jobs are the sweep directory's job folders (Hydra writes ``.hydra/`` in each): finished ones
+  hold ``complete.json`` (cbexp.run). A job that failed before its MLflow run existed (bad
+  input) is counted too."""
+  if not CURRENT_SWEEP:
+    return
+  from mlflow.tracking import MlflowClient
+
+  sweep = dict(CURRENT_SWEEP)
+  CURRENT_SWEEP.clear()
+  jobs = [d for d in pathlib.Path(sweep["sweep_dir"]).iterdir() if (d / ".hydra").is_dir()]
+  finished = sum((d / "complete.json").is_file() for d in jobs)
+  counts = f"{len(jobs)} jobs: {finished} finished, {len(jobs) - finished} failed or stopped"
+  try:
+    client = MlflowClient(tracking_uri=sweep["uri"])
+    client.set_terminated(sweep["parent_run_id"], "FINISHED" if finished == len(jobs) else "FAILED")
+  except Exception as error:  # the summary must not hide what happened in the sweep
+    counts += f" (parent run not updated: {str(error).splitlines()[0]})"
+  uri = "" if sweep["uri"] == default_uri() else f" tracking.uri={sweep['uri']}"
+  print(
+    f"sweep {sweep['sweep_id']} ended: {counts} (in {sweep['sweep_dir']}; MLflow parent "
+    f"run {sweep['parent_run_id']} in {sweep['uri']})\n"
+    f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}{uri}",
+    file=sys.stderr,
+  )
