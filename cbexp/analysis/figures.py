@@ -37,46 +37,62 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
   on)."""
   fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
   ax = fig.subplots()
-  colors = matplotlib.colormaps["tab10"].colors
   plotted = 0
   for i, (cid, rows) in enumerate(curves_of(points)):
     rows = rows[np.isfinite(rows["bpp"].astype(float)) & np.isfinite(rows[quality].astype(float))]
-    if rows.empty:
-      continue
-    published = rows["source"].iloc[0] == "published"
-    label = rows["curve"].iloc[0] if published else f"cbexp: {rows['curve'].iloc[0]}"
-    style = dict(
-      color=colors[i % len(colors)],
-      marker=MARKERS[i % len(MARKERS)],
-      label=label,
-      markersize=8 if len(rows) == 1 else 5 if published else 6,
-      markerfacecolor="none" if published else colors[i % len(colors)],
-    )
-    if len(rows) == 1:
-      ax.plot(rows["bpp"], rows[quality], linestyle="none", **style)
-    else:
-      ax.plot(
-        rows["bpp"],
-        rows[quality],
-        linestyle="--" if published else "-",
-        linewidth=1.2 if published else 1.8,
-        **style,
-      )
-    spread = rows.get(SPREAD[quality])
-    if spread is not None and np.isfinite(spread.astype(float)).any():
-      ax.errorbar(
-        rows["bpp"],
-        rows[quality],
-        xerr=rows["bpp_sd"].astype(float).fillna(0),
-        yerr=spread.astype(float).fillna(0),
-        fmt="none",
-        ecolor=style["color"],
-        elinewidth=1.0,
-        capsize=2.5,
-      )
-    plotted += 1
+    if not rows.empty:
+      _plot_curve(ax, i, rows, quality)
+      plotted += 1
   if xlim is not None:
     _zoom(ax, points, quality, xlim)
+  _decorate(ax, quality, title, caption)
+  if plotted:
+    only_published = (points["source"] == "published").all()
+    ax.legend(loc="lower right" if only_published else "best", fontsize="small", framealpha=0.9)
+  else:
+    ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center", transform=ax.transAxes)
+  return fig
+
+
+def _plot_curve(ax, i, rows, quality):
+  """The ``i``-th curve: solid with filled markers (cbexp) or dashed with open ones (published),
+  a marker alone for a single point, and the seeds' spread as error bars."""
+  colors = matplotlib.colormaps["tab10"].colors
+  published = rows["source"].iloc[0] == "published"
+  label = rows["curve"].iloc[0] if published else f"cbexp: {rows['curve'].iloc[0]}"
+  style = dict(
+    color=colors[i % len(colors)],
+    marker=MARKERS[i % len(MARKERS)],
+    label=label,
+    markersize=8 if len(rows) == 1 else 5 if published else 6,
+    markerfacecolor="none" if published else colors[i % len(colors)],
+  )
+  if len(rows) == 1:
+    ax.plot(rows["bpp"], rows[quality], linestyle="none", **style)
+  else:
+    ax.plot(
+      rows["bpp"],
+      rows[quality],
+      linestyle="--" if published else "-",
+      linewidth=1.2 if published else 1.8,
+      **style,
+    )
+  spread = rows.get(SPREAD[quality])
+  if spread is not None and np.isfinite(spread.astype(float)).any():
+    ax.errorbar(
+      rows["bpp"],
+      rows[quality],
+      xerr=rows["bpp_sd"].astype(float).fillna(0),
+      yerr=spread.astype(float).fillna(0),
+      fmt="none",
+      ecolor=style["color"],
+      elinewidth=1.0,
+      capsize=2.5,
+    )
+
+
+def _decorate(ax, quality, title, caption):
+  """Axis labels, grids, the title and the caption."""
   ax.set_xlabel("Rate [bits per pixel]")
   ax.set_ylabel(QUALITY_LABELS[quality])
   ax.grid(True, which="major", alpha=0.4)
@@ -96,12 +112,6 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
       wrap=True,
       bbox=dict(facecolor="white", edgecolor="none", alpha=0.8),
     )
-  if plotted:
-    only_published = (points["source"] == "published").all()
-    ax.legend(loc="lower right" if only_published else "best", fontsize="small", framealpha=0.9)
-  else:
-    ax.text(0.5, 0.5, f"no points with {quality}", ha="center", va="center", transform=ax.transAxes)
-  return fig
 
 
 def _zoom(ax, points, quality, xlim):

@@ -20,6 +20,23 @@ def _single(values):
   return values[0]
 
 
+COMPARISON_COLUMNS = [
+  "curve",
+  "entropy",
+  "anchor",
+  "rate_points",
+  "lmbdas",
+  "seeds_per_point",
+  "images",
+  "train_set",
+  "eval_set",
+  "trainable_parameters",
+  "decode_kmac_per_pixel",
+  "encode_time_median_s",
+  "decode_time_median_s",
+]
+
+
 def comparison_table(points, anchor_of, bd=None):
   """Per cbexp curve: trainable parameters, decode kMAC/pixel, median encode/decode seconds per
   image and the speed-ups against the curve's anchor (anchor time / curve time); BD-rate and
@@ -28,45 +45,12 @@ def comparison_table(points, anchor_of, bd=None):
   Times are the median over the curve's runs of each run's ``eval/*_time_median`` (the median per
   image over the evaluation set). ``anchor_of`` maps curve_id -> anchor curve_id (bd.anchor_map).
   """
-  rows = []
-  for cid, r in curves_of(points):
-    if r["source"].iloc[0] != "cbexp":
-      continue
-    rows.append(
-      {
-        "curve": cid,
-        "entropy": r["entropy"].iloc[0],
-        "anchor": anchor_of.get(cid) or "",
-        "rate_points": len(r),
-        "lmbdas": " ".join(f"{v:g}" for v in sorted(r["lmbda"].dropna().unique())),
-        "seeds_per_point": _single(r["seeds"]),
-        "images": _single(r["num_images"]),
-        "train_set": "/".join(sorted(set(r["train_set"].astype(str)))),
-        "eval_set": "/".join(sorted(set(r["eval_set"].astype(str)))),
-        "trainable_parameters": _single(r["trainable_parameters"]),
-        "decode_kmac_per_pixel": _single(r["decode_kmac_per_pixel"]),
-        "encode_time_median_s": float(np.median(r["encode_time_median"])),
-        "decode_time_median_s": float(np.median(r["decode_time_median"])),
-      }
-    )
-  table = pd.DataFrame(
-    rows,
-    columns=[
-      "curve",
-      "entropy",
-      "anchor",
-      "rate_points",
-      "lmbdas",
-      "seeds_per_point",
-      "images",
-      "train_set",
-      "eval_set",
-      "trainable_parameters",
-      "decode_kmac_per_pixel",
-      "encode_time_median_s",
-      "decode_time_median_s",
-    ],
-  )
+  rows = [
+    _comparison_row(cid, r, anchor_of.get(cid) or "")
+    for cid, r in curves_of(points)
+    if r["source"].iloc[0] == "cbexp"
+  ]
+  table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
   times = table.set_index("curve")
   for kind in ("decode", "encode"):
     column = f"{kind}_time_median_s"
@@ -75,25 +59,44 @@ def comparison_table(points, anchor_of, bd=None):
       for c, a in zip(table["curve"], table["anchor"])
     ]
   if bd is not None:
-    by_curve = bd.set_index("curve")
-    for column in (
-      "bd_rate_pchip_pct",
-      "bd_rate_pchip_ci_low",
-      "bd_rate_pchip_ci_high",
-      "bd_psnr_pchip_db",
-    ):
-      if column in by_curve.columns:
-        table[column] = [
-          0.0 if c == a else by_curve[column].get(c, np.nan)
-          for c, a in zip(table["curve"], table["anchor"])
-        ]
-    # The BD caveats (overlap, non-monotone curves) travel with the numbers.
-    table["note"] = [
-      "" if c == a else by_curve["note"].get(c, "") if "note" in by_curve else ""
-      for c, a in zip(table["curve"], table["anchor"])
-    ]
-    table["note"] = table["note"].fillna("")
+    _add_bd_columns(table, bd.set_index("curve"))
   return table
+
+
+def _comparison_row(cid, r, anchor):
+  return {
+    "curve": cid,
+    "entropy": r["entropy"].iloc[0],
+    "anchor": anchor,
+    "rate_points": len(r),
+    "lmbdas": " ".join(f"{v:g}" for v in sorted(r["lmbda"].dropna().unique())),
+    "seeds_per_point": _single(r["seeds"]),
+    "images": _single(r["num_images"]),
+    "train_set": "/".join(sorted(set(r["train_set"].astype(str)))),
+    "eval_set": "/".join(sorted(set(r["eval_set"].astype(str)))),
+    "trainable_parameters": _single(r["trainable_parameters"]),
+    "decode_kmac_per_pixel": _single(r["decode_kmac_per_pixel"]),
+    "encode_time_median_s": float(np.median(r["encode_time_median"])),
+    "decode_time_median_s": float(np.median(r["decode_time_median"])),
+  }
+
+
+def _add_bd_columns(table, by_curve):
+  """BD-rate (with its interval) and BD-PSNR of each curve against its anchor (0 for the anchor
+  itself), with the BD caveats (overlap, non-monotone curves): they travel with the numbers."""
+  pairs = list(zip(table["curve"], table["anchor"]))
+  for column in (
+    "bd_rate_pchip_pct",
+    "bd_rate_pchip_ci_low",
+    "bd_rate_pchip_ci_high",
+    "bd_psnr_pchip_db",
+  ):
+    if column in by_curve.columns:
+      table[column] = [0.0 if c == a else by_curve[column].get(c, np.nan) for c, a in pairs]
+  table["note"] = [
+    "" if c == a else by_curve["note"].get(c, "") if "note" in by_curve else "" for c, a in pairs
+  ]
+  table["note"] = table["note"].fillna("")
 
 
 def compressai_results(points, curve_id, description, meta):

@@ -171,33 +171,24 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
 
   -> dict(bd_rate, bd_quality (point estimates on all data), bd_rate_low/high,
   bd_quality_low/high, seeds_test, seeds_anchor, images, resampled (what was resampled))."""
-  import scipy.stats
-
   if test.images != anchor.images:
     raise AnalysisError(
       f"{test.curve_id} and {anchor.curve_id} were evaluated on different "
       f"images: no paired bootstrap"
     )
-  n_images = len(test.images)
   estimate = _bd_of(test, anchor, None, None, None, quality)
   result = {
     "bd_rate": estimate[0],
     "bd_quality": estimate[1],
     "seeds_test": len(test.seeds),
     "seeds_anchor": len(anchor.seeds),
-    "images": n_images,
+    "images": len(test.images),
     "resamples": resamples,
   }
   # scipy resamples every sample independently (paired=False); a sample needs >= 2 values.
-  samples, roles = [], []
-  for role, size in (
-    ("images", n_images),
-    ("test seeds", len(test.seeds)),
-    ("anchor seeds", len(anchor.seeds)),
-  ):
-    if size >= 2:
-      samples.append(np.arange(size))
-      roles.append(role)
+  sizes = {"images": len(test.images), "test seeds": len(test.seeds)}
+  sizes["anchor seeds"] = len(anchor.seeds)
+  roles = [role for role, size in sizes.items() if size >= 2]
   result["resampled"] = ", ".join(roles) or "nothing (one image, one seed)"
 
   def statistic(*drawn):
@@ -206,33 +197,11 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
       test, anchor, drawn.get("images"), drawn.get("test seeds"), drawn.get("anchor seeds"), quality
     )
 
-  low = high = np.array([np.nan, np.nan])
-  undefined = np.array([np.nan, np.nan])
-  if samples and np.any(np.isfinite(estimate)):
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # draws without a BD value: counted below
-      interval = scipy.stats.bootstrap(
-        tuple(samples),
-        statistic,
-        vectorized=False,
-        paired=False,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-      )
-    # A draw has no BD value where its two mean curves do not overlap on the integration axis
-    # (flat curves: BD-rate). The percentile interval is taken over the draws that have one, and
-    # only when at most MAX_UNDEFINED of them lack it; the share is reported either way.
-    draws = np.asarray(interval.bootstrap_distribution, dtype=float)  # [2, resamples]
-    undefined = np.mean(~np.isfinite(draws), axis=-1)
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # all-NaN rows
-      low = np.nanpercentile(draws, tail, axis=-1)
-      high = np.nanpercentile(draws, 100 - tail, axis=-1)
-    low = np.where(undefined <= MAX_UNDEFINED, low, np.nan)
-    high = np.where(undefined <= MAX_UNDEFINED, high, np.nan)
+  low = high = undefined = np.array([np.nan, np.nan])
+  if roles and np.any(np.isfinite(estimate)):
+    samples = tuple(np.arange(sizes[role]) for role in roles)
+    draws = _bootstrap_draws(samples, statistic, confidence, resamples, seed)
+    low, high, undefined = _percentile_interval(draws, confidence)
   result.update(
     bd_rate_low=low[0],
     bd_rate_high=high[0],
@@ -242,6 +211,42 @@ def bd_interval(test, anchor, quality="psnr", confidence=0.95, resamples=1000, s
     bd_quality_undefined=undefined[1],
   )
   return result
+
+
+def _bootstrap_draws(samples, statistic, confidence, resamples, seed):
+  """-> the bootstrap distribution of ``statistic`` (BD-rate, BD-quality): [2, resamples]."""
+  import scipy.stats
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # draws without a BD value: counted by the caller
+    interval = scipy.stats.bootstrap(
+      samples,
+      statistic,
+      vectorized=False,
+      paired=False,
+      n_resamples=resamples,
+      confidence_level=confidence,
+      method="percentile",
+      random_state=np.random.default_rng(seed),
+    )
+  return np.asarray(interval.bootstrap_distribution, dtype=float)
+
+
+def _percentile_interval(draws, confidence):
+  """-> (low, high, share of draws without a value) of each row of ``draws``.
+
+  A draw has no BD value where its two mean curves do not overlap on the integration axis (flat
+  curves: BD-rate). The percentile interval is taken over the draws that have one, and only when
+  at most MAX_UNDEFINED of them lack it; the share is reported either way."""
+  undefined = np.mean(~np.isfinite(draws), axis=-1)
+  tail = (1 - confidence) / 2 * 100
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # all-NaN rows
+    low = np.nanpercentile(draws, tail, axis=-1)
+    high = np.nanpercentile(draws, 100 - tail, axis=-1)
+  low = np.where(undefined <= MAX_UNDEFINED, low, np.nan)
+  high = np.where(undefined <= MAX_UNDEFINED, high, np.nan)
+  return low, high, undefined
 
 
 def interval_columns(bd, samples, anchors, quality="psnr", confidence=0.95, resamples=1000, seed=0):

@@ -1,4 +1,4 @@
-"""cbexp summary [entropy=<name>] [group=option ...] [key=value ...]: a model's size.
+"""``cbexp summary [entropy=<name>] [group=option ...] [key=value ...]``: a model's size.
 
 Example: python -m cbexp.summary entropy=checkerboard   (the paper configuration)
 

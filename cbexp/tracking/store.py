@@ -41,9 +41,22 @@ URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file"
 def fluent_store(uri):
   """Points MLflow's fluent API (``start_run``, ``log_model``, ``register_model``, ``models:/``
   and logged-model downloads), which reads the process-wide tracking and registry URIs, at
-  ``uri`` inside the block, through their environment variables, restored after."""
+  ``uri`` inside the block, restored after. A URI set earlier in the process with
+  ``mlflow.set_tracking_uri`` outranks the environment variables, so both are set (as MLflow's
+  own ``_use_tracking_uri`` does) and the previous values put back."""
+  import mlflow
+  from mlflow.tracking._model_registry import utils as registry_utils
+  from mlflow.tracking._tracking_service import utils as tracking_utils
+
+  previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
   with unittest.mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri):
-    yield
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+      yield
+    finally:
+      mlflow.set_tracking_uri(previous[0])
+      registry_utils._registry_uri = previous[1]
 
 
 def check_uri(uri, timeout=5.0):

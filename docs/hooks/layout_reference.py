@@ -26,9 +26,11 @@ def summary(path):
     return f"(does not parse: {e.msg}, line {e.lineno})"
   first = " ".join(text.strip().split("\n\n")[0].split())
   sentence = SENTENCE_END.split(first, maxsplit=1)[0]
-  # a table cell: escape "|" outside code spans (inside them the table keeps it as text)
+  # a table cell: escape "|" and "[" outside code spans ("[a] [b]" would read as a reference link)
   parts = CODE_SPAN.split(sentence)
-  return "".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
+  return "".join(
+    p if i % 2 else p.replace("|", "\\|").replace("[", "\\[") for i, p in enumerate(parts)
+  )
 
 
 def tree(package):

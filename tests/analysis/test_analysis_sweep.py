@@ -7,7 +7,6 @@ are. The six jobs run in two processes (joblib launcher), writing one sqlite sto
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -18,7 +17,6 @@ from PIL import Image
 
 from cbexp.analysis import figures
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 ENTROPY_MODELS = ["charm", "checkerboard"]
 LMBDAS = ["0.003", "0.01", "0.03"]
 
