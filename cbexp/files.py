@@ -7,6 +7,8 @@ import os
 import pathlib
 import secrets
 
+from cbexp.errors import CbexpError
+
 
 def write_atomic(path, data):
   """Writes ``data`` (bytes or str) to a temporary file beside ``path`` and renames it into
@@ -27,7 +29,7 @@ def write_atomic(path, data):
     raise
 
 
-class RecordError(ValueError):
+class RecordError(CbexpError, ValueError):
   """A JSON record that cannot be read or lacks a field; the message names the file."""
 
 

@@ -1,7 +1,8 @@
 """Rate-distortion figures (matplotlib): one line per curve, PNG + PDF, fixed pixel size.
 
-cbexp curves are solid lines with filled markers; published curves are dashed with open markers.
-A curve with a single rate point is drawn as a marker alone, so it is still visible.
+cbexp curves are solid lines with filled markers; published curves are dashed with open markers;
+classical codecs (JPEG, WebP, ...) are grey-to-black dash-dot lines with white-filled markers,
+labelled "<codec> (classical)". A curve with a single rate point is a marker alone, still visible.
 Figures are plain ``matplotlib.figure.Figure`` objects, not pyplot ones: they render with Agg
 (PNG) / the PDF backend whatever the session's GUI backend is, and leave no global state.
 """
@@ -23,6 +24,8 @@ QUALITY_LABELS = {
   "ms_ssim_db": "MS-SSIM (RGB) [dB], $-10\\,\\log_{10}(1-\\mathrm{MS\\text{-}SSIM})$",
 }
 MARKERS = "osD^v<>pPX*h"
+CLASSICAL_COLORS = ("black", "dimgray", "gray", "darkgray", "silver", "slategray", "lightslategray")
+CLASSICAL_MARKERS = "s^vDx+*"
 
 
 SPREAD = {"psnr": "psnr_sd", "ms_ssim_db": "ms_ssim_db_sd"}
@@ -37,12 +40,17 @@ def rd_figure(points, quality="psnr", title=None, xlim=None, caption=None):
   on)."""
   fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
   ax = fig.subplots()
-  plotted = 0
+  plotted = classical = 0
   for i, (cid, rows) in enumerate(curves_of(points)):
     rows = rows[np.isfinite(rows["bpp"].astype(float)) & np.isfinite(rows[quality].astype(float))]
-    if not rows.empty:
+    if rows.empty:
+      continue
+    if rows["source"].iloc[0] == "classical":  # its own grey scale, whatever curves come first
+      _plot_classical(ax, classical, rows, quality)
+      classical += 1
+    else:
       _plot_curve(ax, i, rows, quality)
-      plotted += 1
+    plotted += 1
   if xlim is not None:
     _zoom(ax, points, quality, xlim)
   _decorate(ax, quality, title, caption)
@@ -89,6 +97,21 @@ def _plot_curve(ax, i, rows, quality):
       elinewidth=1.0,
       capsize=2.5,
     )
+
+
+def _plot_classical(ax, i, rows, quality):
+  """A classical codec: grey to black, dash-dot, white-filled markers, "<codec> (classical)"."""
+  ax.plot(
+    rows["bpp"],
+    rows[quality],
+    linestyle="-." if len(rows) > 1 else "none",
+    linewidth=1.2,
+    color=CLASSICAL_COLORS[i % len(CLASSICAL_COLORS)],
+    marker=CLASSICAL_MARKERS[i % len(CLASSICAL_MARKERS)],
+    markersize=5,
+    markerfacecolor="white",
+    label=f"{rows['curve'].iloc[0]} (classical)",
+  )
 
 
 def _decorate(ax, quality, title, caption):

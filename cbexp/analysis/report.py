@@ -12,7 +12,7 @@ import pathlib
 import pandas as pd
 
 from cbexp.analysis import bd as bd_lib
-from cbexp.analysis import figures, reference, tables, uncertainty
+from cbexp.analysis import classical, figures, reference, tables, trajectories, uncertainty
 from cbexp.analysis import runs as runs_lib
 from cbexp.analysis.points import AnalysisError, slug
 from cbexp.tracking import store
@@ -44,12 +44,13 @@ class Outputs:
 
 
 def write_tables(
-  points, outputs, anchor, methods, min_overlap, group_by, samples=None, bootstrap=None
+  points, outputs, anchor, methods, min_overlap, group_by, samples=None, bootstrap=None, prefix=""
 ):
   """BD tables (PSNR, and MS-SSIM dB where measured) with bootstrap intervals where per-image
-  results exist (``samples``), and the comparison table -> {name: table}."""
+  results exist (``samples``), and the comparison table -> {name: table}. ``prefix``: the BD
+  tables of another set of points (``<prefix>bd_psnr``), without a comparison table."""
   written = {}
-  for quality, name in (("psnr", "bd_psnr"), ("ms_ssim_db", "bd_msssim")):
+  for quality, name in (("psnr", f"{prefix}bd_psnr"), ("ms_ssim_db", f"{prefix}bd_msssim")):
     measured = points.dropna(subset=[quality])
     if measured.empty:
       continue
@@ -67,7 +68,7 @@ def write_tables(
       )
     outputs.table(name, table)
     written[name] = table
-  if (points["source"] == "cbexp").any():
+  if not prefix and (points["source"] == "cbexp").any():
     anchor_of = bd_lib.anchor_map(points, anchor, group_by)
     table = tables.comparison_table(points, anchor_of, written.get("bd_psnr"))
     outputs.table("comparison", table)
@@ -198,6 +199,7 @@ class Curves:
   eval_sets: set
   train_sets: list
   overlay: bool
+  classical: object = None  # classical.Classical: codecs on the same images (write_outputs)
 
 
 def analyze_runs(cfg, cwd=None):
@@ -326,6 +328,8 @@ def write_outputs(cfg, selection, curves):
     curves.samples,
     cfg.bootstrap,
   )
+  written.update(write_classical(cfg, selection, curves, outputs))
+  written.update(write_training(cfg, selection, curves, outputs))
   noise = uncertainty.seed_noise_table(curves.samples)
   if not noise.empty:
     outputs.table("seed_noise", noise)
@@ -337,9 +341,81 @@ def write_outputs(cfg, selection, curves):
     if max(seeds) > 1
     else ""
   )
-  figure_paths = write_figures(curves.all_points, outputs, title, xlim=cfg.xlim, caption=caption)
+  shown = curves.all_points
+  if not curves.classical.points.empty:
+    shown = pd.concat([shown, curves.classical.points], ignore_index=True)
+  figure_paths = write_figures(shown, outputs, title, xlim=cfg.xlim, caption=caption)
   write_compressai_json(cfg, curves, outputs)
   return outputs, written, figure_paths
+
+
+def write_classical(cfg, selection, curves, outputs):
+  """Classical codecs on the runs' evaluation images (config ``classical``; off with
+  ``codecs=[]``): their per-image cache and points, CompressAI JSON in compressai/classical/, and
+  the BD-rate of every cbexp curve against each codec. -> {"bd_vs_classical": table} or {}."""
+  found = classical.for_runs(cfg.get("classical"), selection, curves.eval_sets, outputs.folder)
+  curves.classical = found
+  outputs.add(found.paths)
+  meta = {"source": "classical", "experiment": cfg.experiment_name, "sweep_id": cfg.sweep_id}
+  meta["dataset"] = ",".join(sorted(curves.eval_sets)) or None
+  for codec, document in classical.compressai_documents(found.points, meta).items():
+    outputs.text(f"compressai/classical/{codec}.json", json.dumps(document, indent=2))
+  table = classical.bd_table(curves.points, found, curves.samples, cfg.bd, cfg.bootstrap)
+  if table.empty:
+    return {}
+  outputs.table("bd_vs_classical", table)
+  return {"bd_vs_classical": table}
+
+
+def classical_lines(curves, written):
+  """The classical notes and one line per (cbexp curve, codec, quality) BD value."""
+  found = curves.classical
+  lines = [f"- classical: {note}" for note in (found.notes if found is not None else [])]
+  table = written.get("bd_vs_classical")
+  for quality in ("psnr", "ms_ssim_db") if table is not None else ():
+    part = classical.specific_columns(table[table["quality"] == quality], quality)
+    lines += [f"- bd_vs_classical: {line}" for line in bd_summary_lines(part, quality)]
+  return lines
+
+
+def write_training(cfg, selection, curves, outputs):
+  """The runs' RD points during training, if they logged any (``trainer.rd_every``): every
+  point (rd_training.csv), their trajectories against compute (rd_training.{png,pdf}), and the
+  curves at equal training compute, with their BD tables (equal_compute_bd_*). -> {name: table}."""
+  trajectory, per_image = trajectories.load_trajectories(selection.uri, selection.per_run)
+  if trajectory.empty:
+    return {}
+  trajectory.to_csv(outputs.folder / "rd_training.csv", index=False)
+  outputs.add([outputs.folder / "rd_training.csv"])
+  caption = (
+    f"RD points during training on the validation images of {', '.join(curves.train_sets)} "
+    "(never the evaluation images)"
+  )
+  figure = trajectories.trajectory_figure(trajectory, caption=caption)
+  outputs.add(figures.save_figure(figure, outputs.folder, "rd_training"))
+  per_run, tables_at_budget, budget = trajectories.equal_compute_points(trajectory, per_image)
+  points, _ = uncertainty.average_seeds(per_run, selection.runs)
+  samples = uncertainty.curve_samples(per_run, tables_at_budget) if cfg.bootstrap.resamples else {}
+  chosen = per_run[["curve", "lmbda", "seed", "step", "cpu_s", "wall_s", "bpp", "psnr"]]
+  outputs.table("equal_compute", chosen.assign(budget_cpu_s=budget))
+  written = {"equal_compute": chosen}
+  try:
+    written.update(
+      write_tables(
+        points,
+        outputs,
+        curves.anchor,
+        list(cfg.bd.methods),
+        cfg.bd.min_overlap,
+        selection.group_by,
+        samples,
+        cfg.bootstrap,
+        prefix="equal_compute_",
+      )
+    )
+  except AnalysisError as error:  # e.g. the anchor has no RD points during training
+    print(f"note: no equal-compute BD tables: {error}")
+  return written
 
 
 def write_compressai_json(cfg, curves, outputs):
@@ -406,7 +482,7 @@ def report_lines(cfg, selection, curves, written):
       lines += [
         f"- {name}: {line}" for line in bd_summary_lines(written[name], quality) if " vs " in line
       ]
-  return lines
+  return lines + classical_lines(curves, written)
 
 
 def log_to_mlflow(cfg, selection, curves, outputs, written):

@@ -13,6 +13,7 @@ COMMANDS = {
   "export": ("cbexp.cli.export", "export a model as a self-contained SavedModel"),
   "codec": ("cbexp.cli.codec", "compress, decompress and evaluate images (.cbx files)"),
   "analyze": ("cbexp.cli.analyze", "RD curves, BD-rate and tables from MLflow runs (Hydra)"),
+  "classical": ("cbexp.cli.classical", "JPEG, WebP, AVIF, JPEG 2000, ... as RD points (Hydra)"),
   "bench": ("cbexp.cli.bench", "decode-time benchmark per stage"),
   "conformance": ("cbexp.cli.conformance", "decode across numeric environments"),
   "summary": ("cbexp.cli.summary", "parameter counts of a model config"),

@@ -2,7 +2,6 @@
 and back with any model reference (``cbexp.load``). Inputs, outputs and sizes are checked before
 TensorFlow loads; no output is left behind by a refusal (outputs are written atomically)."""
 
-import argparse
 import os
 import pathlib
 import sys
@@ -232,11 +231,10 @@ EXAMPLES = """examples:
 
 def build_parser():
   parser = one_line_parser(
-    prog=PROG,
-    epilog=EXAMPLES,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-    description="Compress images to .cbx files and back with a cbexp "
-    "model. `<command> --help` lists each command's options.",
+    PROG,
+    "Compress images to .cbx files and back with a cbexp model. `<command> --help` lists each "
+    "command's options.",
+    EXAMPLES,
   )
   commands = parser.add_subparsers(dest="command", required=True)
   for name, run, text in (

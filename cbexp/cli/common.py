@@ -104,15 +104,21 @@ def _quiet_libraries():
   logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
-def one_line_parser(**kwargs):
-  """An argparse parser whose usage errors are one line, exit status 2."""
+def one_line_parser(prog, description, examples=None):
+  """The argparse parser of a file tool: usage errors in one line with exit status 2, the
+  description and the ``examples`` epilog printed as written."""
   import argparse
 
   class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints the usage too; one line is the contract
       self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
-  return OneLineParser(**kwargs)
+  return OneLineParser(
+    prog=prog,
+    description=description,
+    epilog=examples,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
 
 
 # Model-config arguments of the commands with a config of their own (bench, conformance): Hydra

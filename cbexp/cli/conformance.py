@@ -1,7 +1,7 @@
 """``cbexp conformance`` (``python -m cbexp.conformance``): the decode conformance matrix. Each
 model's ``.cbx`` files, written in the reference configuration, are decoded in fresh processes
 in other numeric environments; the teacher-forced decode counts the scale indexes and symbols
-that differ. The work: cbexp.evaluation.conformance.
+that differ. The work: cbexp.evaluation.conformance (its report: conformance_report).
 
 Examples:
   python -m cbexp.conformance model=<run>/model numerics=float,exact images=<folder>

@@ -7,7 +7,6 @@ downloads the 24 Kodak images (kodim01.png ... kodim24.png) into <dir>; then
 CLIC 2020 needs no helper: ``dataset=clic`` downloads it through tensorflow-datasets on first use.
 """
 
-import argparse
 import pathlib
 import sys
 
@@ -26,9 +25,7 @@ def download(args):
 
 
 def main(argv=None):
-  parser = one_line_parser(
-    prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
+  parser = one_line_parser(PROG, __doc__)
   commands = parser.add_subparsers(dest="command", required=True)
   kodak = commands.add_parser("download-kodak", help="download the 24 Kodak images")
   kodak.add_argument("directory")

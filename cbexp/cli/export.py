@@ -2,7 +2,6 @@
 as a self-contained SavedModel (``cbexp.codec.savedmodel``), trained (``--from`` any model
 reference) or untrained (Hydra overrides of the model config)."""
 
-import argparse
 import sys
 
 from cbexp.cli.common import UsageError, one_line_parser, run_command
@@ -42,11 +41,10 @@ exports you trust.
 
 def build_parser():
   parser = one_line_parser(
-    prog=PROG,
-    epilog=EXAMPLES,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-    description="Export a model (trained with --from, or untrained from "
-    "config overrides) as a self-contained SavedModel.",
+    PROG,
+    "Export a model (trained with --from, or untrained from config overrides) as a "
+    "self-contained SavedModel.",
+    EXAMPLES,
   )
   parser.add_argument(
     "overrides",

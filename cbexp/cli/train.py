@@ -33,7 +33,6 @@ def hydra_main(cfg: DictConfig):
 
 def run_job(cfg):
   """The job of ``cfg`` with the command's error policy (CBEXP_DEBUG=1: the traceback)."""
-  from cbexp import files
   from cbexp.tracking import sweeps
   from cbexp.training import preflight
 
@@ -42,7 +41,7 @@ def run_job(cfg):
     from cbexp.training import job  # TensorFlow, MLflow: once the config is known to be good
 
     return job.run_job(cfg, plan)
-  except (*USER_ERRORS, files.RecordError) as error:
+  except USER_ERRORS as error:
     if os.environ.get("CBEXP_DEBUG"):
       raise
     line = describe(error)

@@ -86,7 +86,7 @@ def build_codec_functions(model, cfg):
 
   @tf.function(input_signature=[image_spec])
   def compress(image):
-    strings, _, checks = model._compress_padded(pad_to_multiple(image))
+    strings, _, checks = model.compress_padded(pad_to_multiple(image))
     return {"strings": strings, "checks": checks}
 
   @tf.function(
@@ -96,12 +96,12 @@ def build_codec_functions(model, cfg):
     ]
   )
   def decompress(strings, image_shape):
-    x_hat, _, checks = model._decompress_padded(strings, padded_shape(image_shape))
+    x_hat, _, checks = model.decompress_padded(strings, padded_shape(image_shape))
     return {"image": crop(x_hat, image_shape), "checks": checks}
 
   @tf.function(input_signature=[image_spec])
   def encoder_reconstruction(image):
-    _, y_hat, _ = model._compress_padded(pad_to_multiple(image))
+    _, y_hat, _ = model.compress_padded(pad_to_multiple(image))
     return crop(model.synthesis(y_hat), tf.shape(image)[:2])
 
   module = tf.Module(name="cbexp_codec")

@@ -18,8 +18,9 @@ from cbexp.entropy.base import (
   scale_table_fn,
   verify_strings,
 )
-from cbexp.entropy.layers import EntropyParameters, MaskedConv2D, dense_macs
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
+from cbexp.entropy.hyperprior import MeanScaleHyperprior
+from cbexp.entropy.layers import MaskedConv2D, dense_macs
+from cbexp.models.transforms import transform_macs
 
 
 def raster_context_mask(kernel_size=5):
@@ -84,7 +85,7 @@ class QuantizedMeanGaussian(tf.Module):
     return bits
 
 
-class AutoregressiveEntropyModel(EntropyModel):
+class AutoregressiveEntropyModel(MeanScaleHyperprior, EntropyModel):
   """Quantization and coding (the choice that makes estimate and bitstream agree exactly):
 
   * The latents are quantized to integers, ``q = round(y)``, independently of any mean (as in
@@ -110,36 +111,21 @@ class AutoregressiveEntropyModel(EntropyModel):
   left neighbours and the 1x1 layers remain.
   """
 
-  num_strings = 1
-  lrp_outside_entropy_loop = True  # LRP sees the hyper features only
+  default_name = "autoregressive"
 
-  def __init__(
-    self,
-    latent_depth,
-    hyper_synthesis_filters,
-    scale_table,
-    hidden_filters=(224, 128),
-    param_widths=(3, 2),
-    context_multiplier=2,
-    mean_steps=16,
-    numerics="float",
-    name="autoregressive",
+  def _make_context(
+    self, hyper_synthesis_filters, scale_table, context_multiplier=2, mean_steps=16
   ):
-    if numerics != "float":  # its serial loop would need its own integer context and g_ep
+    if self.numerics != "float":  # its serial loop would need its own integer context and g_ep
       raise ValueError(
-        f"autoregressive: entropy.numerics={numerics} is not supported (only "
+        f"autoregressive: entropy.numerics={self.numerics} is not supported (only "
         f"float); use hyperprior, checkerboard, charm or charm_checkerboard"
       )
-    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
-    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
     self.context_model = MaskedConv2D(
-      context_multiplier * latent_depth, raster_context_mask(5), name="context_model"
+      context_multiplier * self.latent_depth, raster_context_mask(5), name="context_model"
     )
-    self.entropy_parameters = EntropyParameters(
-      [w * latent_depth for w in param_widths], latent_depth, with_context=True
-    )
-    self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
     self.quantized_mean = QuantizedMeanGaussian(**scale_table, mean_steps=mean_steps)
+    return True
 
   def parameter_groups(self):
     return {

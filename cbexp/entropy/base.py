@@ -8,6 +8,7 @@ counts and the conformance matrix read everything else from the ``EntropyModel``
 
 import contextlib
 import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -515,3 +516,65 @@ class EntropyModel(tf.keras.layers.Layer):
     ``z_hw``), stages among MAC_STAGES (absent ones count 0). The encoder does the same work.
     Counted as the implementation computes (cbexp.evaluation.complexity)."""
     raise NotImplementedError
+
+
+class SharedConstructor:
+  """Mixin (before ``EntropyModel`` in the bases): the constructor of cbexp's own entropy models.
+
+  ``cbexp.config.build_model`` gives each the transform's ``latent_depth`` and
+  ``hyper_synthesis_filters`` and the ``scale_table``; ``hidden_filters`` (the widths of its
+  slice transforms, the LRP's included), ``numerics`` and ``name`` (``default_name`` unless
+  given) are options of them all. A model's own options are the keyword arguments, with their
+  defaults, of the methods named in ``option_methods``: ``_make_layers`` creates the model's
+  layers, in the order of their weights (``model.variables``, which the codec's fingerprint
+  hashes in that order).
+
+  ``inspect.signature(cls)`` lists the shared arguments and the model's options as one
+  constructor's: Hydra passes the options as keywords, and ``cbexp.config.entropy_defaults``
+  reads their defaults there (a key that a saved config lacks means its default). Not an
+  ``EntropyModel`` itself, so that it is no entropy class a config may name.
+  """
+
+  default_name = None
+  option_methods = ("_make_layers",)
+
+  def __init__(
+    self,
+    latent_depth,
+    hyper_synthesis_filters,
+    scale_table,
+    *,
+    hidden_filters=(224, 128),
+    numerics="float",
+    name=None,
+    **options,
+  ):
+    name = self.default_name if name is None else name
+    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
+    self._make_layers(hyper_synthesis_filters, scale_table, hidden_filters, **options)
+
+  def _make_layers(self, hyper_synthesis_filters, scale_table, hidden_filters):
+    """Creates the model's layers; its keyword arguments with a default are the model's options."""
+    raise NotImplementedError
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    cls.__signature__ = _constructor_signature(cls)
+
+
+def _constructor_signature(cls):
+  """``SharedConstructor.__init__``'s arguments, without ``self``, with the options of
+  ``cls.option_methods`` (those with a default, keyword-only) before ``numerics`` and ``name``,
+  whose default becomes ``cls.default_name``."""
+  shared = dict(inspect.signature(SharedConstructor.__init__).parameters)
+  del shared["self"], shared["options"]
+  numerics, name = shared.pop("numerics"), shared.pop("name")
+  options = [
+    p.replace(kind=p.KEYWORD_ONLY)
+    for method in cls.option_methods
+    for p in inspect.signature(getattr(cls, method)).parameters.values()
+    if p.default is not p.empty
+  ]
+  return inspect.Signature(
+    [*shared.values(), *options, numerics, name.replace(default=cls.default_name)]
+  )

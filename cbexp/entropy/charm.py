@@ -5,14 +5,16 @@ charm_checkerboard share.
 
 import tensorflow as tf
 
-from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.base import EntropyModel, LatentOutput, SharedConstructor, call_stage
 from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
-class ChannelSlices:
-  """Mixin for the channel-slice entropy models (ChARM, charm_checkerboard). The model creates
-  its hyper-synthesis paths with ``_make_hyper_paths`` (before its per-slice layers, to keep the
-  weights' order), its per-slice ``lrp`` list, and sets ``max_support_slices``."""
+class ChannelSlices(SharedConstructor):
+  """Mixin (before ``EntropyModel`` in the bases) for the channel-slice entropy models (ChARM,
+  charm_checkerboard). The model's ``_make_layers`` creates its hyper-synthesis paths with
+  ``_make_hyper_paths`` (before its per-slice layers, to keep the weights' order) and its
+  per-slice ``cc_mean``, ``cc_scale`` and ``lrp`` lists, and sets ``num_slices`` and
+  ``max_support_slices``; its ``_split`` gives y's slices."""
 
   def _make_hyper_paths(self, hyper_synthesis_filters, latent_depth):
     self.hyper_synthesis_mean = HyperSynthesisTransform(
@@ -32,13 +34,15 @@ class ChannelSlices:
     # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
     return decoded if self.max_support_slices < 0 else decoded[: self.max_support_slices]
 
-  def _channel_context_inputs(self, hyper_means, hyper_scales, decoded):
-    """-> (mean support, scale support): each hyper path with the support slices."""
+  def _slice_inputs(self, i, hyper_means, hyper_scales, decoded, nets=None):
+    """-> (cc_mean_i(mean support), cc_scale_i(scale support), mean support) of slice i, the
+    supports being each hyper path with the support slices: ChARM's mean and scale index and
+    the LRP's input; charm_checkerboard's features."""
+    nets = nets or self
     support = self._support(decoded)
-    return (
-      tf.concat([hyper_means] + support, axis=-1),
-      tf.concat([hyper_scales] + support, axis=-1),
-    )
+    mean_support = tf.concat([hyper_means] + support, axis=-1)
+    scale_support = tf.concat([hyper_scales] + support, axis=-1)
+    return nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support), mean_support
 
   @property
   def slice_residual(self):
@@ -49,9 +53,25 @@ class ChannelSlices:
     residual = (nets or self).slice_residual[i](tf.concat([mean_support, y_hat_slice], axis=-1))
     return y_hat_slice + residual
 
-  def _hyper_stage(self, z_hat, nets, stage):
-    """The decoder's first stage: both hyper-synthesis paths."""
-    return stage("hyper_synthesis", lambda z: self._hyper_features(z, nets), z_hat)
+  def _slice_loop(self, z_hat, code_slice, nets=None, stage=call_stage):
+    """The loop over the slices, in order, of training, compress and the decoder (with
+    ``decode_stages``' ``stage``): ``code_slice(i, *inputs)``, ``inputs`` being
+    ``_slice_inputs`` of slice i (from the slices decoded before it), returns the slice's y_hat,
+    LRP included. -> y_hat."""
+    hyper_means, hyper_scales = stage(
+      "hyper_synthesis", lambda z: self._hyper_features(z, nets), z_hat
+    )
+    decoded = []
+    for i in range(self.num_slices):
+      inputs = stage(
+        "entropy_parameters",
+        lambda hm, hs, dec, i=i: self._slice_inputs(i, hm, hs, dec, nets),
+        hyper_means,
+        hyper_scales,
+        list(decoded),
+      )
+      decoded.append(code_slice(i, *inputs))
+    return tf.concat(decoded, axis=-1)
 
   def _shared_macs(self, latent_hw, z_hw):
     """{stage: MACs} of the hyper paths, and of the per-slice transforms ``cc_mean``,
@@ -77,18 +97,12 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
   the channel context's inputs (hyper features + support slices) and the LRP.
   """
 
-  def __init__(
-    self,
-    latent_depth,
-    hyper_synthesis_filters,
-    scale_table,
-    hidden_filters=(224, 128),
-    num_slices=10,
-    max_support_slices=5,
-    numerics="float",
-    name="charm",
+  default_name = "charm"
+
+  def _make_layers(
+    self, hyper_synthesis_filters, scale_table, hidden_filters, num_slices=10, max_support_slices=5
   ):
-    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
+    latent_depth = self.latent_depth
     if latent_depth % num_slices:
       raise ValueError(
         f"charm: num_slices={num_slices} does not divide latent_depth={latent_depth}"
@@ -115,51 +129,40 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
       "lrp": self.lrp,
     }
 
-  def _slice_params(self, i, hyper_means, hyper_scales, decoded, nets=None):
-    nets = nets or self
-    mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
-    return nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support), mean_support
+  def _split(self, y):
+    return tf.split(y, self.num_slices, axis=-1)
 
   def call(self, y, z_hat, training):
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
-    decoded, bits = [], 0.0
-    for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
-      mean, scale_index, mean_support = self._slice_params(i, hyper_means, hyper_scales, decoded)
-      bits += self.gaussian.rate(y_slice, scale_index, mean, training)
-      decoded.append(self._with_residual(i, mean_support, self.gaussian.quantize(y_slice, mean)))
-    return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
+    y_slices, bits = self._split(y), []
+
+    def code_slice(i, mean, scale_index, mean_support):
+      bits.append(self.gaussian.rate(y_slices[i], scale_index, mean, training))
+      return self._with_residual(i, mean_support, self.gaussian.quantize(y_slices[i], mean))
+
+    y_hat = self._slice_loop(z_hat, code_slice)
+    return LatentOutput(y_hat=y_hat, bits=sum(bits))
 
   def compress(self, y, z_hat):
     nets = self.coding_networks()  # float layers, or their exact integer versions
-    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
-    decoded, strings = [], []
-    for i, y_slice in enumerate(tf.split(y, self.num_slices, axis=-1)):
-      mean, scale_index, mean_support = self._slice_params(
-        i, hyper_means, hyper_scales, decoded, nets
-      )
-      strings.append(self.gaussian.compress(y_slice, scale_index, mean))
-      decoded.append(self._with_residual(i, mean_support, tf.round(y_slice - mean) + mean, nets))
-    return strings, tf.concat(decoded, axis=-1)
+    y_slices, strings = self._split(y), []
+
+    def code_slice(i, mean, scale_index, mean_support):
+      strings.append(self.gaussian.compress(y_slices[i], scale_index, mean))
+      return self._with_residual(i, mean_support, tf.round(y_slices[i] - mean) + mean, nets)
+
+    y_hat = self._slice_loop(z_hat, code_slice, nets)
+    return strings, y_hat
 
   def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
-    hyper_means, hyper_scales = self._hyper_stage(z_hat, nets, stage)
-    decoded = []
-    for i in range(self.num_slices):
-      mean, scale_index, mean_support = stage(
-        "entropy_parameters",
-        lambda hm, hs, dec, i=i: self._slice_params(i, hm, hs, dec, nets),
-        hyper_means,
-        hyper_scales,
-        list(decoded),
-      )
+
+    def decode_slice(i, mean, scale_index, mean_support):
       y_hat_slice = stage("range_coding", self.gaussian.decompress, strings[i], scale_index, mean)
-      decoded.append(
-        stage(
-          "lrp", lambda s, y, i=i: self._with_residual(i, s, y, nets), mean_support, y_hat_slice
-        )
+      return stage(
+        "lrp", lambda s, y: self._with_residual(i, s, y, nets), mean_support, y_hat_slice
       )
-    return tf.concat(decoded, axis=-1)
+
+    return self._slice_loop(z_hat, decode_slice, nets, stage)
 
   def decode_macs(self, latent_hw, z_hw):
     return self._shared_macs(latent_hw, z_hw)

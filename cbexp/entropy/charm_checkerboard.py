@@ -49,25 +49,24 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
   like the checkerboard model. Two strings per slice: anchors, non-anchors.
   """
 
-  def __init__(
+  default_name = "charm_checkerboard"
+
+  def _make_layers(
     self,
-    latent_depth,
     hyper_synthesis_filters,
     scale_table,
+    hidden_filters,
     slices=(16, 16, 32, 64, 192),
     max_support_slices=-1,
-    hidden_filters=(224, 128),
     param_widths=(3, 2),
     context_multiplier=2,
     context_positions="full_grid",
-    numerics="float",
-    name="charm_checkerboard",
   ):
-    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
     self.slices = resolve_slices(slices, self.latent_depth)
-    self.num_strings = 2 * len(self.slices)
+    self.num_slices = len(self.slices)
+    self.num_strings = 2 * self.num_slices
     self.max_support_slices = int(max_support_slices)
-    self._make_hyper_paths(hyper_synthesis_filters, latent_depth)
+    self._make_hyper_paths(hyper_synthesis_filters, self.latent_depth)
     self.cc_mean, self.cc_scale, self.context_models, self.entropy_parameters, self.lrp = (
       [],
       [],
@@ -102,14 +101,17 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
       "lrp": self.lrp,
     }
 
+  def _split(self, y):
+    return tf.split(y, self.slices, axis=-1)
+
   # Shared by training, compress and decompress (same ops, same shapes). ``nets``: the model
   # itself (training, float numerics) or ``coding_networks()`` (float or exact numerics).
-  def _channel_features(self, i, hyper_means, hyper_scales, decoded, nets=None):
-    """-> (anchor features, non-anchor features, LRP's mean support)."""
-    nets = nets or self
-    mean_support, scale_support = self._channel_context_inputs(hyper_means, hyper_scales, decoded)
-    features = tf.concat([nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support)], -1)
-    features_a, features_n = split_checkerboard(features)
+  def _slice_inputs(self, i, hyper_means, hyper_scales, decoded, nets=None):
+    """-> (anchor features, non-anchor features, LRP's mean support) of slice i."""
+    mean_feat, scale_feat, mean_support = super()._slice_inputs(
+      i, hyper_means, hyper_scales, decoded, nets
+    )
+    features_a, features_n = split_checkerboard(tf.concat([mean_feat, scale_feat], -1))
     return features_a, features_n, mean_support
 
   def _non_anchor_params(self, i, anchors_hat, features_n, nets=None):
@@ -117,44 +119,41 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
     return nets.entropy_parameters[i](features_n, nets.context_models[i](anchors_hat))
 
   def call(self, y, z_hat, training):
-    hyper_means, hyper_scales = self._hyper_features(z_hat)
-    decoded, bits = [], 0.0
-    for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
-      features_a, features_n, mean_support = self._channel_features(
-        i, hyper_means, hyper_scales, decoded
-      )
-      y_a, y_n = split_checkerboard(y_slice)
+    y_slices, bits = self._split(y), []
+
+    def code_slice(i, features_a, features_n, mean_support):
+      y_a, y_n = split_checkerboard(y_slices[i])
       mean_a, index_a = self.entropy_parameters[i](features_a)
       y_hat_a = self.gaussian.quantize(y_a, mean_a)  # step one: anchors quantized first
       mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n)
-      bits += self.gaussian.rate(y_a, index_a, mean_a, training) + self.gaussian.rate(
-        y_n, index_n, mean_n, training
+      bits.append(
+        self.gaussian.rate(y_a, index_a, mean_a, training)
+        + self.gaussian.rate(y_n, index_n, mean_n, training)
       )
       y_hat_n = self.gaussian.quantize(y_n, mean_n)
-      decoded.append(self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n)))
-    return LatentOutput(y_hat=tf.concat(decoded, axis=-1), bits=bits)
+      return self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n))
+
+    y_hat = self._slice_loop(z_hat, code_slice)
+    return LatentOutput(y_hat=y_hat, bits=sum(bits))
 
   def _encode(self, y, z_hat, code):
     """compress's loop, with ``code(y_pass, index, mean)`` applied to each pass (anchors, then
     non-anchors, slice by slice). -> (list of code's results, y_hat)."""
     nets = self.coding_networks()  # float layers, or their exact integer versions
-    hyper_means, hyper_scales = self._hyper_features(z_hat, nets)
-    decoded, coded = [], []
-    for i, y_slice in enumerate(tf.split(y, self.slices, axis=-1)):
-      features_a, features_n, mean_support = self._channel_features(
-        i, hyper_means, hyper_scales, decoded, nets
-      )
-      y_a, y_n = split_checkerboard(y_slice)
+    y_slices, coded = self._split(y), []
+
+    def code_slice(i, features_a, features_n, mean_support):
+      y_a, y_n = split_checkerboard(y_slices[i])
       mean_a, index_a = nets.entropy_parameters[i](features_a)
       coded.append(code(y_a, index_a, mean_a))
       y_hat_a = tf.round(y_a - mean_a) + mean_a
       mean_n, index_n = self._non_anchor_params(i, y_hat_a, features_n, nets)
       coded.append(code(y_n, index_n, mean_n))
       y_hat_n = tf.round(y_n - mean_n) + mean_n
-      decoded.append(
-        self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n), nets)
-      )
-    return coded, tf.concat(decoded, axis=-1)
+      return self._with_residual(i, mean_support, merge_checkerboard(y_hat_a, y_hat_n), nets)
+
+    y_hat = self._slice_loop(z_hat, code_slice, nets)
+    return coded, y_hat
 
   def compress(self, y, z_hat):
     return self._encode(y, z_hat, self.gaussian.compress)
@@ -168,39 +167,30 @@ class CharmCheckerboardEntropyModel(ChannelSlices, EntropyModel):
 
   def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
-    hyper_means, hyper_scales = self._hyper_stage(z_hat, nets, stage)
-    decoded = []
-    for i in range(len(self.slices)):
-      features_a, features_n, mean_support = stage(
-        "entropy_parameters",
-        lambda hm, hs, dec, i=i: self._channel_features(i, hm, hs, dec, nets),
-        hyper_means,
-        hyper_scales,
-        list(decoded),
-      )
+
+    def decode_slice(i, features_a, features_n, mean_support):
       mean_a, index_a = stage("entropy_parameters", nets.entropy_parameters[i], features_a)
       y_hat_a = stage(
         "range_coding", self.gaussian.decompress, strings[2 * i], index_a, mean_a
       )  # pass 1
       mean_n, index_n = stage(
         "entropy_parameters",
-        lambda y_a, f, i=i: self._non_anchor_params(i, y_a, f, nets),
+        lambda y_a, f: self._non_anchor_params(i, y_a, f, nets),
         y_hat_a,
         features_n,
       )
       y_hat_n = stage(
         "range_coding", self.gaussian.decompress, strings[2 * i + 1], index_n, mean_n
       )  # pass 2
-      decoded.append(
-        stage(
-          "lrp",
-          lambda s, y_a, y_n, i=i: self._with_residual(i, s, merge_checkerboard(y_a, y_n), nets),
-          mean_support,
-          y_hat_a,
-          y_hat_n,
-        )
+      return stage(
+        "lrp",
+        lambda s, y_a, y_n: self._with_residual(i, s, merge_checkerboard(y_a, y_n), nets),
+        mean_support,
+        y_hat_a,
+        y_hat_n,
       )
-    return tf.concat(decoded, axis=-1)
+
+    return self._slice_loop(z_hat, decode_slice, nets, stage)
 
   def decode_macs(self, latent_hw, z_hw):
     """Per slice, besides ChARM's transforms: g_ep on the anchors (hyper part only), then on the

@@ -6,16 +6,12 @@ anchors.
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput
-from cbexp.entropy.layers import (
-  CheckerboardContext,
-  EntropyParameters,
-  merge_checkerboard,
-  split_checkerboard,
-)
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
+from cbexp.entropy.hyperprior import MeanScaleHyperprior
+from cbexp.entropy.layers import CheckerboardContext, merge_checkerboard, split_checkerboard
+from cbexp.models.transforms import HyperSynthesisTransform, transform_macs
 
 
-class CheckerboardEntropyModel(EntropyModel):
+class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
   """Two passes over the latent grid (``cbexp.entropy.layers`` defines the partition):
     pass 1, anchors:     params = g_ep(hyper, context = 0)          -> code the anchors
     pass 2, non-anchors: context = g_cm(decoded anchors only)
@@ -37,37 +33,29 @@ class CheckerboardEntropyModel(EntropyModel):
   """
 
   num_strings = 2  # anchors, non-anchors
-  lrp_outside_entropy_loop = True  # LRP sees the hyper features (and y_hat), nothing sees LRP
+  default_name = "checkerboard"
 
-  def __init__(
+  def _make_context(
     self,
-    latent_depth,
     hyper_synthesis_filters,
     scale_table,
-    hidden_filters=(224, 128),
-    param_widths=(3, 2),
     context_multiplier=2,
     two_hyper_paths=False,
     lrp_on_y_hat=False,
     context_positions="full_grid",
-    numerics="float",
-    name="checkerboard",
   ):
-    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
-    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
     self.hyper_synthesis_scale = (
-      HyperSynthesisTransform(hyper_synthesis_filters, latent_depth, name="hyper_synthesis_scale")
+      HyperSynthesisTransform(
+        hyper_synthesis_filters, self.latent_depth, name="hyper_synthesis_scale"
+      )
       if two_hyper_paths
       else None
     )
     self.lrp_on_y_hat = bool(lrp_on_y_hat)
     self.context_model = CheckerboardContext(
-      context_multiplier * latent_depth, positions=context_positions, name="context_model"
+      context_multiplier * self.latent_depth, positions=context_positions, name="context_model"
     )
-    self.entropy_parameters = EntropyParameters(
-      [w * latent_depth for w in param_widths], latent_depth, with_context=True
-    )
-    self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
+    return True
 
   def parameter_groups(self):
     groups = {

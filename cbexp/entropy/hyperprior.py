@@ -7,31 +7,40 @@ with its context removed, so the pair isolates what the spatial context buys.
 
 import tensorflow as tf
 
-from cbexp.entropy.base import EntropyModel, LatentOutput
+from cbexp.entropy.base import EntropyModel, LatentOutput, SharedConstructor
 from cbexp.entropy.layers import EntropyParameters
 from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
-class HyperpriorEntropyModel(EntropyModel):
-  num_strings = 1
-  lrp_outside_entropy_loop = True  # LRP sees the hyper features only
+class MeanScaleHyperprior(SharedConstructor):
+  """Mixin (before ``EntropyModel`` in the bases) for the models with one hyper-synthesis, the
+  1x1 entropy-parameter network g_ep (``param_widths``: its layers' widths in multiples of
+  latent_depth) and an LRP from the hyper features: the hyperprior, and the checkerboard and
+  autoregressive models, which add a spatial context between the hyper-synthesis and g_ep
+  (``_make_context``; its keyword arguments with a default are their own options)."""
 
-  def __init__(
-    self,
-    latent_depth,
-    hyper_synthesis_filters,
-    scale_table,
-    hidden_filters=(224, 128),
-    param_widths=(3, 2),
-    numerics="float",
-    name="hyperprior",
+  option_methods = ("_make_layers", "_make_context")
+  lrp_outside_entropy_loop = True  # LRP sees the hyper features (and y_hat), nothing sees LRP
+
+  def _make_layers(
+    self, hyper_synthesis_filters, scale_table, hidden_filters, param_widths=(3, 2), **context
   ):
-    super().__init__(latent_depth, scale_table, numerics=numerics, name=name)
-    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, latent_depth)
+    depth = self.latent_depth
+    self.hyper_synthesis = HyperSynthesisTransform(hyper_synthesis_filters, depth)
+    with_context = self._make_context(hyper_synthesis_filters, scale_table, **context)
     self.entropy_parameters = EntropyParameters(
-      [w * latent_depth for w in param_widths], latent_depth, with_context=False
+      [w * depth for w in param_widths], depth, with_context=with_context
     )
-    self.lrp = SliceTransform(hidden_filters, latent_depth, name="lrp")
+    self.lrp = SliceTransform(hidden_filters, depth, name="lrp")
+
+  def _make_context(self, hyper_synthesis_filters, scale_table):
+    """Creates what the model adds before g_ep (in the weights' order) -> whether g_ep takes a
+    context. The hyperprior adds nothing."""
+    return False
+
+
+class HyperpriorEntropyModel(MeanScaleHyperprior, EntropyModel):
+  default_name = "hyperprior"
 
   def parameter_groups(self):
     return {

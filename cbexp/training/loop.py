@@ -18,6 +18,7 @@ from cbexp.errors import CbexpError
 from cbexp.evaluation.metrics import psnr_from_mse
 from cbexp.training import checkpoints, data, distributed, schedules
 from cbexp.training.progress import log, progress_bar
+from cbexp.training.rd_points import RDProbe, TrainingCompute
 
 # From this many training steps on, a run without a GPU gets a notice that it will take long.
 PAPER_SCALE_STEPS = 100_000
@@ -49,11 +50,16 @@ def train_loop(cfg, plan, strategy, worker, metrics, current_step, scratch=None)
   check_replicas(cfg.trainer, strategy)
   state = build_state(cfg, plan.run_dir, strategy, worker, scratch)
   resume(state, cfg.trainer.seed, plan.run_dir, strategy, worker)
-  val_batch = validation_batch(cfg, plan) if worker.chief else None  # the chief's metrics
+  chief = worker.chief  # the chief's metrics: validation and RD points
+  val_batch = validation_batch(cfg, plan) if chief else None
+  rd_probe = RDProbe(cfg, plan.val_paths) if chief and cfg.trainer.get("rd_every") else None
   batches = input_pipeline(cfg, plan, strategy, state.start)
   train_step = distributed.make_distributed_train_step(state.model, state.optimizer, strategy)
+  monitors = Monitors(
+    val_batch, rd_probe, TrainingCompute(state.folder, state.start, cfg.trainer.max_checkpoints)
+  )
   train_steps(
-    cfg.trainer, state, lambda: train_step(batches), val_batch, metrics, worker, current_step
+    cfg.trainer, state, lambda: train_step(batches), monitors, metrics, worker, current_step
   )
   return state.model
 
@@ -182,6 +188,16 @@ def worker_crops(cfg, plan, start, context):
   return crops
 
 
+@dataclasses.dataclass
+class Monitors:
+  """What the chief measures besides the losses: the validation crops (or None), the RD probe
+  (or None: ``trainer.rd_every`` unset) and the training compute."""
+
+  val_batch: typing.Any
+  rd_probe: typing.Optional[RDProbe]
+  compute: TrainingCompute
+
+
 class LossAverage:
   """The mean loss terms since the last training log line."""
 
@@ -200,17 +216,21 @@ class LossAverage:
     return mean
 
 
-def train_steps(trainer, state, step, val_batch, metrics, worker, current_step):
+def train_steps(trainer, state, step, monitors, metrics, worker, current_step):
   """The steps from ``state.start`` to ``trainer.steps``: each ``step()`` trains one global
-  batch; every ``log_every`` steps the mean losses, every ``val_every`` the validation, every
-  ``checkpoint_every`` (and at the end) a checkpoint."""
-  losses = LossAverage()
-  due = lambda done, every: done % every == 0 or done == trainer.steps
+  batch; every ``log_every`` steps the mean losses and the compute so far, every ``val_every``
+  the validation, every ``rd_every`` an RD point, every ``checkpoint_every`` (and at the end) a
+  checkpoint."""
+  losses, compute = LossAverage(), monitors.compute
+  due = lambda done, every: bool(every) and (done % every == 0 or done == trainer.steps)
   with progress_bar(trainer.steps, state.start) as progress:
     for index in range(state.start, trainer.steps):
       current_step[0] = index + 1
+      compute.start()
       values = step()
-      if not math.isfinite(float(values["loss"])):
+      loss = float(values["loss"])  # waits for the step: its time is the step's
+      compute.stop()
+      if not math.isfinite(loss):
         raise TrainingDiverged(
           f"non-finite training loss at step {index + 1}: training stopped; the last "
           f"checkpoint ({state.manager.latest_checkpoint or 'none yet'}) holds finite weights "
@@ -220,13 +240,26 @@ def train_steps(trainer, state, step, val_batch, metrics, worker, current_step):
       done = index + 1  # completed steps: the MLflow step of what this step produced
       if due(done, trainer.log_every):
         log_losses(losses.take(), state.learning_rate(index), done, metrics, progress)
-      if due(done, trainer.val_every) and val_batch is not None:
-        values = distributed.evaluate_batch(state.model, val_batch)
-        values["psnr"] = psnr_from_mse(values["mse"])
-        metrics.add({f"val/{k}": v for k, v in values.items()}, done)
+      if measure(trainer, state.model, monitors, metrics, done, due) or due(
+        done, trainer.log_every
+      ):
+        metrics.add(compute.metrics(), done)  # once per step, after the RD point it paid for
       if due(done, trainer.checkpoint_every):
-        save_checkpoint(state, done, metrics, worker)
+        save_checkpoint(state, done, metrics, worker, compute)
       progress.update(1)
+
+
+def measure(trainer, model, monitors, metrics, done, due):
+  """The validation crops' losses and the RD point, when due (the chief's). -> whether an RD
+  point was taken."""
+  if due(done, trainer.val_every) and monitors.val_batch is not None:
+    values = distributed.evaluate_batch(model, monitors.val_batch)
+    values["psnr"] = psnr_from_mse(values["mse"])
+    metrics.add({f"val/{k}": v for k, v in values.items()}, done)
+  if monitors.rd_probe is not None and due(done, trainer.rd_every):
+    metrics.add(monitors.rd_probe(model, monitors.compute), done)
+    return True
+  return False
 
 
 def log_losses(mean, learning_rate, done, metrics, progress):
@@ -242,7 +275,7 @@ def log_losses(mean, learning_rate, done, metrics, progress):
   )
 
 
-def save_checkpoint(state, done, metrics, worker):
+def save_checkpoint(state, done, metrics, worker, compute):
   """The metrics first, then the checkpoint: a crash in between repeats steps, loses none.
   Non-finite weights are never saved."""
   metrics.flush()
@@ -252,6 +285,8 @@ def save_checkpoint(state, done, metrics, worker):
       f"checkpoint ({state.manager.latest_checkpoint or 'none yet'}) is "
       f"kept"
     )
+  if worker.chief:  # before the checkpoint: a resume from it finds its step's totals
+    compute.save(done)
   checkpoints.save(state.manager, done)
   if not worker.chief:
     shutil.rmtree(state.folder, ignore_errors=True)  # the manager writes it again next time

@@ -74,6 +74,12 @@ def validate(cfg):
   the settings, the images, the run directory, the tracking store, the model's code."""
   check_settings(cfg)
   train_paths, val_paths = training_images(cfg.dataset, cfg.trainer.patch_size)
+  if cfg.trainer.get("rd_every") and not val_paths:
+    raise ConfigError(
+      f"trainer.rd_every={cfg.trainer.rd_every}: RD points during training code the "
+      f"validation image files, and dataset {cfg.dataset.name} has none (a folder or skimage "
+      f"dataset with dataset.val_images >= 1 has)"
+    )
   eval_paths = evaluation_images(cfg.eval)
   run_dir = run_directory(cfg)
   check_run_dir(run_dir)
@@ -133,6 +139,7 @@ def check_numbers(cfg):
   if cfg.trainer.seed < 0:
     raise ConfigError(f"trainer.seed={cfg.trainer.seed}: must be 0 or more")
   number("trainer.threads", cfg.trainer.get("threads"), integer=True, optional=True)
+  number("trainer.rd_every", cfg.trainer.get("rd_every"), integer=True, optional=True)
   number("trainer.collective_timeout_s", cfg.trainer.get("collective_timeout_s"), optional=True)
   for key, value in cfg.transform.items():
     values = list(value) if OmegaConf.is_list(value) else [value]

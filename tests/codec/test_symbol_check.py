@@ -189,7 +189,7 @@ def test_a_model_that_records_no_check_fails_loudly(spread, monkeypatch):
   with pytest.raises(
     RuntimeError, match="'hyperprior' entropy model recorded 0 symbol checks for its 1 strings"
   ):
-    spread.model._compress_padded(x)
+    spread.model.compress_padded(x)
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from cbexp.evaluation import evaluate
+
 SCHEMA_EVAL = (
   "eval/bpp",
   "eval/bpp_estimated",
@@ -33,19 +35,7 @@ SCHEMA_TAGS = (
   "tf_version",
   "tfc_version",
 )
-PER_IMAGE_COLUMNS = [
-  "image",
-  "height",
-  "width",
-  "bytes",
-  "bpp",
-  "bpp_estimated",
-  "psnr",
-  "ms_ssim",
-  "ms_ssim_db",
-  "encode_s",
-  "decode_s",
-]
+PER_IMAGE_COLUMNS = list(evaluate.COLUMNS)  # eval/per_image.csv
 
 
 def smooth_image(height, width, seed):

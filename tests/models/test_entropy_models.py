@@ -85,6 +85,37 @@ def test_models_saved_without_context_positions_keep_the_full_grid(model_factory
   assert legacy.context_model.positions == "full_grid"
 
 
+def test_every_entropy_class_lists_its_options_with_their_defaults():
+  # What a key missing from a saved config means (cbexp.config.entropy_defaults reads the
+  # class's signature): the options declared by the shared constructor's hooks count too.
+  from cbexp.config import entropy_classes, entropy_defaults
+
+  common = {"hidden_filters": (224, 128), "numerics": "float"}
+  expected = {
+    "hyperprior": {"param_widths": (3, 2)},
+    "checkerboard": {
+      "param_widths": (3, 2),
+      "context_multiplier": 2,
+      "two_hyper_paths": False,
+      "lrp_on_y_hat": False,
+      "context_positions": "full_grid",
+    },
+    "autoregressive": {"param_widths": (3, 2), "context_multiplier": 2, "mean_steps": 16},
+    "charm": {"num_slices": 10, "max_support_slices": 5},
+    "charm_checkerboard": {
+      "slices": (16, 16, 32, 64, 192),
+      "max_support_slices": -1,
+      "param_widths": (3, 2),
+      "context_multiplier": 2,
+      "context_positions": "full_grid",
+    },
+  }
+  targets = {target.split(".")[2]: target for target in entropy_classes()}
+  assert set(targets) == set(expected)
+  for module, options in expected.items():
+    assert entropy_defaults(targets[module]) == {**common, **options, "name": module}
+
+
 def test_checkerboard_decodes_in_exactly_two_passes(model_factory, monkeypatch):
   model = model_factory(tiny_overrides("checkerboard"))
   entropy = model.entropy_model

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers.codec_cli import run_codec
 from helpers.runs import (
   PER_IMAGE_COLUMNS,
   SCHEMA_EVAL,
@@ -34,13 +35,14 @@ from helpers.runs import (
 )
 
 STEPS = 24
+RD_EVERY = 8
 
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
   """Starts a run, SIGKILLs it once a checkpoint exists, runs the same command again."""
   tmp_path = tmp_path_factory.mktemp("resume")
-  arguments = tiny_run_overrides(tmp_path, entropy="hyperprior", steps=STEPS)
+  arguments = tiny_run_overrides(tmp_path, entropy="hyperprior", steps=STEPS, rd_every=RD_EVERY)
   uri = f"sqlite:///{tmp_path}/mlflow.db"
   process = subprocess.Popen(
     command(arguments),
@@ -93,6 +95,44 @@ def test_resume_continues_the_same_run_and_step(resumed_run):
   assert sorted(
     m.step for m in client.get_metric_history(resumed_run["run_id"], "val/loss")
   ) == list(range(4, STEPS + 1, 4))
+
+
+def test_rd_points_during_training_are_real_bytes_logged_once(resumed_run):
+  """Every rd_every steps, an RD point on the validation image (the last training image,
+  96x64): its bpp is 8 x the bytes of a real .cbx file; at the last step the model is the
+  saved one, so the point equals the size of the file `cbexp codec` writes with it."""
+  client, run_id = MlflowClient(resumed_run["uri"]), resumed_run["run_id"]
+  history = client.get_metric_history(run_id, "rd/bpp")
+  assert sorted(m.step for m in history) == list(range(RD_EVERY, STEPS + 1, RD_EVERY))
+  rd = {m.step: m.value for m in history}
+  pixels = 96 * 64
+  for value in rd.values():
+    assert value * pixels / 8 == pytest.approx(round(value * pixels / 8), abs=1e-6)  # whole bytes
+  tmp = resumed_run["tmp_path"]
+  model = f"{resumed_run['run_dir']}/model"
+  written = run_codec(
+    "compress", "--model", model, tmp / "train" / "im02.png", tmp / "val.cbx", cwd=tmp
+  )
+  assert written.returncode == 0, written.stderr[-2000:]
+  assert rd[STEPS] == 8 * (tmp / "val.cbx").stat().st_size / pixels
+  per_image = client.get_metric_history(run_id, "rd_image/im02.png/bpp")
+  assert {m.step: m.value for m in per_image} == rd
+
+
+def test_training_compute_is_logged_once_per_step_and_resumes(resumed_run):
+  """compute/cpu_s goes on from the checkpoint's total after the kill: it never falls back,
+  and no step is logged twice."""
+  client, run_id = MlflowClient(resumed_run["uri"]), resumed_run["run_id"]
+  for key in ("compute/cpu_s", "compute/wall_s", "compute/rd_s"):
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    steps = [step for step, _ in history]
+    assert steps == list(range(2, STEPS + 1, 2)), key  # log_every 2; RD steps are among them
+    values = [value for _, value in history]
+    assert all(b >= a for a, b in zip(values, values[1:])), (key, history)
+    assert values[-1] > 0, key
+  (checkpoint_folder,) = glob.glob(f"{resumed_run['run_dir']}/checkpoints")
+  totals = json.loads(pathlib.Path(checkpoint_folder, "compute.json").read_text())
+  assert str(STEPS) in totals and len(totals) <= 3  # max_checkpoints 2, and one more
 
 
 def test_run_logs_the_schema(resumed_run):
@@ -178,7 +218,9 @@ def test_run_record_is_mlflow_native(resumed_run):
 
 def test_same_command_after_completion_does_nothing(resumed_run):
   again = run_cbexp(
-    tiny_run_overrides(resumed_run["tmp_path"], entropy="hyperprior", steps=STEPS),
+    tiny_run_overrides(
+      resumed_run["tmp_path"], entropy="hyperprior", steps=STEPS, rd_every=RD_EVERY
+    ),
     cwd=resumed_run["tmp_path"],
     timeout=120,
   )
