@@ -8,6 +8,7 @@ never ``hydra.utils.instantiate``; configs from outside pass ``check_untrusted_c
 import functools
 import hashlib
 import importlib
+import os
 import pathlib
 import re
 
@@ -73,8 +74,21 @@ def run_name(override_dirname):
   return name
 
 
+SWEEP_NAME_VARIABLE = "CBEXP_SWEEP_NAME"
+
+
+def sweep_name(overrides):
+  """A directory name for a sweep from the overrides of its command (``hydra.overrides.task`` of
+  the launching process, sweeps included: ``lmbda=0.005,0.02``), so that the same ``-m`` command
+  resumes the same sweep. A job's own overrides are one combination: its process finds the
+  sweep's name in $CBEXP_SWEEP_NAME, which the launching process sets for its jobs
+  (cbexp.tracking.sweeps.SweepCallback)."""
+  return os.environ.get(SWEEP_NAME_VARIABLE) or run_name(",".join(sorted(overrides)))
+
+
 # conf/config.yaml names its run directories with it (hydra.run.dir, hydra.sweep.subdir).
 OmegaConf.register_new_resolver("cbexp.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("cbexp.sweep_name", sweep_name, replace=True)
 
 
 def group_options(group):

@@ -14,3 +14,8 @@ class LoadError(CbexpError, ValueError):
   """A model reference (export, model directory, runs:/, models:/) that cannot be used; the
   message names the reference as the user typed it. Defined here, below every layer that reads
   models, so that they all raise this one type (``cbexp.load`` is its public home)."""
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised like Ctrl-C (``cbexp.cli.train`` installs the handler): a run or sweep that
+  is stopped ends as KILLED, not as a process that vanished with its MLflow run RUNNING."""

@@ -51,6 +51,8 @@ def describe(error):
   with Hydra's hint for an override of a key the config lacks, or the known entropy models."""
   lines = [line.strip() for line in str(error).strip().splitlines()]
   first = lines[0] if lines else error.__class__.__name__
+  if getattr(error, "override", None) and error.override not in first:  # OverrideParseException
+    first = f"{error.override}: {first}"
   hint = next((line for line in lines[1:] if line.startswith("To append")), None)
   if hint:
     return f"{first} {hint}"

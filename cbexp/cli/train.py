@@ -7,6 +7,7 @@ in run.log, exit status 2; in a sweep the other jobs go on and the summary count
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
@@ -14,13 +15,10 @@ from omegaconf import DictConfig
 
 from cbexp.cli.common import USER_ERRORS, describe, quiet_unless_debug
 from cbexp.config import CONF_DIR
-from cbexp.errors import USER_ERROR
+from cbexp.errors import USER_ERROR, Terminated
 
 log = logging.getLogger("cbexp.run")  # stderr and run.log (conf/hydra/job_logging/cbexp.yaml)
-
-
-class JobFailed(RuntimeError):
-  """A sweep job stopped by bad input (its one-line error is already printed)."""
+SWEEP_FAILED = 1  # the exit status of a sweep some of whose jobs failed
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -47,7 +45,11 @@ def run_job(cfg):
     line = describe(error)
     log.error(f"error: {line}")
     if sweeps.sweep_info_or_none() is not None:
-      raise JobFailed(line) from None  # the sweep's other jobs go on; its summary counts this
+      # The sweep's other jobs go on; its summary counts this one.
+      raise sweeps.JobFailed(line) from None
+    if getattr(error, "exit_at_once", False):
+      logging.shutdown()  # run.log complete; the run is marked already
+      os._exit(USER_ERROR)
     sys.exit(USER_ERROR)
 
 
@@ -60,10 +62,33 @@ def main():
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return USER_ERROR
+  signal.signal(signal.SIGTERM, _terminate)
+  # Hydra's errors come back here to be said in one line (not Hydra's report with its hint).
+  os.environ["HYDRA_FULL_ERROR"] = "1"
+  stopped, status = None, 0
   try:
     hydra_main()
-  finally:
-    sweeps.print_sweep_summary()  # after a multirun (no-op otherwise), failed jobs included
+  except sweeps.JobFailed:
+    status = SWEEP_FAILED  # each failed job's line is printed; the summary counts them
+  except sweeps.SweepStopped as error:
+    stopped, status = str(error), 130
+  except KeyboardInterrupt as error:
+    stopped, status = ("SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"), 130
+  except USER_ERRORS as error:
+    if os.environ.get("CBEXP_DEBUG"):
+      raise
+    problem, status = describe(error), USER_ERROR
+  # After a multirun (no-op otherwise): the parent run ended, failed jobs included.
+  if not sweeps.print_sweep_summary(problem=problem, stopped=stopped):
+    if problem:
+      print(f"error: {problem}", file=sys.stderr)
+    elif stopped:
+      print(f"cbexp.run: interrupted ({stopped})", file=sys.stderr)
+  return status
+
+
+def _terminate(signum, frame):
+  raise Terminated()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import sys
 import uuid
 
 from cbexp import files
-from cbexp.tracking.runs import git_commit
+from cbexp.config import SWEEP_NAME_VARIABLE
+from cbexp.tracking.runs import command_line, git_commit
 from cbexp.tracking.store import (
   TrackingError,
   check_uri,
@@ -24,6 +25,16 @@ from cbexp.tracking.store import (
 )
 
 SWEEP_FILE = "mlflow_sweep.json"
+
+
+class JobFailed(RuntimeError):
+  """A sweep job that failed; its message is the job's one line (already printed by the job, or
+  by the launcher that followed it). The sweep's other jobs go on; its summary counts this."""
+
+
+class SweepStopped(RuntimeError):
+  """The launching process was interrupted (Ctrl-C, SIGTERM); the message says what happened to
+  the jobs it launched."""
 
 
 def sweep_info_or_none():
@@ -77,6 +88,8 @@ class SweepCallback(Callback):
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    # The jobs' sweep directory is this one (config.sweep_name), whatever their own overrides.
+    os.environ[SWEEP_NAME_VARIABLE] = sweep_dir.name
     self._client = client
     self._experiment = config.tracking.experiment
     self._sweep_dir = sweep_dir
@@ -126,31 +139,50 @@ class SweepCallback(Callback):
 CURRENT_SWEEP = {}
 
 
-def print_sweep_summary():
-  """After a multirun (also one whose jobs failed): jobs finished and failed, the sweep id and
-  the analysis command to run next; ends the parent run (FAILED if a job did not finish).
+def print_sweep_summary(problem=None, stopped=None):
+  """After a multirun (also one that failed or was stopped): ends the parent run (FINISHED, FAILED
+  if a job did not finish or ``problem`` (one line) stopped the sweep, KILLED if ``stopped``
+  (one line: by what)) and says so: jobs finished and failed and the analysis to run next, or
+  one line with what happened and the command that resumes the sweep. -> whether it printed
+  (False outside a multirun).
 
-  Jobs are the sweep directory's job folders (Hydra writes ``.hydra/`` in each): finished ones
-  hold ``complete.json`` (cbexp.run). A job that failed before its MLflow run existed (bad
-  input) is counted too."""
+  Jobs are the sweep directory's job folders (Hydra writes ``.hydra/`` in each; finished ones
+  hold ``complete.json``, cbexp.run), or the jobs a launcher counted in ``launched`` when more
+  (a Slurm job that never started has no folder)."""
   if not CURRENT_SWEEP:
-    return
+    return False
   from mlflow.tracking import MlflowClient
 
   sweep = dict(CURRENT_SWEEP)
   CURRENT_SWEEP.clear()
   jobs = [d for d in pathlib.Path(sweep["sweep_dir"]).iterdir() if (d / ".hydra").is_dir()]
   finished = sum((d / "complete.json").is_file() for d in jobs)
-  counts = f"{len(jobs)} jobs: {finished} finished, {len(jobs) - finished} failed or stopped"
+  total = max(len(jobs), sweep.get("launched", 0))
+  status = "KILLED" if stopped else "FINISHED" if finished == total and not problem else "FAILED"
+  counts = f"{total} jobs: {finished} finished, {total - finished} failed or stopped"
+  parent = f"MLflow parent run {sweep['parent_run_id']}"
   try:
     client = MlflowClient(tracking_uri=sweep["uri"])
-    client.set_terminated(sweep["parent_run_id"], "FINISHED" if finished == len(jobs) else "FAILED")
+    client.set_terminated(sweep["parent_run_id"], status)
+    parent += f" {status}"
   except Exception as error:  # the summary must not hide what happened in the sweep
-    counts += f" (parent run not updated: {str(error).splitlines()[0]})"
-  uri = "" if sweep["uri"] == default_uri() else f" tracking.uri={sweep['uri']}"
-  print(
-    f"sweep {sweep['sweep_id']} ended: {counts} (in {sweep['sweep_dir']}; MLflow parent "
-    f"run {sweep['parent_run_id']} in {sweep['uri']})\n"
-    f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}{uri}",
-    file=sys.stderr,
-  )
+    parent += f" not updated: {str(error).splitlines()[0]}"
+  if status == "FINISHED":
+    uri = "" if sweep["uri"] == default_uri() else f" tracking.uri={sweep['uri']}"
+    print(
+      f"sweep {sweep['sweep_id']} ended: {counts} (in {sweep['sweep_dir']}; {parent} in "
+      f"{sweep['uri']})\n"
+      f"next: python -m cbexp.analysis sweep_id={sweep['sweep_id']}{uri}",
+      file=sys.stderr,
+    )
+    return True
+  if problem:
+    line = f"error: {problem} (sweep {sweep['sweep_id']}: {counts}; {parent})"
+  else:
+    what = f"stopped by {stopped}" if stopped else "ended"
+    line = (
+      f"sweep {sweep['sweep_id']} {what}: {counts}; {parent}; the same command resumes it: "
+      f"{command_line()}"
+    )
+  print(line, file=sys.stderr)
+  return True

@@ -85,12 +85,17 @@ def restore_latest(checkpoint, folder, read_only=False):
     if read_only:
       return prefix
     # Names relative to the folder (a moved run directory still resumes), oldest first.
-    kept = [pathlib.Path(p).name for _, p in reversed(found[position:])]
+    kept = [pathlib.Path(p) for _, p in reversed(found[position:])]
     # The manager's state file (a CheckpointState text proto), written as TensorFlow writes it.
+    # With their timestamps: the manager deletes only checkpoints it has a timestamp for (after
+    # last_preserved_timestamp), so without them max_to_keep would never apply to these again.
+    stamps = [pathlib.Path(f"{p}.index").stat().st_mtime for p in kept]
     files.write_atomic(
       folder / "checkpoint",
-      f'model_checkpoint_path: "{kept[-1]}"\n'
-      + "".join(f'all_model_checkpoint_paths: "{name}"\n' for name in kept),
+      f'model_checkpoint_path: "{kept[-1].name}"\n'
+      + "".join(f'all_model_checkpoint_paths: "{p.name}"\n' for p in kept)
+      + "".join(f"all_model_checkpoint_timestamps: {t!r}\n" for t in stamps)
+      + f"last_preserved_timestamp: {min(stamps) - 1!r}\n",
     )
     return prefix
   if found:

@@ -17,7 +17,7 @@ from cbexp import files
 from cbexp.config import ConfigError
 from cbexp.errors import CbexpError
 from cbexp.tracking import runs, store, sweeps
-from cbexp.training import distributed, finalize, loop
+from cbexp.training import checkpoints, distributed, finalize, loop
 from cbexp.training.progress import log
 
 COMPLETE_FILE = "complete.json"
@@ -26,6 +26,10 @@ COMPLETE_FILE = "complete.json"
 class WorkerLost(CbexpError, RuntimeError):
   """A multi-worker run whose collectives failed because another worker died, hung or could
   not be reached: this worker stops (one line); the same commands resume the run."""
+
+  # The process exits without TensorFlow's teardown, which waits tens of seconds for the lost
+  # peer (the coordination service's shutdown) after everything is said and marked.
+  exit_at_once = True
 
 
 def run_job(cfg, plan):
@@ -54,7 +58,10 @@ def run_job(cfg, plan):
     raise ConfigError(f"run_dir {plan.run_dir}: cannot be created ({error.strerror})") from None
   # Tracking first: a store that fails must fail before hours of training.
   client, run_id, resumed = start_tracked_run(cfg, plan)
-  with system_metrics(cfg, plan.uri, run_id, resumed), marked_on_failure(client, run_id):
+  with (
+    system_metrics(cfg, plan.uri, run_id, resumed),
+    marked_on_failure(client, run_id, plan.run_dir),
+  ):
     return train_on_cluster(cfg, plan, client, run_id, resolver, worker)
 
 
@@ -130,8 +137,8 @@ def system_metrics(cfg, uri, run_id, resumed):
 
 
 @contextlib.contextmanager
-def marked_on_failure(client, run_id):
-  """A failed or interrupted run must not stay RUNNING: FAILED (KILLED on Ctrl-C)."""
+def marked_on_failure(client, run_id, run_dir):
+  """A failed or interrupted run must not stay RUNNING: FAILED (KILLED on Ctrl-C, SIGTERM)."""
   try:
     yield
   except BaseException as error:
@@ -140,13 +147,18 @@ def marked_on_failure(client, run_id):
       client.set_terminated(run_id, status)
       # A user error ends in its own one line; after anything else, say how to go on.
       if not isinstance(error, (CbexpError, ValueError)):
-        log.info(
-          f"MLflow run {run_id} marked {status}; the same command resumes it from its "
-          f"last checkpoint"
-        )
+        log.info(f"MLflow run {run_id} marked {status}; the same command {resumes(run_dir)}")
     except Exception:  # the store itself may be what failed
       pass
     raise
+
+
+def resumes(run_dir):
+  """What the same command does next for the run in ``run_dir``, as its checkpoints say."""
+  found = checkpoints.checkpoints_on_disk(pathlib.Path(run_dir) / "checkpoints")
+  if not found:
+    return "starts it again from step 0 (no checkpoint was written)"
+  return f"resumes it from its last checkpoint ({found[0][1]})"
 
 
 def cluster_role(cfg):
@@ -198,8 +210,8 @@ def train_on_cluster(cfg, plan, client, run_id, resolver=None, worker=distribute
     where = f"at step {step[0]}" if step[0] else "before training"
     message = (
       f"worker {worker.index} stopped {where}: a worker is gone or not answering "
-      f"({distributed.peer_failure(error)}); run the same command on every worker to "
-      f"resume from the last checkpoint in {plan.run_dir / 'checkpoints'}"
+      f"({distributed.peer_failure(error)}); the same command on every worker "
+      f"{resumes(plan.run_dir)}"
     )
     raise WorkerLost(message) from (error if os.environ.get("CBEXP_DEBUG") else None)
 

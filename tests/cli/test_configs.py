@@ -93,6 +93,36 @@ def test_unknown_group_option_is_one_line():
   )
 
 
+@pytest.mark.parametrize(
+  "arguments,expected",
+  [
+    (
+      ["experiment=quickstart", "trainer.foo=1"],
+      "error: Could not override 'trainer.foo'. To append to your config use +trainer.foo=1",
+    ),
+    (
+      ["transform.num_filters=[1"],
+      "error: transform.num_filters=[1: no viable alternative at input '[1'",
+    ),
+  ],
+)
+def test_a_config_error_is_one_line_naming_the_key(arguments, expected, tmp_path):
+  """Hydra's composition errors in one line with exit status 2, not Hydra's report (its
+  message, the OmegaConf detail and the HYDRA_FULL_ERROR hint) with status 1."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("CBEXP_DEBUG", None)
+  result = subprocess.run(
+    [sys.executable, "-m", "cbexp.run", *arguments],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
+  assert not (tmp_path / "outputs").exists()
+
+
 def test_run_names_are_deterministic_and_safe():
   assert run_name("") == "default"
   assert run_name("entropy=charm,lmbda=0.01") == "entropy=charm,lmbda=0.01"
@@ -120,7 +150,8 @@ def test_params_are_flattened_with_dots():
   "launcher,target",
   [
     ("local_processes", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("slurm", "hydra_plugins.cbexp_slurm.slurm_launcher.SlurmLauncher"),
+    ("slurm_cpu", "hydra_plugins.cbexp_slurm.slurm_launcher.SlurmLauncher"),
   ],
 )
 def test_launcher_configs_compose(launcher, target):

@@ -7,9 +7,10 @@ line and marks the MLflow run FAILED, then runs the same two commands again: the
 chief's checkpoint and finish the same MLflow run, and the losses match those of one process
 trained on the same global batches (killed and resumed at the same point).
 
-Slurm is not installed here: its side is tested on the environment srun gives the tasks of a job,
+The resolver's side of Slurm is tested here on the environment srun gives the tasks of a job,
 recorded (a 2-node job: the cluster SlurmClusterResolver resolves, without running scontrol or
-nvidia-smi) and real (two tasks on this machine form one cluster)."""
+nvidia-smi) and real (two tasks on this machine form one cluster); the launcher's, on a real
+Slurm, in test_slurm.py."""
 
 import json
 import math
@@ -295,7 +296,7 @@ def compose(overrides, hydra=False):
 
 def test_the_slurm_multi_launcher_starts_one_task_per_worker():
   launcher = compose(["hydra/launcher=slurm_multi"], hydra=True).hydra.launcher
-  assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+  assert launcher._target_ == "hydra_plugins.cbexp_slurm.slurm_launcher.SlurmLauncher"
   assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_task) == (2, 1, 1)
   assert launcher.gpus_per_node is None  # one GPU per task, bound by Slurm
 
