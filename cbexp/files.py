@@ -1,6 +1,6 @@
 """Small files that must never be half-written or trusted blindly: outputs written atomically
-(a temporary file beside the target, renamed into place) and JSON records read with a one-line
-error that names the file."""
+(a temporary file beside the target, renamed or linked into place) and JSON records read with a
+one-line error that names the file."""
 
 import json
 import os
@@ -10,9 +10,12 @@ import secrets
 from cbexp.errors import CbexpError
 
 
-def write_atomic(path, data):
-  """Writes ``data`` (bytes or str) to a temporary file beside ``path`` and renames it into
-  place, so that a crash or a full disk never leaves a partial or stale file."""
+def write_atomic(path, data, replace=True):
+  """Writes ``data`` (bytes or str) to a temporary file beside ``path`` and moves it into place,
+  so that a crash or a full disk never leaves a partial or stale file. ``replace=False``: an
+  existing ``path`` is kept and FileExistsError raised, decided by the file system at the moment
+  the file appears (a hard link never replaces), so that of two writers racing to a new name one
+  wins and the other is told, where a check beforehand would let both write."""
   path = pathlib.Path(path)
   if isinstance(data, str):
     data = data.encode()
@@ -22,11 +25,13 @@ def write_atomic(path, data):
   try:
     with os.fdopen(handle, "wb") as f:
       f.write(data)
-    os.replace(temporary, path)
-  except BaseException:
+    if replace:
+      os.replace(temporary, path)
+    else:
+      os.link(temporary, path)
+  finally:
     if os.path.exists(temporary):
       os.unlink(temporary)
-    raise
 
 
 class RecordError(CbexpError, ValueError):

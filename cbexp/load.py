@@ -138,12 +138,16 @@ def _check_export_settings(ref, module, precision, numerics):
 @contextlib.contextmanager
 def _local_model_dir(ref, tracking_uri):
   """The model directory of ``ref`` on this machine: its own folder, or a download of the
-  tracked model into a temporary folder that is removed afterwards."""
+  tracked model into a temporary folder that is removed afterwards. A tracked model is checked
+  before it is downloaded (``cbexp.tracking.artifacts.model_dir_uri``) and its config before its
+  weights, with nothing but the Python config loader: a hostile config is refused before
+  TensorFlow loads."""
   if not ref.tracked:
     yield ref.path
     return
   from mlflow.exceptions import MlflowException
 
+  from cbexp.codec.model_dir import load_config
   from cbexp.tracking import artifacts
   from cbexp.tracking.store import resolve_uri
 
@@ -156,15 +160,12 @@ def _local_model_dir(ref, tracking_uri):
     )
   with tempfile.TemporaryDirectory(prefix="cbexp_model_") as tmp:
     try:
-      local = artifacts.download(ref.text, tracking_uri, tmp)
+      source = artifacts.model_dir_uri(ref.text, tracking_uri)
+      config = artifacts.download(f"{source}/config.yaml", tracking_uri, pathlib.Path(tmp, "c"))
+      load_config(config, f"{ref}: config.yaml")
+      directory = artifacts.download(source, tracking_uri, pathlib.Path(tmp, "m"))
     except MlflowException as error:
       raise LoadError(f"{ref}: {_first_line(error)}") from None
-    directory = artifacts.model_dir_in(local)
-    if directory is None:
-      raise LoadError(
-        f"{ref}: an MLflow model without a cbexp model directory (no "
-        f"'{artifacts.MODEL_DIR}' artifact in its MLmodel)"
-      )
     yield directory
 
 

@@ -174,7 +174,8 @@ def sweep_parent(runs, sweep_id):
 @dataclasses.dataclass
 class Selection:
   """The runs an analysis rests on: the store, the MLflow filter, one rate point per run (the
-  runs without an evaluation are ``skipped``) and the config keys that split curves."""
+  runs that cannot be one are ``skipped``, with the reason) and the config keys that split
+  curves."""
 
   uri: str
   runs: pd.DataFrame
@@ -258,7 +259,7 @@ def select_runs(cfg, cwd=None):
     raise AnalysisError(
       f"no runs with eval/bpp and eval/psnr in experiment {cfg.experiment_name!r}"
       f" matching {filter_string!r} ({len(runs)} runs matched, "
-      f"{len(skipped)} without evaluation)"
+      f"{len(skipped)} left out)"
     )
   return Selection(uri, runs, filter_string, per_run, skipped, group_by)
 

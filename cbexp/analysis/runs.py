@@ -7,6 +7,7 @@ read here are the schema of ``cbexp train``'s runs: tags ``entropy``, ``lmbda``,
 """
 
 import pathlib
+import sys
 
 import pandas as pd
 
@@ -112,7 +113,8 @@ def runs_to_points(runs, group_by=()):
   """-> (points table, skipped) from a search_runs DataFrame.
 
   One point per run that has ``eval/bpp`` and ``eval/psnr``; runs without them (sweep parents,
-  runs that stopped before evaluating) are listed in ``skipped`` as (run_id, reason). Curves are
+  runs that stopped before evaluating), and runs whose lambda is not a number or whose metrics
+  are not finite, are listed in ``skipped`` as (run_id, reason). Curves are
   the entropy model (tag ``entropy``, else param ``entropy.name``) plus each ``group_by`` key.
   """
   if runs.empty:
@@ -134,14 +136,9 @@ def runs_to_points(runs, group_by=()):
 
   rows, skipped = [], []
   for i, run in runs.iterrows():
-    missing = [
-      m for m in ("eval/bpp", "eval/psnr") if pd.isna(run.get(f"metrics.{m}", float("nan")))
-    ]
-    if missing:
-      skipped.append((run["run_id"], f"no {' / '.join(missing)} metric"))
-      continue
-    if pd.isna(entropy[i]):
-      skipped.append((run["run_id"], "no entropy tag"))
+    problem = _unusable(run, entropy[i], None if lmbda is None else lmbda[i])
+    if problem:
+      skipped.append((run["run_id"], problem))
       continue
     label = str(entropy[i])
     extras = [f"{key}={group_values[key][i]}" for key in group_by]
@@ -154,7 +151,7 @@ def runs_to_points(runs, group_by=()):
       "source": "cbexp",
       "kind": "measured",
       "run_id": run["run_id"],
-      "lmbda": float("nan") if lmbda is None or pd.isna(lmbda[i]) else float(lmbda[i]),
+      "lmbda": _number(None if lmbda is None else lmbda[i]),
       "seed": "n/a" if seed is None or pd.isna(seed[i]) else str(seed[i]),
       "seeds": 1,
       "train_set": _tag(train_set, i),
@@ -167,6 +164,34 @@ def runs_to_points(runs, group_by=()):
     rows.append(row)
   points = pd.DataFrame(rows, columns=POINT_COLUMNS + list(group_by))
   return points.sort_values(["curve_id", "bpp"], kind="stable").reset_index(drop=True), skipped
+
+
+def _number(value):
+  """A param or tag as a float (NaN when absent); None when it is not a number."""
+  if value is None or pd.isna(value):
+    return float("nan")
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def _unusable(run, entropy, lmbda):
+  """Why a run cannot be a rate point (None if it can): no evaluation, no entropy model, a
+  lambda that is not a number, or a metric that is not finite. MLflow stores an infinite metric
+  as the largest float, which would enter the tables as a number."""
+  missing = [m for m in ("eval/bpp", "eval/psnr") if pd.isna(run.get(f"metrics.{m}", float("nan")))]
+  if missing:
+    return f"no {' / '.join(missing)} metric"
+  if pd.isna(entropy):
+    return "no entropy tag"
+  if _number(lmbda) is None:
+    return f"lmbda {str(lmbda)!r} is not a number"
+  for metric in METRICS.values():
+    value = run.get(f"metrics.{metric}", float("nan"))
+    if not pd.isna(value) and not abs(float(value)) < sys.float_info.max:
+      return f"{metric} is {'-' if value < 0 else ''}inf, not a finite number"
+  return None
 
 
 def eval_sets(runs):

@@ -27,6 +27,8 @@ def analyze(cfg):
   from cbexp.analysis import report
 
   result = report.analyze_published(cfg) if cfg.published_only else report.analyze_runs(cfg)
+  for run_id, why in result.get("skipped", ()):
+    print(f"left out run {run_id}: {why}")
   print(
     f"wrote {result['out']}/ ({len(result['figures'])} figure files, "
     f"tables: {', '.join(result['tables'])})"

@@ -42,7 +42,7 @@ def compress(args):
   start = time.perf_counter()
   stream = codec.encode(image)
   elapsed = time.perf_counter() - start
-  size = bitstream.write(output, stream)
+  size = write_output(output, stream.to_bytes(), args.force)
   print(
     f"{args.input} -> {output}: {width}x{height} pixels{conversion_note(mode)}, "
     f"{size} bytes, bpp {bitstream.bits_per_pixel(size, height, width):.6f}, "
@@ -65,7 +65,7 @@ def decompress(args):
     elapsed = time.perf_counter() - start
   finally:
     timer.cancel()
-  files.write_atomic(output, encode_png(image))
+  write_output(output, encode_png(image), args.force)
   print(
     f"{args.input} -> {output}: {stream.width}x{stream.height} pixels, {size} bytes, "
     f"bpp {bitstream.bits_per_pixel(size, stream.height, stream.width):.6f}, "
@@ -124,7 +124,7 @@ def evaluate_folder(args):
   )
   if csv_path:
     table = per_image.drop(columns=["bpp_estimated"])  # no model estimate behind an export
-    files.write_atomic(csv_path, table.to_csv(index=False).encode())
+    write_output(csv_path, table.to_csv(index=False).encode(), args.force)
     print(f"per-image results written to {csv_path}")
 
 
@@ -160,10 +160,25 @@ def check_output(path, suffixes, force, input_path=None):
   if path.is_dir():
     raise CodecError(f"{path}: is a folder, expected a file name")
   if path.exists() and not force:
-    raise CodecError(f"{path}: already exists; pass --force to overwrite it")
+    raise CodecError(_exists(path))
   if input_path is not None and pathlib.Path(input_path).resolve() == path.resolve():
     raise CodecError(f"{path}: the output would overwrite the input")
   return path
+
+
+def write_output(path, data, force):
+  """Writes an output checked by ``check_output``; -> its size in bytes. Without --force the
+  name is claimed as the file is written (``files.write_atomic(replace=False)``): of two
+  commands writing the same new name at once, one writes it and the other is refused."""
+  try:
+    files.write_atomic(path, data, replace=force)
+  except FileExistsError:
+    raise CodecError(_exists(path)) from None
+  return len(data)
+
+
+def _exists(path):
+  return f"{path}: already exists; pass --force to overwrite it"
 
 
 def watchdog(seconds):

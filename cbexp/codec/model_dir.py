@@ -6,7 +6,6 @@ is built, and a checkpoint holds tensors, no code.
 
 import pathlib
 
-import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,6 +20,8 @@ class ModelDirError(LoadError):
 
 
 def save_model_dir(model, cfg: DictConfig, directory):
+  import tensorflow as tf
+
   directory = pathlib.Path(directory)
   (directory / "weights").mkdir(parents=True, exist_ok=True)
   OmegaConf.save(cfg, directory / "config.yaml", resolve=True)
@@ -35,6 +36,8 @@ def load_model_dir(directory, build_coders=True, numerics=None, name=None):
   the model is built, e.g. to code with the exact entropy path of a model trained in float
   (``cbexp.entropy.exact``); it is part of the returned config, so of the fingerprint.
   ``name``: how errors name the directory (e.g. the ``runs:/`` URI it was downloaded from)."""
+  import tensorflow as tf  # after the config is read: a refusal never loads TensorFlow
+
   directory = pathlib.Path(directory)
   where = name or str(directory)
   config_path = directory / "config.yaml"

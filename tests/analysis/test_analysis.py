@@ -357,6 +357,46 @@ def test_search_runs_selects_the_sweep_and_skips_what_is_not_a_rate_point(synthe
   assert skipped == [(synthetic_store["unevaluated"], "no eval/bpp / eval/psnr metric")]
 
 
+def test_runs_with_a_bad_lambda_or_an_infinite_metric_are_left_out_in_one_line_each(tmp_path):
+  """A run whose lmbda param is not a number, and runs whose eval/bpp is inf or eval/psnr -inf
+  (MLflow stores them as the largest float): each is left out of every table with one line that
+  names it, and the analysis of the others goes on."""
+  from mlflow.tracking import MlflowClient
+
+  uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+  log_synthetic_runs(uri)
+  client = MlflowClient(uri)
+  experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+  reasons = {}
+  for lmbda, bpp, psnr, reason in (
+    ("abc", 0.3, 30.0, "lmbda 'abc' is not a number"),
+    ("0.02", math.inf, 30.0, "eval/bpp is inf, not a finite number"),
+    ("0.02", 0.3, -math.inf, "eval/psnr is -inf, not a finite number"),
+  ):
+    run_id = client.create_run(
+      experiment_id, tags={"entropy": "charm", "sweep_id": SWEEP, "run_type": "train"}
+    ).info.run_id
+    client.log_param(run_id, "lmbda", lmbda)
+    client.log_metric(run_id, "eval/bpp", bpp)
+    client.log_metric(run_id, "eval/psnr", psnr)
+    client.set_terminated(run_id, "FINISHED")
+    reasons[run_id] = reason
+  out = tmp_path / "out"
+  result = run_analysis(
+    f"tracking.uri={uri}",
+    f"experiment_name={EXPERIMENT}",
+    f"sweep_id={SWEEP}",
+    f"out={out}",
+    "log_to_mlflow=false",
+  )
+  assert result.returncode == 0, result.stderr
+  for run_id, reason in reasons.items():
+    assert f"left out run {run_id}: {reason}" in result.stdout.splitlines(), result.stdout
+  rd = pd.read_csv(out / "rd_points.csv")
+  assert not set(reasons) & set(rd["run_id"]) and np.isfinite(rd[["bpp", "psnr"]]).all().all()
+  assert "Traceback" not in result.stderr
+
+
 def test_group_by_splits_curves_by_a_config_key(synthetic_store):
   frame, _ = runs.search_runs(synthetic_store["uri"], EXPERIMENT, sweep_id=SWEEP)
   points, _ = runs.runs_to_points(frame, group_by=["trainer.steps"])

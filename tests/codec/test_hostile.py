@@ -13,6 +13,7 @@ output file, and nothing run or allocated that the input should not cause.
   built, so a config that names code (``_target_``) never runs it.
 """
 
+import concurrent.futures
 import re
 import shutil
 import struct
@@ -421,7 +422,13 @@ def test_a_directory_is_named_as_one(tiny, tmp_path, capsys):
   )
 
 
-def test_existing_outputs_are_kept_unless_forced(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("when", ["before the command", "while the model loads"])
+def test_existing_outputs_are_kept_unless_forced(tiny, tmp_path, capsys, monkeypatch, when):
+  """An output that exists is kept (without --force). "while the model loads": the file of
+  another command writing the same new name at once, after this one checked the name; the name
+  is claimed again, atomically, as the output is written."""
+  from cbexp.cli import codec as codec_cli
+
   folder, _ = tiny
   images = tmp_path / "images"
   images.mkdir()
@@ -432,9 +439,18 @@ def test_existing_outputs_are_kept_unless_forced(tiny, tmp_path, capsys):
     "out.png": ["decompress", "--model", model, str(folder / "good.cbx")],
     "out.csv": ["eval", "--model", model, str(images), "--no-warmup", "--csv"],
   }
+  load_codec = codec_cli.load_codec
   for name, argv in commands.items():
     output = tmp_path / name
-    output.write_text("keep me")
+
+    def load_while_another_command_writes(*args, output=output, **kwargs):
+      output.write_text("keep me")
+      return load_codec(*args, **kwargs)
+
+    if when == "before the command":
+      output.write_text("keep me")
+    else:
+      monkeypatch.setattr(codec_cli, "load_codec", load_while_another_command_writes)
     assert_main_refused(
       codec_main,
       argv + [str(output)],
@@ -442,8 +458,24 @@ def test_existing_outputs_are_kept_unless_forced(tiny, tmp_path, capsys):
       f"{name}: already exists; pass --force to overwrite it",
     )
     assert output.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}")]
+    monkeypatch.undo()
     assert codec_main(argv + [str(output), "--force"]) == 0, capsys.readouterr().err
     assert output.stat().st_size > 0 and output.read_bytes() != b"keep me"
+
+
+def test_two_compressions_to_one_new_file_leave_one_writer(tiny, tmp_path):
+  """Two processes started together on the same new output: one writes it (exit 0), the other is
+  refused in one line (exit 2); the file is the first's, whole."""
+  folder, stream = tiny
+  output = tmp_path / "out.cbx"
+  argv = ["compress", "--model", folder / "model", folder / "image.png", output]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda _: run_codec(*argv, cwd=tmp_path), range(2)))
+  assert sorted(r.returncode for r in results) == [0, USER_ERROR], [r.stderr for r in results]
+  refused = next(r for r in results if r.returncode == USER_ERROR)
+  assert_one_line(refused.returncode, refused.stderr, "out.cbx: already exists")
+  assert bitstream.read(output)[0] == stream
 
 
 # --- 6: the fingerprint covers the range-coding tables --------------------------------------------

@@ -2,6 +2,7 @@
 ``models:/``) gives the same codec and model, and a reference that cannot be used is one
 ``LoadError`` line that names it as typed."""
 
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from cbexp.codec.codec import Codec
 from cbexp.codec.model_dir import save_model_dir
 from cbexp.config import compose
 from cbexp.load import LoadError, ModelRef, load_codec, load_model
+from helpers.codec_cli import assert_refused, run_codec
 from helpers.models import tiny_overrides
 
 
@@ -142,3 +144,101 @@ def test_an_unusable_reference_is_one_line_naming_it_as_typed(references, tmp_pa
   if case in ("missing path", "neither"):  # the four kinds are named
     for kind in ("saved_model.pb", "config.yaml", "runs:/", "models:/"):
       assert kind in text, text
+
+
+@pytest.fixture(scope="module")
+def store_cases(references, tmp_path_factory):
+  """Runs and registered models of the same store that must be refused: a run whose model config
+  names code, a deleted run, a run without artifacts, a run whose ``model`` artifact is not a
+  cbexp model, that run registered, and a deleted version of a registered model; -> {case:
+  reference as typed}."""
+  import shutil
+
+  import mlflow
+  import yaml
+
+  from cbexp.tracking.store import fluent_store, open_store
+
+  _, uri, refs = references
+  folder = tmp_path_factory.mktemp("store_cases")
+  hostile = folder / "hostile"
+  shutil.copytree(refs["model_dir"], hostile)
+  config = yaml.safe_load((hostile / "config.yaml").read_text())
+  config["entropy"]["payload"] = {"_target_": "builtins.open", "file": str(folder / "victim")}
+  (hostile / "config.yaml").write_text(yaml.safe_dump(config))
+  (folder / "foreign").mkdir()
+  (folder / "foreign" / "notes.txt").write_text("not a model")
+  client = open_store(uri)
+  experiment = client.create_experiment("refused")
+  runs = {}
+  with fluent_store(uri):
+    for name, source in (("hostile", hostile), ("deleted", refs["model_dir"]), ("empty", None)):
+      with mlflow.start_run(experiment_id=experiment) as run:
+        if source is not None:
+          mlflow.log_artifacts(str(source), artifact_path="model")
+      runs[name] = run.info.run_id
+    with mlflow.start_run(experiment_id=experiment) as run:
+      mlflow.log_artifacts(str(folder / "foreign"), artifact_path="model")
+    runs["foreign"] = run.info.run_id
+  for name in ("foreign", "dropped"):  # versions of the foreign run's artifact
+    client.create_registered_model(name)
+    version = client.create_model_version(
+      name, f"{run.info.artifact_uri}/model", run.info.run_id
+    ).version
+  client.delete_run(runs["deleted"])
+  client.delete_model_version("dropped", version)
+  return {
+    "hostile": f"runs:/{runs['hostile']}",
+    "deleted": f"runs:/{runs['deleted']}",
+    "empty": f"runs:/{runs['empty']}",
+    "foreign": f"runs:/{runs['foreign']}",
+    "escape": f"runs:/{runs['empty']}/../../../../etc",
+    "foreign_registered": "models:/foreign/1",
+    "deleted_version": f"models:/dropped/{version}",
+  }
+
+
+STORE_REFUSALS = {
+  "hostile": "config.yaml: entropy.payload: a mapping is not allowed here",
+  "deleted": r"the run is deleted; restore it first \(mlflow runs restore --run-id ",
+  "empty": "no artifacts there",
+  "foreign": "not a cbexp model",
+  "escape": "a path inside a run or model may not contain '.' or '..' parts",
+  "foreign_registered": "not a cbexp model",
+  "deleted_version": r"Model Version \(name=dropped, version=1\) not found",
+}
+
+
+@pytest.mark.parametrize("case", [*STORE_REFUSALS, "export of a foreign run"])
+def test_a_refused_store_model_is_one_line_naming_it_as_typed(
+  references, store_cases, tiny_files, tmp_path, case
+):
+  """In a fresh process: exit status 2, one line that names the reference as typed (no progress
+  bar, no temporary folder), within a time limit (the process ends), nothing downloaded left
+  behind. A model config that names code is refused before its weights are downloaded."""
+  _, uri, _ = references
+  folder, _ = tiny_files
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  env = {"TMPDIR": str(scratch)}
+  if case == "export of a foreign run":
+    reference, message = store_cases["foreign"], STORE_REFUSALS["foreign"]
+    output = tmp_path / "export"
+    result = run_codec(
+      *("--from", reference, "--out", output, "--tracking-uri", uri),
+      cwd=tmp_path,
+      module="cbexp.export",
+      timeout=300,
+      env=env,
+    )
+  else:
+    reference, message = store_cases[case], STORE_REFUSALS[case]
+    output = tmp_path / "out.png"
+    result = run_codec(
+      *("decompress", "--model", reference, "--tracking-uri", uri, folder / "good.cbx", output),
+      cwd=tmp_path,
+      timeout=300,
+      env=env,
+    )
+  assert_refused(result, output, f"^cbexp [a-z]+: error: {re.escape(reference)}: {message}")
+  assert not list(scratch.iterdir())

@@ -10,10 +10,12 @@ import sys
 from cbexp.errors import USER_ERROR
 
 
-def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
-  """``python -m module args`` in ``cwd``; ``address_space``: its RLIMIT_AS in bytes."""
+def run_codec(*args, cwd, module="cbexp.codec", address_space=None, timeout=900, env=None):
+  """``python -m module args`` in ``cwd``; ``address_space``: its RLIMIT_AS in bytes; ``env``:
+  variables set for it (over this process's environment). A command that has not exited after
+  ``timeout`` seconds fails the test (subprocess.TimeoutExpired)."""
   # TF_CPP_MIN_LOG_LEVEL=0: the command itself must keep TensorFlow's logs off stderr.
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "MALLOC_ARENA_MAX": "2"}
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "MALLOC_ARENA_MAX": "2", **(env or {})}
   env.pop("CBEXP_DEBUG", None)
 
   def limit_address_space():
@@ -25,7 +27,7 @@ def run_codec(*args, cwd, module="cbexp.codec", address_space=None):
     env=env,
     capture_output=True,
     text=True,
-    timeout=900,
+    timeout=timeout,
     preexec_fn=limit_address_space if address_space else None,
   )
 
