@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The laptop study: ChARM vs the checkerboard (and the hyperprior) on the ms2020 layer structure at
-# tiny width, on 2 CPU cores in about 85 minutes, run for real, beside JPEG, WebP, AVIF and
+# tiny width, on 2 CPU cores in about 105 minutes, run for real, beside JPEG, WebP, AVIF and
 # JPEG 2000 on the same images.
 #
 #   bash experiments/laptop.sh        # from the repository root; needs CBEXP_KODAK_DIR
