@@ -6,6 +6,7 @@ import contextlib
 import glob
 import os
 import pathlib
+import struct
 
 import numpy as np
 
@@ -56,9 +57,64 @@ def check_image_path(path):
   return path
 
 
+# Formats whose integer samples have at most 16 bits, so that Pillow's 32-bit "I" mode holds a
+# 16-bit range (a 16-bit PGM opens as "I"); elsewhere (TIFF) "I" means 32-bit samples.
+SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
+
+
+def check_image(image, path):
+  """Refuses, in one line, an image file (open in Pillow, header read) that ``load_image`` would
+  read into a wrong image or that is damaged while Pillow says nothing:
+
+  * 32-bit float and 32-bit integer samples: they have no fixed range to map to 8 bits. Scaling
+    by the type's range would turn a 0..1 float image black, and a 32-bit image written with a
+    16-bit range black too; scaling by the image's own maximum would change its brightness.
+  * a PNG that ends before its IEND chunk: Pillow decodes the pixels of a file cut after its
+    image data without a word, but a cut file is a damaged one (an interrupted copy or
+    download), refused as a truncated .cbx file is. Data after IEND is ignored, as by every
+    decoder."""
+  if image.mode == "F":
+    kind = "32-bit float"
+  elif image.mode == "I" and image.format not in SIXTEEN_BIT_FORMATS:
+    kind = "32-bit integer"
+  else:
+    kind = None
+  if kind:
+    raise DataError(
+      f"{path}: {kind} samples (Pillow mode {image.mode}) have no fixed range that maps to 8 "
+      "bits; convert the image to 8 or 16 bits per sample (e.g. a PNG) with the range you mean"
+    )
+  if image.format == "PNG" and not _png_has_end(path):
+    raise DataError(
+      f"{path}: truncated PNG (the file ends before its IEND chunk); copy or save it again"
+    )
+
+
+PNG_SIGNATURE_BYTES = 8
+
+
+def _png_has_end(path):
+  """Whether a PNG file's chunks lead to an IEND chunk: each chunk's length and type are read,
+  its data skipped, so the cost is a few bytes per chunk whatever the image's size."""
+  with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size
+    f.seek(PNG_SIGNATURE_BYTES)
+    while True:
+      head = f.read(8)
+      if len(head) < 8:
+        return False
+      length, kind = struct.unpack(">I4s", head)
+      if kind == b"IEND":
+        return True
+      position = f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+      if position > size:
+        return False
+
+
 def load_image(path, max_pixels=None):
   """Reads an image file as uint8 [H, W, 3] RGB, turned upright by its EXIF orientation.
-  Grayscale and RGBA (alpha dropped) are converted to RGB; 16-bit images are scaled to 8 bits.
+  Grayscale and RGBA (alpha dropped) are converted to RGB; 16-bit images are scaled to 8 bits;
+  32-bit float and integer images, and truncated PNGs, are refused (``check_image``).
   ``max_pixels``: Pillow's decompression-bomb limit while reading (default: Pillow's own).
   Anything unreadable raises DataError."""
   from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,6 +123,7 @@ def load_image(path, max_pixels=None):
   limit = pillow_pixel_limit(max_pixels) if max_pixels else contextlib.nullcontext()
   try:
     with limit, Image.open(path) as image:
+      check_image(image, path)
       ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
       if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit samples (Pillow opens 16-bit grayscale PNGs as "I;16" or "I"): always scale by
@@ -143,6 +200,7 @@ def check_images(paths, patch_size=None):
   for path in paths:
     try:
       with Image.open(check_image_path(path)) as image:
+        check_image(image, path)
         width, height = image.size
         image.load()  # the whole file: Pillow's open() reads the header only
     except Image.DecompressionBombError:

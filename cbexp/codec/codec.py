@@ -195,15 +195,24 @@ def describe_image_file(path, max_pixels):
   limit does not apply here: ours is checked instead; load_image(path, max_pixels) decodes)."""
   from PIL import Image
 
-  from cbexp.images import DataError, check_image_path, load_image, pillow_pixel_limit
+  from cbexp.images import (
+    DataError,
+    check_image,
+    check_image_path,
+    load_image,
+    pillow_pixel_limit,
+  )
 
   path = check_image_path(path)
   try:
     with pillow_pixel_limit(None), Image.open(path) as image:  # lazy: the header only
+      check_image(image, path)
       width, height = image.size
       mode = image.mode
       if _sixteen_bit_colour(image):
         mode += ";16"
+  except DataError:
+    raise
   except Exception:  # noqa: BLE001 - load_image names the problem (not an image, unreadable)
     load_image(path, max_pixels)
     raise DataError(f"{path}: not a readable image") from None
@@ -236,7 +245,7 @@ def conversion_note(mode):
   if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
     return f" (converted from {mode} to RGB: alpha dropped)"
   if mode.startswith("I") or mode == "F":
-    return f" (converted from {mode}, 16/32-bit grayscale, to 8-bit RGB)"
+    return f" (converted from {mode}, 16-bit grayscale, to 8-bit RGB)"
   if mode.endswith(";16"):  # describe_image_file: 16 bits per channel
     base = mode[: -len(";16")]
     alpha = ": alpha dropped" if "A" in base else ""

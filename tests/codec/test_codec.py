@@ -275,7 +275,8 @@ def _save(path, array, mode=None, **kwargs):
     ("rgb.jpg", ""),
     ("gray.png", "converted from L to RGB"),
     ("rgba.png", "alpha dropped"),
-    ("gray16.png", "16/32-bit grayscale, to 8-bit RGB"),
+    ("gray16.png", "16-bit grayscale, to 8-bit RGB"),
+    ("gray16.pgm", "16-bit grayscale, to 8-bit RGB"),  # Pillow's 32-bit mode, a 16-bit range
   ],
 )
 def test_accepted_image_files(kind, note, tiny, tmp_path):
@@ -296,7 +297,7 @@ def test_accepted_image_files(kind, note, tiny, tmp_path):
   assert image.shape == (21, 13, 3) and image.dtype == np.uint8
   if kind in ("rgb.png", "rgba.png"):
     np.testing.assert_array_equal(image, rgb)
-  if kind in ("gray.png", "gray16.png"):
+  if kind in ("gray.png", "gray16.png", "gray16.pgm"):
     np.testing.assert_array_equal(image, np.repeat(rgb[..., :1], 3, axis=-1))
   assert tiny[2].decode(tiny[2].encode(image)).shape == image.shape
 

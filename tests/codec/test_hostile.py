@@ -41,6 +41,7 @@ REFUSED_STRINGS = (
   "the strings are corrupt or were not written by this model, or the decoder's "
   "numeric environment differs from the encoder's"
 )
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every PNG file
 # A legit tiny decode peaks at ~1.7 GB of address space (TensorFlow's libraries and thread
 # stacks, MALLOC_ARENA_MAX=2); the hostile files below would need 12 GB and more.
 ADDRESS_SPACE_LIMIT = 3 << 30
@@ -400,6 +401,39 @@ def test_48_bit_png_is_converted_with_a_note(tiny, tmp_path, capsys):
     == 0
   )
   assert "(converted from 16-bit RGB to 8-bit RGB)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["float TIFF", "32-bit integer TIFF", "PNG without IEND"])
+def test_an_image_that_would_be_misread_is_refused(tiny, tmp_path, capsys, case):
+  """Valid files that would turn into a wrong image without a word: float samples in 0..1 (all
+  black once scaled), 32-bit integer samples (saturated white), and a PNG cut before its IEND
+  chunk (its pixels complete, the file damaged). Refused in one line by the codec (before the
+  model loads), by load_image and by the training-data check; data after IEND is ignored."""
+  from cbexp.images import DataError, check_images
+
+  folder, _ = tiny
+  gray = np.random.default_rng(4).random((21, 13))
+  if case == "PNG without IEND":
+    path = tmp_path / "cut.png"
+    path.write_bytes((folder / "image.png").read_bytes()[: -len(PNG_IEND)])
+    message = "truncated PNG (the file ends before its IEND chunk); copy or save it again"
+    (tmp_path / "after.png").write_bytes(path.read_bytes() + PNG_IEND + b"trailing data")
+    assert load_image(tmp_path / "after.png").shape == (40, 50, 3)
+  else:
+    path = tmp_path / "deep.tif"
+    if case == "float TIFF":
+      Image.fromarray(gray.astype(np.float32), "F").save(path)
+      kind = "32-bit float samples (Pillow mode F)"
+    else:  # a 16-bit range in 32-bit samples
+      Image.fromarray((gray * 65535).astype(np.int32), "I").save(path)
+      kind = "32-bit integer samples (Pillow mode I)"
+    message = f"{kind} have no fixed range that maps to 8 bits; convert the image to 8 or 16 bits"
+  output = tmp_path / "out.cbx"
+  argv = ["compress", "--model", folder / "model", path, output]
+  assert_main_refused(codec_main, argv, capsys, re.escape(f"{path}: {message}"), output)
+  for read in (load_image, lambda p: check_images([p])):
+    with pytest.raises(DataError, match=re.escape(message)):
+      read(path)
 
 
 def test_a_directory_is_named_as_one(tiny, tmp_path, capsys):
