@@ -26,6 +26,14 @@ def missing():
   return None
 
 
+def accounting_missing():
+  """Why no accounting database can be started here (one line), or None."""
+  for program in ("slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", "sacctmgr"):
+    if not shutil.which(program) and not os.path.exists(f"/usr/sbin/{program}"):
+      return f"{program} is not installed (apt-get install slurmdbd mariadb-server)"
+  return None
+
+
 def _program(name):
   return shutil.which(name) or f"/usr/sbin/{name}"
 
@@ -60,6 +68,7 @@ class Cluster:
     key.write_bytes(os.urandom(1024))
     os.chmod(key, 0o400)
     self.socket = folder / "munge" / "munge.socket"
+    self.dbd_port = _free_port()
     lines = [
       "ClusterName=cbexptest",
       f"SlurmctldHost={self.node}",
@@ -84,7 +93,16 @@ class Cluster:
       "SelectTypeParameters=CR_CPU_Memory",
       "ReturnToService=2",
       "JobAcctGatherType=jobacct_gather/none",
-      "AccountingStorageType=accounting_storage/none",
+      *(
+        [
+          "AccountingStorageType=accounting_storage/slurmdbd",
+          "AccountingStorageHost=localhost",
+          f"AccountingStoragePort={self.dbd_port}",
+          f"AccountingStoragePass={self.socket}",  # the munge socket of accounting messages
+        ]
+        if self.accounting
+        else ["AccountingStorageType=accounting_storage/none"]
+      ),
       "SchedulerParameters=sched_interval=2",
       "MessageTimeout=30",
       "SlurmdTimeout=300",
@@ -114,14 +132,73 @@ class Cluster:
       log,
     )
     self._wait_for(lambda: self.socket.exists(), timeout, "munged")
+    if self.accounting:
+      self._start_accounting(log, timeout)
     self._spawn([_program("slurmctld"), "-D", "-i"], log)
     self._wait_for(lambda: self._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld")
     self._spawn([_program("slurmd"), "-D"], log)
     self._wait_for(lambda: self._ok(["sinfo", "-h", "-o", "%T"], "idle"), timeout, "slurmd")
 
-  def _spawn(self, argv, log):
+  def _start_accounting(self, log, timeout):
+    """MariaDB (a database of its own in the folder, TCP on localhost) and slurmdbd."""
+    db = self.folder / "db"
+    subprocess.run(
+      [_program("mariadb-install-db"), f"--datadir={db}", "--user=root", "--skip-test-db"],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      check=True,
+    )
+    port, db_socket = _free_port(), self.folder / "mysqld.sock"
+    self._spawn(
+      [
+        _program("mariadbd"),
+        "--no-defaults",
+        f"--datadir={db}",
+        "--user=root",
+        f"--socket={db_socket}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        f"--pid-file={self.folder / 'mysqld.pid'}",
+        "--skip-log-bin",
+      ],
+      log,
+    )
+    grant = (
+      "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'cbexp'; "
+      "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';"
+    )
+    client = ["mariadb", "--no-defaults", f"--socket={db_socket}", "-u", "root", "-e"]
+    self._wait_for(lambda: self._ok([*client, "SELECT 'up'"], "up"), timeout, "mariadbd")
+    subprocess.run([*client, grant], check=True, capture_output=True)
+    conf = self.folder / "slurmdbd.conf"
+    conf.write_text(
+      "\n".join(
+        [
+          "AuthType=auth/munge",
+          f"AuthInfo=socket={self.socket}",
+          "DbdHost=localhost",
+          f"DbdPort={self.dbd_port}",
+          "SlurmUser=root",
+          f"PidFile={self.folder / 'slurmdbd.pid'}",
+          f"LogFile={self.folder / 'log' / 'slurmdbd.log'}",
+          "StorageType=accounting_storage/mysql",
+          "StorageHost=127.0.0.1",
+          f"StoragePort={port}",
+          "StorageUser=slurm",
+          "StoragePass=cbexp",
+          "StorageLoc=slurm_acct_db",
+        ]
+      )
+      + "\n"
+    )
+    os.chmod(conf, 0o600)
+    self.env["SLURM_CONF"] = str(self.conf)
+    self._spawn([_program("slurmdbd"), "-D", "-s"], log, SLURMDBD_CONF=str(conf))
+    self._wait_for(lambda: self._ok(["sacctmgr", "-n", "show", "cluster"], ""), timeout, "slurmdbd")
+
+  def _spawn(self, argv, log, **env):
     self.processes.append(
-      subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+      subprocess.Popen(argv, env=dict(self.env, **env), stdout=log, stderr=subprocess.STDOUT)
     )
 
   def _ok(self, argv, needle):

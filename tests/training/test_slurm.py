@@ -23,17 +23,31 @@ FAST = [
 TIMEOUT = 600
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-  reason = slurm.missing()
+def started(folder, accounting=False):
+  reason = slurm.missing() or (accounting and slurm.accounting_missing())
   if reason:
-    pytest.skip(f"no Slurm here: {reason}")
-  cluster = slurm.Cluster(tmp_path_factory.mktemp("slurm"))
+    pytest.skip(f"no Slurm{' accounting' * accounting} here: {reason}")
+  cluster = slurm.Cluster(folder, accounting=accounting)
   try:
     cluster.start()
-  except RuntimeError as error:
+  except (RuntimeError, subprocess.CalledProcessError) as error:
     cluster.stop()
     pytest.skip(f"Slurm does not start here: {str(error).splitlines()[0]}")
+  return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+  """No accounting database: sacct fails, as on the cluster of the issue."""
+  cluster = started(tmp_path_factory.mktemp("slurm"))
+  yield cluster
+  cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def accounted_cluster(tmp_path_factory):
+  """With slurmdbd and MariaDB: a working sacct."""
+  cluster = started(tmp_path_factory.mktemp("slurm_accounting"), accounting=True)
   yield cluster
   cluster.stop()
 
@@ -218,6 +232,25 @@ def task_pid(cluster, job_id, task):
 
 
 def test_a_multi_worker_job_with_a_killed_task_ends_failed_in_one_line(cluster, tmp_path):
+  killed_task(cluster, tmp_path)
+
+
+def test_the_same_with_a_working_sacct(accounted_cluster, tmp_path):
+  job = killed_task(accounted_cluster, tmp_path)
+  out = subprocess.run(
+    ["sacct", "-X", "-n", "-P", "-j", job, "-o", "State"],
+    env=accounted_cluster.env,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  assert out.split() == ["FAILED"]
+
+
+def killed_task(cluster, tmp_path):
+  """A 2-task multi-worker job whose task 1 is killed after the checkpoint of step 2 ends with
+  one line naming the dead task and the chief's error, the job and both MLflow runs FAILED.
+  -> the job's id."""
   arguments = tiny_run_overrides(tmp_path, steps=40, checkpoint_every=2, threads=1)
   arguments += [
     "trainer.strategy=multi_worker",
@@ -254,3 +287,39 @@ def test_a_multi_worker_job_with_a_killed_task_ends_failed_in_one_line(cluster, 
   assert states(cluster)[job] == "FAILED"
   (log,) = tmp_path.glob(f"outputs/sweeps/*/.submitit/{job}/{job}_0_log.err")
   assert "completed successfully" not in log.read_text()
+  return job
+
+
+def test_what_sinfo_says_is_read_as_slurm_means_it():
+  """Without a cluster: sinfo's GRES and time-limit texts, and a GPU partition's request check."""
+  from cbexp.training import slurm as launcher
+
+  assert [launcher.gpu_count(g) for g in ("(null)", "gpu:4", "gpu:a100:2(S:0-1),gpu:v100:1")] == [
+    0,
+    4,
+    3,
+  ]
+  assert [launcher.minutes(t) for t in ("infinite", "30", "1:00:00", "2-00:00:00", "1-12")] == [
+    float("inf"),
+    30,
+    60,
+    2880,
+    2160,
+  ]
+  nodes = [
+    launcher.Node("g1", 32, 256 * 1024, 4, 2880),
+    launcher.Node("g2", 16, 128 * 1024, 2, 2880),
+  ]
+  request = {"nodes": 1, "tasks_per_node": 4, "cpus_per_task": 8, "gpus_per_task": 1, "mem_gb": 200}
+  assert launcher.request_problem(request, "gpu", nodes) is None
+  assert launcher.request_problem(dict(request, nodes=2), "gpu", nodes) == (
+    "hydra.launcher.nodes=2: partition gpu has 1 node(s) with 32 CPUs, 200 GB and 4 GPUs; set "
+    "hydra.launcher.nodes"
+  )
+  assert launcher.request_problem(dict(request, gpus_per_task=2), "gpu", nodes).startswith(
+    "hydra.launcher.gpus_per_task=2: partition gpu has at most 4 GPUs per node;"
+  )
+  assert launcher.request_problem(dict(request, mem_gb=300), "gpu", nodes) == (
+    "hydra.launcher.mem_gb=300: the nodes of partition gpu have at most 256 GB; set "
+    "hydra.launcher.mem_gb"
+  )
