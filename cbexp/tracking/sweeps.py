@@ -139,6 +139,12 @@ class SweepCallback(Callback):
 CURRENT_SWEEP = {}
 
 
+def count_launched(jobs):
+  """A launcher submitted ``jobs`` jobs of the current sweep: the summary counts them even if
+  they never start (no job folder)."""
+  CURRENT_SWEEP["launched"] = CURRENT_SWEEP.get("launched", 0) + jobs
+
+
 def print_sweep_summary(problem=None, stopped=None):
   """After a multirun (also one that failed or was stopped): ends the parent run (FINISHED, FAILED
   if a job did not finish or ``problem`` (one line) stopped the sweep, KILLED if ``stopped``

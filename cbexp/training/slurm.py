@@ -262,7 +262,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
       lines = [x.strip() for x in str(error).splitlines() if "error" in x.lower()] or ["?"]
       reason = re.sub(r"^sbatch: error: (Batch job submission failed: )?", "", lines[-1])
       raise SlurmError(f"sbatch refused the jobs: {reason}") from None
-    sweeps.CURRENT_SWEEP["launched"] = sweeps.CURRENT_SWEEP.get("launched", 0) + len(jobs)
+    sweeps.count_launched(len(jobs))
     names = [" ".join(overrides) for overrides in job_overrides]
     try:
       return follow(jobs, names, self.poll_s)
