@@ -230,8 +230,10 @@ def _add_common_arguments(parser, what="the output file"):
   parser.add_argument(
     "--numerics",
     choices=("float", "exact"),
-    help="entropy-parameter numerics: exact decodes the same on every "
-    "machine; encoder and decoder must use the same (default: the "
+    help="entropy-parameter numerics: exact computes the means and scale "
+    "indexes in integer arithmetic, so every machine decodes the same symbols "
+    "(the image may still differ by one level in a few pixels: the synthesis "
+    "stays float); encoder and decoder must use the same (default: the "
     "model's own)",
   )
   parser.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")

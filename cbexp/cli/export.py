@@ -80,8 +80,9 @@ def build_parser():
     "--numerics",
     choices=("float", "exact"),
     help="entropy-parameter numerics: exact computes means and scale indexes "
-    "in integer arithmetic, the same bits on every machine (default: "
-    "the model's own)",
+    "in integer arithmetic, the same bits on every machine, so the same "
+    "decoded symbols (the synthesis stays float: the image may differ by "
+    "one level in a few pixels) (default: the model's own)",
   )
   return parser
 

@@ -1,8 +1,11 @@
 """The exact entropy path (``entropy.numerics=exact``): integer versions of every network whose
 output decides a coded symbol, so that encoder and decoder compute bit-identical means and scale
 indexes on any machine, thread count, oneDNN setting or instruction set, where float32 results
-depend on the summation order. ``exact_networks`` converts a trained model's weights (no
-calibration data, no training change); training and the estimated rate stay float.
+depend on the summation order. What that guarantees is the entropy decoding: every machine
+decodes the same symbols (the same quantized latents) from a file. The synthesis transform stays
+float, so the reconstructed image may differ by one level in a few pixels between machines.
+``exact_networks`` converts a trained model's weights (no calibration data, no training change);
+training and the estimated rate stay float.
 """
 
 import numpy as np

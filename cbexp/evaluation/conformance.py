@@ -33,6 +33,7 @@ class DecodeEnvironment:
   threads: int = 2
   precision: str = "float32"
   index_offset: float = 0.0  # added to the decoder's scale indexes: a deliberately broken decoder
+  one_cpu: bool = False  # the process pinned to one CPU (as ``taskset -c 0``)
   about: str = ""
 
 
@@ -54,6 +55,19 @@ CONFIGS = {
   "avx2_threads1": DecodeEnvironment(
     dict(_CPU, ONEDNN_MAX_CPU_ISA="AVX2"), threads=1, about="AVX2 cap and 1 thread"
   ),
+  # The AVX2 cap changes nothing on a CPU without AVX-512; SSE4.1 is another instruction set on
+  # every AVX2 or AVX-512 CPU, so it is the configuration that changes the kernels for real.
+  "sse41": DecodeEnvironment(
+    dict(_CPU, ONEDNN_MAX_CPU_ISA="SSE41"),
+    about="ONEDNN_MAX_CPU_ISA=SSE41 (oneDNN kernels without AVX: another instruction set on "
+    "any AVX2 or AVX-512 CPU)",
+  ),
+  "sse41_threads1": DecodeEnvironment(
+    dict(_CPU, ONEDNN_MAX_CPU_ISA="SSE41"), threads=1, about="SSE4.1 cap and 1 thread"
+  ),
+  "one_cpu": DecodeEnvironment(
+    _CPU, one_cpu=True, about="pinned to one CPU, as taskset -c 0 (thread pools of one core)"
+  ),
   "bfloat16": DecodeEnvironment(
     _CPU,
     precision="bfloat16",
@@ -68,7 +82,15 @@ CONFIGS = {
     "checks that the measurement sees mismatches",
   ),
 }
-DEFAULT_CONFIGS = ("threads1", "onednn_off", "avx2", "onednn_off_threads1", "bfloat16")
+DEFAULT_CONFIGS = (
+  "threads1",
+  "onednn_off",
+  "avx2",
+  "sse41",
+  "one_cpu",
+  "onednn_off_threads1",
+  "bfloat16",
+)
 # Environment variables that change the numerics; the reference configuration has none of them.
 NUMERIC_ENV = (
   "TF_ENABLE_ONEDNN_OPTS",
@@ -404,6 +426,12 @@ def worker_env(config):
   return env
 
 
+def _pin_to_one_cpu():
+  """In the worker before it starts: only the first CPU this process may use, so that TensorFlow
+  and oneDNN size their thread pools for one core."""
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def run_worker(job, work, timeout):
   """Runs ``job`` in a fresh process in its configuration -> (its result, seconds)."""
   name = job.get("config", "reference")
@@ -417,6 +445,7 @@ def run_worker(job, work, timeout):
       capture_output=True,
       text=True,
       timeout=timeout,
+      preexec_fn=_pin_to_one_cpu if CONFIGS[name].one_cpu else None,
     )
   except subprocess.TimeoutExpired:
     raise ConformanceError(

@@ -28,10 +28,12 @@ def cpu_facts():
 
 
 def worker_info():
-  """The TensorFlow process's own settings: intra-op threads and the GPUs it sees."""
+  """The TensorFlow process's own settings: the CPUs it may run on, intra-op threads and the GPUs
+  it sees."""
   import tensorflow as tf
 
   return {
+    "cpus_available": len(os.sched_getaffinity(0)),
     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
     "gpus_visible": len(tf.config.list_physical_devices("GPU")),
   }

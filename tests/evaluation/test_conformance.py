@@ -24,20 +24,17 @@ def conformance(arguments, cwd, timeout=900):
   )
 
 
-def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path):
+def tiny_conformance(tmp_path, *arguments):
+  """The matrix of an untrained tiny hyperprior on one 64x128 image, written to tmp_path/out."""
   images = write_images(tmp_path / "images", [(64, 128)])
+  model = ["entropy=hyperprior", "transform=tiny", "entropy.hidden_filters=[16,16]"]
+  return conformance([*model, f"images={images}", f"out={tmp_path / 'out'}", *arguments], tmp_path)
+
+
+def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path):
   out = tmp_path / "out"
-  result = conformance(
-    [
-      "entropy=hyperprior",
-      "transform=tiny",
-      "entropy.hidden_filters=[16,16]",
-      f"images={images}",
-      "configs=reference,index_offset",
-      f"out={out}",
-      f"mlflow=sqlite:///{tmp_path}/mlflow.db",
-    ],
-    cwd=tmp_path,
+  result = tiny_conformance(
+    tmp_path, "configs=reference,index_offset", f"mlflow=sqlite:///{tmp_path}/mlflow.db"
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = pd.read_csv(out / "conformance.csv").set_index("config")
@@ -60,6 +57,23 @@ def test_same_configuration_matches_and_a_perturbed_decoder_is_detected(tmp_path
   runs = client.search_runs([client.get_experiment_by_name("conformance").experiment_id])
   assert {r.data.params["config"] for r in runs} == {"reference", "index_offset"}
   assert all("conformance/mismatches_per_million" in r.data.metrics for r in runs)
+
+
+def test_exact_numerics_decode_the_same_symbols_in_another_instruction_set(tmp_path):
+  """The configurations that change the kernels for real: oneDNN capped at SSE4.1 (another
+  instruction set on an AVX2 or AVX-512 CPU) and a process pinned to one CPU. With exact
+  numerics every coded scale index and symbol is the encoder's and no image is corrupted (the
+  synthesis stays float: an image may differ by a level, reported as pixels differ)."""
+  out = tmp_path / "out"
+  result = tiny_conformance(tmp_path, "numerics=exact", "configs=sse41,one_cpu")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = pd.read_csv(out / "conformance.csv").set_index("config")
+  assert set(summary.index) == {"sse41", "one_cpu"}
+  assert (summary.symbols == 64 * 128 // 256 * 40).all()
+  assert (summary.mismatches_per_million == 0).all() and (summary.index_mismatches == 0).all()
+  assert (summary.images_corrupted == 0).all()
+  per_image = pd.read_csv(out / "conformance_per_image.csv").set_index("config")
+  assert per_image.loc["one_cpu", "cpus_available"] == 1
 
 
 def test_record_comparison_counts_indexes_and_symbols():
