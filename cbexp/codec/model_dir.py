@@ -54,7 +54,13 @@ def load_model_dir(directory, build_coders=True, numerics=None, name=None):
   prefix = directory / "weights" / "model"
   if not tf.io.gfile.exists(str(prefix) + ".index"):
     raise ModelDirError(f"{where}: no weights (expected weights/model.index)")
-  tf.train.Checkpoint(model=model).read(str(prefix)).expect_partial()
+  try:
+    tf.train.Checkpoint(model=model).read(str(prefix)).expect_partial()
+  except (tf.errors.OpError, ValueError) as error:  # TensorFlow's message names a local path
+    raise ModelDirError(
+      f"{where}: its weights cannot be read (weights/model.*: {error.__class__.__name__}); "
+      "the checkpoint is damaged, incomplete or of another config"
+    ) from None
   if build_coders:
     model.build_coders()
   return model, cfg

@@ -645,6 +645,30 @@ def test_a_hostile_model_is_refused_from_a_subprocess_and_an_mlflow_run(tiny, tm
   assert victim.read_text() == "precious" and not (tmp_path / "export").exists()
 
 
+@pytest.mark.parametrize("case", ["damaged index", "missing data", "another config's weights"])
+def test_weights_that_cannot_be_read_are_one_line(tiny, tmp_path, capsys, case):
+  folder, _ = tiny
+  damaged = tmp_path / "model"
+  shutil.copytree(folder / "model", damaged)
+  if case == "damaged index":
+    (damaged / "weights" / "model.index").write_bytes(b"garbage")
+  elif case == "missing data":
+    for path in (damaged / "weights").glob("model.data*"):
+      path.unlink()
+  else:
+    config = yaml.safe_load((damaged / "config.yaml").read_text())
+    config["entropy"]["hidden_filters"] = [8, 8]
+    (damaged / "config.yaml").write_text(yaml.safe_dump(config))
+  output = tmp_path / "out.png"
+  assert_main_refused(
+    codec_main,
+    ["decompress", "--model", damaged, folder / "good.cbx", output],
+    capsys,
+    re.escape(f"{damaged}: its weights cannot be read (weights/model.*: "),
+    output,
+  )
+
+
 @pytest.mark.parametrize(
   "text,message",
   [
