@@ -78,6 +78,9 @@ def main():
     if os.environ.get("CBEXP_DEBUG"):
       raise
     problem, status = describe(error), USER_ERROR
+  except BaseException as error:  # a bug (its traceback follows) or an exit: the parent run ends
+    sweeps.print_sweep_summary(problem=f"the launcher stopped: {error.__class__.__name__}")
+    raise
   # After a multirun (no-op otherwise): the parent run ended, failed jobs included.
   if not sweeps.print_sweep_summary(problem=problem, stopped=stopped):
     if problem:

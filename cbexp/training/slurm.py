@@ -56,6 +56,7 @@ NEVER_STARTS = (
   "AssocMaxWallDurationPerJobLimit",
   "ReqNodeNotAvail",
 )
+SQUEUE_PATIENCE_S = 600  # how long squeue may fail in a row before the launcher gives up
 ENDED = (
   "BOOT_FAIL",
   "CANCELLED",
@@ -355,9 +356,17 @@ class FailedJob(JobReturn):
 def follow(jobs, names, poll_s):
   """Waits for ``jobs`` (submitit's, one per sweep job, ``names`` their overrides) -> their
   JobReturns; prints one line per job that failed or never starts."""
-  results, ended_polls = {}, {}
+  results, ended_polls, unanswered = {}, {}, 0
   while len(results) < len(jobs):
-    states = job_states([job.job_id for job in jobs])
+    try:
+      states = job_states([job.job_id for job in jobs])
+      unanswered = 0
+    except SlurmError:  # slurmctld busy or restarting: the jobs run on; ask again
+      unanswered += 1
+      if unanswered * poll_s > SQUEUE_PATIENCE_S:
+        raise
+      time.sleep(poll_s)
+      continue
     for index, job in enumerate(jobs):
       if index in results:
         continue
@@ -365,7 +374,8 @@ def follow(jobs, names, poll_s):
       outcome = job_outcome(job, state, reason, ended_polls)
       if outcome is None:
         continue
-      if isinstance(outcome, str):
+      how, outcome = outcome
+      if how == "failed":
         print(f"error: job {job.job_id} ({names[index]}): {outcome}", file=sys.stderr)
         outcome = FailedJob(
           overrides=names[index].split(),
@@ -379,10 +389,10 @@ def follow(jobs, names, poll_s):
 
 
 def job_outcome(job, state, reason, ended_polls):
-  """A finished job's JobReturn, a failed job's one line, or None while it runs."""
+  """("done", the job's JobReturn), ("failed", one line), or None while it runs."""
   if state == "PENDING" and reason in NEVER_STARTS:
     _cancel([job.job_id])
-    return (
+    return "failed", (
       f"cannot start: Slurm keeps it pending with Reason={reason} (no node of the partition "
       "can give what it asks for); cancelled"
     )
@@ -393,7 +403,7 @@ def job_outcome(job, state, reason, ended_polls):
       for t, o in enumerate(outcomes)
       if o[0] != "success"
     ]
-    return "; ".join(errors) if errors else outcomes[0][1]
+    return ("failed", "; ".join(errors)) if errors else ("done", outcomes[0][1])
   if state and state not in ENDED:
     return None
   # Ended (or no longer listed) without every result: once more, for files still arriving.
@@ -405,6 +415,5 @@ def job_outcome(job, state, reason, ended_polls):
     f"task {t}: {error_line(o[1])}" for t, o in enumerate(outcomes) if o and o[0] != "success"
   ]
   said = f"Slurm state {state}" if state else "no longer listed by Slurm"
-  return "; ".join(
-    [f"task {', '.join(missing)} ended without a result ({said}; log {job.paths.stderr})"] + errors
-  )
+  ended = f"task {', '.join(missing)} ended without a result ({said}; log {job.paths.stderr})"
+  return "failed", "; ".join([ended] + errors)

@@ -323,3 +323,28 @@ def test_what_sinfo_says_is_read_as_slurm_means_it():
     "hydra.launcher.mem_gb=300: the nodes of partition gpu have at most 256 GB; set "
     "hydra.launcher.mem_gb"
   )
+
+
+def test_the_launcher_asks_again_when_squeue_does_not_answer(monkeypatch, tmp_path):
+  """A failing squeue (slurmctld restarting) is asked again; the job's result is still read."""
+  import pickle
+  import types
+
+  from cbexp.training import slurm as launcher
+
+  result = tmp_path / "5_0_result.pkl"
+  result.write_bytes(pickle.dumps(("success", "the job's value")))
+  job = types.SimpleNamespace(job_id="5", num_tasks=1)
+  job.paths = types.SimpleNamespace(result_pickle=result, stderr=tmp_path / "5_0_log.err")
+  job.task = lambda task: job
+  answers = [launcher.SlurmError("squeue: error: Socket timed out"), {"5": ("COMPLETED", "")}]
+
+  def job_states(ids):
+    answer = answers.pop(0)
+    if isinstance(answer, Exception):
+      raise answer
+    return answer
+
+  monkeypatch.setattr(launcher, "job_states", job_states)
+  assert launcher.follow([job], ["lmbda=0.01"], poll_s=0) == ["the job's value"]
+  assert answers == []
