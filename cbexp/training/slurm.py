@@ -36,7 +36,8 @@ from cbexp.errors import USER_ERROR, CbexpError, Terminated
 from cbexp.tracking import sweeps
 
 # Pending reasons that no amount of waiting clears: the job asks for what its partition, QOS or
-# account can never give (squeue's REASON, man squeue "JOB REASON CODES").
+# account can never give (squeue's REASON, man squeue "JOB REASON CODES"). Not ReqNodeNotAvail,
+# PartitionDown or PartitionInactive: nodes and partitions come back.
 NEVER_STARTS = (
   "PartitionConfig",
   "PartitionNodeLimit",
@@ -54,7 +55,6 @@ NEVER_STARTS = (
   "AssocMaxMemPerJob",
   "AssocMaxNodesPerJob",
   "AssocMaxWallDurationPerJobLimit",
-  "ReqNodeNotAvail",
 )
 SQUEUE_PATIENCE_S = 600  # how long squeue may fail in a row before the launcher gives up
 ENDED = (
