@@ -6,6 +6,7 @@ ports. Commands reach it through ``SLURM_CONF``.
 
 import os
 import pathlib
+import random
 import shutil
 import socket
 import subprocess
@@ -71,6 +72,9 @@ class Cluster:
     self.dbd_port = _free_port()
     lines = [
       "ClusterName=cbexptest",
+      # Job ids (hence the ports of multi-worker jobs, cbexp.training.distributed) apart from
+      # those of another test cluster on this machine (pytest -n).
+      f"FirstJobId={random.randrange(1, 9000, 10)}",
       f"SlurmctldHost={self.node}",
       "SlurmUser=root",
       "SlurmdUser=root",

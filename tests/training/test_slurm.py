@@ -109,6 +109,7 @@ def assert_one_line_each(stderr):
 
 def test_requests_that_cannot_run_are_refused_in_one_line(cluster, tmp_path):
   arguments = tiny_run_overrides(tmp_path, steps=2)
+  before = states(cluster)
   # The default launcher asks for a GPU; this cluster has none.
   code, stderr = run(cluster, [*arguments, "hydra/launcher=slurm"], tmp_path)
   assert code == 2 and stderr.strip().splitlines() == [
@@ -129,7 +130,7 @@ def test_requests_that_cannot_run_are_refused_in_one_line(cluster, tmp_path):
     "hydra.launcher.cpus_per_task"
   ], stderr
   # Nothing submitted, no MLflow run created.
-  assert states(cluster) == {} and sweep_runs(tmp_path) == ([], [])
+  assert states(cluster) == before and sweep_runs(tmp_path) == ([], [])
 
   # sbatch itself refuses (a node feature the cluster lacks): one line, the parent run FAILED.
   code, stderr = run(
