@@ -28,10 +28,23 @@ def write_atomic(path, data, replace=True):
     if replace:
       os.replace(temporary, path)
     else:
-      os.link(temporary, path)
+      _claim(temporary, path)
   finally:
     if os.path.exists(temporary):
       os.unlink(temporary)
+
+
+def _claim(temporary, path):
+  """Puts ``temporary`` at the new name ``path``, FileExistsError if that name exists."""
+  try:
+    os.link(temporary, path)
+  except FileExistsError:
+    raise
+  except OSError:  # a file system without hard links (FAT, some network mounts)
+    # The name is claimed by creating it (O_EXCL decides between racing writers), then the
+    # written file replaces the writer's own empty placeholder.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.replace(temporary, path)
 
 
 class RecordError(CbexpError, ValueError):

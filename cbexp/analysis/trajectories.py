@@ -12,6 +12,9 @@ compute at their last RD point); each run is taken at its last RD point within t
 These points are on the validation images, never the test images.
 """
 
+import math
+import sys
+
 import pandas as pd
 
 from cbexp.analysis.points import AnalysisError
@@ -42,6 +45,8 @@ def load_trajectories(uri, per_run):
     compute = {name: _history(client, run.run_id, key) for name, key in COMPUTE_KEYS.items()}
     base = {column: getattr(run, column) for column in RUN_COLUMNS}
     for step in sorted(rd["bpp"]):
+      if not all(_finite(rd[k].get(step)) for k in ("bpp", "psnr")):
+        continue  # a diverged step: MLflow keeps inf as the largest float, not a point to draw
       row = dict(base, step=step, **{k: rd[k].get(step) for k in rd})
       row.update({k: compute[k].get(step) for k in compute})
       rows.append(row)
@@ -50,6 +55,10 @@ def load_trajectories(uri, per_run):
   if not trajectory.empty:
     trajectory["ms_ssim_db"] = ms_ssim_db(trajectory["ms_ssim"].to_numpy(dtype=float))
   return trajectory, pd.DataFrame(image_rows)
+
+
+def _finite(value):
+  return value is not None and math.isfinite(value) and abs(value) < sys.float_info.max
 
 
 def _per_image_rows(client, run_id):

@@ -72,3 +72,23 @@ def test_the_trajectory_figure_draws_one_line_per_run_and_quantity():
   rate_ax, quality_ax = figure.axes
   assert len(rate_ax.lines) == 2
   assert len(quality_ax.lines) == 2 + 2 + 1  # runs, then legend entries: 2 curves, 1 lambda
+
+
+def test_non_finite_rd_points_are_left_out_of_the_trajectories(tmp_path):
+  """A step whose logged RD point is not finite (MLflow stores inf as the largest float) is not
+  a point of the trajectory; the run's finite steps are."""
+  from mlflow.tracking import MlflowClient
+
+  uri = f"sqlite:///{tmp_path}/mlflow.db"
+  client = MlflowClient(uri)
+  run_id = client.create_run(client.create_experiment("t")).info.run_id
+  for step, bpp in ((1, 0.5), (2, float("inf")), (3, 0.4)):
+    for key, value in (("rd/bpp", bpp), ("rd/psnr", 25.0 + step), ("rd/ms_ssim", 0.9)):
+      client.log_metric(run_id, key, value, step=step)
+    client.log_metric(run_id, "compute/cpu_s", 10.0 * step, step=step)
+  per_run = pd.DataFrame(
+    [dict(run_id=run_id, curve="c", curve_id="c", entropy="c", lmbda=0.01, seed=0, train_set="t")]
+  )
+  trajectory, _ = trajectories.load_trajectories(uri, per_run)
+  assert trajectory["step"].tolist() == [1, 3]
+  assert trajectory["bpp"].tolist() == [0.5, 0.4]

@@ -512,6 +512,29 @@ def test_two_compressions_to_one_new_file_leave_one_writer(tiny, tmp_path):
   assert bitstream.read(output)[0] == stream
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+def test_a_new_output_is_claimed_once_with_or_without_hard_links(tmp_path, monkeypatch, links):
+  """write_atomic(replace=False): the first writer's bytes, the second told FileExistsError, no
+  temporary left, also where the file system refuses hard links (the name is claimed by O_EXCL)."""
+  import errno
+  import os
+
+  from cbexp import files
+
+  if not links:
+
+    def no_link(source, target):
+      raise OSError(errno.EPERM, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "link", no_link)
+  output = tmp_path / "out.cbx"
+  files.write_atomic(output, b"first", replace=False)
+  with pytest.raises(FileExistsError):
+    files.write_atomic(output, b"second", replace=False)
+  assert output.read_bytes() == b"first"
+  assert [p.name for p in tmp_path.iterdir()] == ["out.cbx"]
+
+
 # --- 6: the fingerprint covers the range-coding tables --------------------------------------------
 def test_altered_range_coding_tables_are_refused(tiny, tmp_path, capsys):
   folder, _ = tiny
