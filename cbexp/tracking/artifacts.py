@@ -90,22 +90,45 @@ def _location(uri, model_uri, tracking_uri):
   rest = model_uri.split(":/", 1)[1].strip("/")
   if any(part in ("..", ".") for part in rest.split("/")):
     raise LoadError(f"{uri}: a path inside a run or model may not contain '.' or '..' parts")
+  client = MlflowClient(tracking_uri)
   if not model_uri.startswith("runs:/"):
     base, path = ModelsArtifactRepository.split_models_uri(model_uri)
+    _refuse_deleted_source(uri, client, base)
     return _join(ModelsArtifactRepository.get_underlying_uri(base), path)
-  client = MlflowClient(tracking_uri)
   run_id, _, path = rest.partition("/")
   run = client.get_run(run_id)
-  if run.info.lifecycle_stage == "deleted":
-    raise LoadError(
-      f"{uri}: the run is deleted; restore it first (mlflow runs restore --run-id {run_id})"
-    )
+  _refuse_deleted(uri, run, "the run")
   name, _, inside = path.partition("/")
   for output in run.outputs.model_outputs if run.outputs else ():
     logged = client.get_logged_model(output.model_id)
     if logged.name == name:
       return _join(logged.artifact_location, inside)
   return _join(run.info.artifact_uri, path)
+
+
+def _refuse_deleted(uri, run, what):
+  if run.info.lifecycle_stage == "deleted":
+    run_id = run.info.run_id
+    raise LoadError(
+      f"{uri}: {what} is deleted; restore it first (mlflow runs restore --run-id {run_id})"
+    )
+
+
+def _refuse_deleted_source(uri, client, models_uri):
+  """A registered version whose source run was deleted is refused like the run itself: deleting
+  the run is how a user withdraws its model. A version with no run in this store stands alone."""
+  from mlflow.exceptions import MlflowException
+  from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+  name, version = get_model_name_and_version(client, models_uri)
+  run_id = client.get_model_version(name, version).run_id
+  if not run_id:
+    return
+  try:
+    run = client.get_run(run_id)
+  except MlflowException:
+    return
+  _refuse_deleted(uri, run, f"its source run {run_id}")
 
 
 def _join(location, path):

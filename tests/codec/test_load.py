@@ -150,7 +150,8 @@ def test_an_unusable_reference_is_one_line_naming_it_as_typed(references, tmp_pa
 def store_cases(references, tmp_path_factory):
   """Runs and registered models of the same store that must be refused: a run whose model config
   names code, a deleted run, a run without artifacts, a run whose ``model`` artifact is not a
-  cbexp model, that run registered, and a deleted version of a registered model; -> {case:
+  cbexp model, that run registered, a deleted version of a registered model, and a version whose
+  source run is deleted; -> {case:
   reference as typed}."""
   import shutil
 
@@ -180,6 +181,10 @@ def store_cases(references, tmp_path_factory):
     with mlflow.start_run(experiment_id=experiment) as run:
       mlflow.log_artifacts(str(folder / "foreign"), artifact_path="model")
     runs["foreign"] = run.info.run_id
+  client.create_registered_model("withdrawn")  # a cbexp model whose source run is deleted below
+  client.create_model_version(
+    "withdrawn", f"{client.get_run(runs['deleted']).info.artifact_uri}/model", runs["deleted"]
+  )
   for name in ("foreign", "dropped"):  # versions of the foreign run's artifact
     client.create_registered_model(name)
     version = client.create_model_version(
@@ -195,6 +200,7 @@ def store_cases(references, tmp_path_factory):
     "escape": f"runs:/{runs['empty']}/../../../../etc",
     "foreign_registered": "models:/foreign/1",
     "deleted_version": f"models:/dropped/{version}",
+    "deleted_source": "models:/withdrawn/1",
   }
 
 
@@ -206,6 +212,7 @@ STORE_REFUSALS = {
   "escape": "a path inside a run or model may not contain '.' or '..' parts",
   "foreign_registered": "not a cbexp model",
   "deleted_version": r"Model Version \(name=dropped, version=1\) not found",
+  "deleted_source": r"its source run \w+ is deleted; restore it first \(mlflow runs restore ",
 }
 
 
