@@ -248,7 +248,7 @@ def test_a_truncated_eval_image_is_found_before_training(tmp_path):
   bad = write_images(tmp_path / "eval", [(192, 192)], seed=10) / "im00.png"
   bad.write_bytes(bad.read_bytes()[:-300])
   line = one_line_error(run_cbexp(arguments, cwd=tmp_path))
-  assert f"{bad}: not a readable image" in line
+  assert f"{bad}: truncated PNG (the file ends before its IEND chunk)" in line
   assert (
     not list(tmp_path.glob("outputs/runs/*/checkpoints")) and not (tmp_path / "mlflow.db").exists()
   )
