@@ -15,6 +15,7 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from cbexp.errors import CbexpError
+from cbexp.models.transforms import BACKBONES, DEFAULT_BACKBONE
 
 # The configs ship inside the package (a regular install, a wheel, runs them); the repository's
 # top-level conf/ is a link to this folder, the place a reader looks and edits.
@@ -171,6 +172,11 @@ def model_config(cfg, resolve=True):
         )
       _check_plain(value, name)
     model[section] = dict(values)
+  backbone = model["transform"].get("name", DEFAULT_BACKBONE)
+  if backbone not in BACKBONES:
+    raise ConfigError(
+      f"transform.name: {backbone!r} is not one of cbexp's backbones ({', '.join(BACKBONES)})"
+    )
   target = model["entropy"].get("_target_")
   if target not in entropy_classes():
     raise ConfigError(
@@ -228,6 +234,7 @@ def build_model(cfg: DictConfig):
   """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
   validated first (``model_config``); the entropy class is one of cbexp's own."""
   from cbexp.models.compression import CompressionModel
+  from cbexp.models.transforms import build_backbone
 
   model = model_config(cfg)
   t = model["transform"]
@@ -240,8 +247,13 @@ def build_model(cfg: DictConfig):
     scale_table=dict(model["scale_table"]),
     **entropy,
   )
+  try:
+    analysis, synthesis = build_backbone(t)
+  except ValueError as error:  # an option the backbone does not have
+    raise ConfigError(str(error)) from None
   return CompressionModel(
-    num_filters=t["num_filters"],
+    analysis=analysis,
+    synthesis=synthesis,
     latent_depth=t["latent_depth"],
     hyperprior_depth=t["hyperprior_depth"],
     hyper_analysis_filters=list(t["hyper_analysis_filters"]),

@@ -20,7 +20,7 @@ from cbexp.entropy.base import (
 )
 from cbexp.entropy.hyperprior import MeanScaleHyperprior
 from cbexp.entropy.layers import MaskedConv2D, dense_macs
-from cbexp.models.transforms import transform_macs
+from cbexp.models.transforms.layers import transform_macs
 
 
 def raster_context_mask(kernel_size=5):

@@ -6,7 +6,7 @@ charm_checkerboard share.
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput, SharedConstructor, call_stage
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
+from cbexp.models.transforms.layers import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
 class ChannelSlices(SharedConstructor):

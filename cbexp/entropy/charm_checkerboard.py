@@ -13,7 +13,7 @@ from cbexp.entropy.layers import (
   merge_checkerboard,
   split_checkerboard,
 )
-from cbexp.models.transforms import SliceTransform
+from cbexp.models.transforms.layers import SliceTransform
 
 
 def resolve_slices(slices, latent_depth):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.hyperprior import MeanScaleHyperprior
 from cbexp.entropy.layers import CheckerboardContext, merge_checkerboard, split_checkerboard
-from cbexp.models.transforms import HyperSynthesisTransform, transform_macs
+from cbexp.models.transforms.layers import HyperSynthesisTransform, transform_macs
 
 
 class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput, SharedConstructor
 from cbexp.entropy.layers import EntropyParameters
-from cbexp.models.transforms import HyperSynthesisTransform, SliceTransform, transform_macs
+from cbexp.models.transforms.layers import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
 class MeanScaleHyperprior(SharedConstructor):

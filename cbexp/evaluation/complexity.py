@@ -8,7 +8,7 @@ once, so it cannot count a serial decoder (the tests compare the two on the othe
 
 from cbexp.constants import padded_size
 from cbexp.entropy.base import MAC_STAGES
-from cbexp.models.transforms import transform_macs
+from cbexp.models.transforms.layers import transform_macs
 
 STAGES = MAC_STAGES + ("synthesis",)
 

@@ -50,7 +50,8 @@ def summarize(model, cfg):
   excess = _rdft_excess([model.analysis, model.synthesis, model.hyper_analysis])
   lines = [
     f"entropy: {cfg.entropy.name}",
-    f"transform: {cfg.transform.num_filters} filters, latent_depth "
+    f"transform: {cfg.transform.get('name', 'ms2020')}, {cfg.transform.num_filters} filters, "
+    f"latent_depth "
     f"{cfg.transform.latent_depth}, hyperprior_depth {cfg.transform.hyperprior_depth}",
     f"trainable_parameters: {total}",
     f"trainable_parameters_millions: {total / 1e6:.1f}M",

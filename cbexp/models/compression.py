@@ -1,4 +1,5 @@
-"""The compression model: ms2020 transforms + factorized prior on z + a pluggable entropy model.
+"""The compression model: a backbone's transforms (``cbexp.models.transforms``) + factorized prior
+on z + a pluggable entropy model.
 
     x -> g_a -> y -> h_a -> z  --(factorized prior)-->  z_hat
                 y, z_hat --(entropy model)--> y_hat -> g_s -> x_hat
@@ -25,7 +26,7 @@ from cbexp.entropy.base import (
   verify_strings,
 )
 from cbexp.errors import CbexpError
-from cbexp.models.transforms import AnalysisTransform, HyperAnalysisTransform, SynthesisTransform
+from cbexp.models.transforms.layers import HyperAnalysisTransform
 
 
 @dataclasses.dataclass
@@ -115,7 +116,8 @@ def compare_symbol_checks(stored, decoded):
 class CompressionModel(tf.keras.Model):
   def __init__(
     self,
-    num_filters,
+    analysis,
+    synthesis,
     latent_depth,
     hyperprior_depth,
     hyper_analysis_filters,
@@ -126,8 +128,8 @@ class CompressionModel(tf.keras.Model):
     self.lmbda = float(lmbda)
     self.latent_depth = int(latent_depth)
     self.hyperprior_depth = int(hyperprior_depth)
-    self.analysis = AnalysisTransform(num_filters, latent_depth)
-    self.synthesis = SynthesisTransform(num_filters)
+    self.analysis = analysis  # g_a and g_s: a backbone's (cbexp.models.transforms.build_backbone)
+    self.synthesis = synthesis
     self.hyper_analysis = HyperAnalysisTransform(hyper_analysis_filters, hyperprior_depth)
     self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[hyperprior_depth])
     self.entropy_model = entropy_model
@@ -184,10 +186,10 @@ class CompressionModel(tf.keras.Model):
     self.entropy_model.build_coders()
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
-    from cbexp.models.precision import MaterializedTransform
+    from cbexp.models.precision import coding_transform
 
-    self._coding_analysis = MaterializedTransform(self.analysis)
-    self._coding_hyper_analysis = MaterializedTransform(self.hyper_analysis)
+    self._coding_analysis = coding_transform(self.analysis)
+    self._coding_hyper_analysis = coding_transform(self.hyper_analysis)
     self._compress_graph = tf.function(
       self.compress_padded, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)]
     )
@@ -277,13 +279,13 @@ class CompressionModel(tf.keras.Model):
     """Runs the synthesis in "float32" (the reference) or "bfloat16" when decoding
     (cbexp.precision): the strings do not change, the reconstruction slightly does. The
     kernels are a snapshot of the weights; ``build_coders`` takes a new one."""
-    from cbexp.models.precision import MaterializedTransform, check_precision
+    from cbexp.models.precision import check_precision, coding_transform
 
     self._decode_precision = check_precision(precision)
     # The synthesis the decoder runs: kernels materialized once (a plain object, no tf.Module:
     # no checkpoint dependencies). In float32 the output is bit-identical to self.synthesis,
     # without recomputing the RDFT kernel parameterization on every call.
-    self.decoding_synthesis = MaterializedTransform(self.synthesis, precision)
+    self.decoding_synthesis = coding_transform(self.synthesis, precision)
     self.entropy_model.set_decode_precision(precision)  # its LRP, where that is safe
     self._decompress_graph = tf.function(
       self.decompress_padded,

@@ -18,6 +18,24 @@ def check_precision(precision):
   return precision
 
 
+def coding_transform(transform, precision="float32"):
+  """The transform the codec's graphs run: a ``MaterializedTransform`` where the transform is a
+  Sequential of tfc.SignalConv2D layers and Lambda scalings (ms2020, mbt2018, the hyper
+  transforms), else the transform itself (the residual backbones, whose plain kernel variables
+  need no per-call computation), which decodes in float32 only."""
+  supported = all(
+    isinstance(layer, (tfc.SignalConv2D, tf.keras.layers.Lambda)) for layer in transform.layers
+  )
+  if supported:
+    return MaterializedTransform(transform, precision)
+  if check_precision(precision) != "float32":
+    raise ValueError(
+      f"decode precision {precision}: available for the ms2020 and mbt2018 backbones only "
+      f"({transform.name} has residual blocks); use float32"
+    )
+  return transform
+
+
 class MaterializedTransform:
   """A Sequential of tfc.SignalConv2D layers (with GDN/IGDN, ReLU or no activation) and Lambda
   scalings, run as plain TF ops on kernels computed once.

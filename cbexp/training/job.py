@@ -100,9 +100,7 @@ def start_tracked_run(cfg, plan):
 def run_tags(cfg, run_dir):
   """What the run trains and where (the tags the analysis selects by), versions, its sweep."""
   sweep = sweeps.sweep_info()
-  transform = runs.config_choice(
-    "transform", "ms2020" if cfg.transform.num_filters == 192 else "custom"
-  )
+  transform = runs.config_choice("transform", cfg.transform.get("name", "ms2020"))
   tags = {
     "entropy": cfg.entropy.name,
     "lmbda": str(cfg.lmbda),

@@ -19,7 +19,7 @@ COMMANDS = {
   "cbexp.analysis": ["sweep_id", "anchor", "python -m cbexp.analysis sweep_id="],
   "cbexp.summary": [
     "entropy: autoregressive, charm",
-    "transform: ms2020, tiny",
+    "transform: cheng2020_anchor, cheng2020_anchor_tiny, cheng2020_attn",
     "python -m cbexp.summary entropy=checkerboard",
   ],
   "cbexp.bench": [

@@ -12,7 +12,8 @@ from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.layers import dense_macs
 from cbexp.evaluation import bench, complexity, conformance
 from cbexp.models.compression import CompressionModel
-from cbexp.models.transforms import HyperSynthesisTransform, transform_macs
+from cbexp.models.transforms import ms2020
+from cbexp.models.transforms.layers import HyperSynthesisTransform, transform_macs
 from helpers.models import assert_round_trip
 from helpers.runs import smooth_image
 
@@ -62,7 +63,8 @@ def model():
     LATENT, [16, 24], dict(num_scales=64, scale_min=0.11, scale_max=256.0)
   )
   model = CompressionModel(
-    num_filters=16,
+    analysis=ms2020.AnalysisTransform(16, LATENT),
+    synthesis=ms2020.SynthesisTransform(16, LATENT),
     latent_depth=LATENT,
     hyperprior_depth=HYPER,
     hyper_analysis_filters=[32, 24],

@@ -76,7 +76,7 @@ def test_float_numerics_gives_the_strings_of_the_float_layers(image):
 
 def _permuted_copy(transform, perm):
   """A copy of a SliceTransform whose first layer reads its input channels in order ``perm``."""
-  from cbexp.models.transforms import SliceTransform
+  from cbexp.models.transforms.layers import SliceTransform
 
   first = transform.layers[0]
   copy = SliceTransform(
@@ -107,7 +107,7 @@ def _requantize_reference(u, step, bits):
 
 def test_exact_networks_do_not_depend_on_summation_order():
   rng = np.random.default_rng(0)
-  from cbexp.models.transforms import SliceTransform
+  from cbexp.models.transforms.layers import SliceTransform
 
   transform = SliceTransform([24, 16], 8)
   transform.build(tf.TensorShape([None, None, None, 40]))
