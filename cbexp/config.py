@@ -15,7 +15,7 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from cbexp.errors import CbexpError
-from cbexp.models.transforms import BACKBONES, DEFAULT_BACKBONE
+from cbexp.models.transforms import check_transform_config
 
 # The configs ship inside the package (a regular install, a wheel, runs them); the repository's
 # top-level conf/ is a link to this folder, the place a reader looks and edits.
@@ -172,11 +172,10 @@ def model_config(cfg, resolve=True):
         )
       _check_plain(value, name)
     model[section] = dict(values)
-  backbone = model["transform"].get("name", DEFAULT_BACKBONE)
-  if backbone not in BACKBONES:
-    raise ConfigError(
-      f"transform.name: {backbone!r} is not one of cbexp's backbones ({', '.join(BACKBONES)})"
-    )
+  try:
+    check_transform_config(model["transform"])
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   target = model["entropy"].get("_target_")
   if target not in entropy_classes():
     raise ConfigError(

@@ -23,6 +23,7 @@ from cbexp.config import (
   entropy_names,
   group_options,
 )
+from cbexp.models.transforms import WIDTH_KEYS
 from cbexp.tracking import runs, store
 from cbexp.training import data, schedules
 
@@ -142,6 +143,8 @@ def check_numbers(cfg):
   number("trainer.rd_every", cfg.trainer.get("rd_every"), integer=True, optional=True)
   number("trainer.collective_timeout_s", cfg.trainer.get("collective_timeout_s"), optional=True)
   for key, value in cfg.transform.items():
+    if key not in WIDTH_KEYS:  # the backbone's name and options: checked when it is built
+      continue
     values = list(value) if OmegaConf.is_list(value) else [value]
     for item in values:
       number(f"transform.{key}", item, integer=True)

@@ -22,6 +22,7 @@ COMMON_KEYS = (
   "hyper_analysis_filters",
   "hyper_synthesis_filters",
 )
+WIDTH_KEYS = COMMON_KEYS[1:]  # integers (or lists of them), whatever the backbone
 DEFAULT_BACKBONE = "ms2020"  # what a saved model whose config names no backbone was built with
 
 
@@ -49,12 +50,21 @@ def check_transform_config(transform):
   """A transform config (a plain dict) -> its options for the backbone's classes; ValueError
   naming the first key that is not the backbone's."""
   name = transform.get("name", DEFAULT_BACKBONE)
+  if name not in BACKBONES:
+    backbone_module(name)  # raises, naming the backbones
+  extra = [key for key in transform if key not in COMMON_KEYS]
+  if not extra:  # no need to import the backbone (and TensorFlow) to check a plain config
+    return {}
   allowed = backbone_options(name)
-  for key in transform:
-    if key not in COMMON_KEYS and key not in allowed:
+  for key in extra:
+    if key not in allowed:
       known = ", ".join(sorted(allowed)) or "none"
       raise ValueError(
         f"transform.{key}: not an option of the {name} backbone (its options: {known})"
+      )
+    if type(transform[key]) is not type(allowed[key]):
+      raise ValueError(
+        f"transform.{key}: expected a {type(allowed[key]).__name__}, got {transform[key]!r}"
       )
   return {key: transform[key] for key in allowed if key in transform}
 
