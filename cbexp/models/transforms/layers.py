@@ -157,8 +157,12 @@ class Block(tf.keras.layers.Layer):
   sums its layers' counts (``sublayers``: the layers on the main path, in order, then the
   ``skip`` layers, which run on the block's input)."""
 
-  sublayers = ()
-  skip = ()
+  def __init__(self, name=None):
+    super().__init__(name=name)
+    # Assigned in __init__, never as class attributes: Keras tracks (and checkpoints) only the
+    # layers of lists assigned to the instance.
+    self.sublayers = []
+    self.skip = []
 
   def macs(self, height, width):
     macs, out_hw = layers_macs(self.sublayers, height, width)
