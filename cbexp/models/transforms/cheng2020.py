@@ -7,7 +7,14 @@ the simplified attention modules. Layer lists as in CompressAI's ``Cheng2020Anch
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from cbexp.models.transforms.layers import AttentionBlock, Block, conv, layers_macs, leaky_relu
+from cbexp.models.transforms.layers import (
+  AttentionBlock,
+  Block,
+  Subsample,
+  conv,
+  layers_macs,
+  leaky_relu,
+)
 
 
 class ResidualBlockWithStride(Block):
@@ -20,13 +27,15 @@ class ResidualBlockWithStride(Block):
       conv(filters, 3, name="conv_1"),
       tfc.GDN(name="gdn"),
     ]
-    self.skip = [conv(filters, 1, stride=2, name="skip")]
+    # The 1x1 stride-2 skip as a subsampling and a 1x1 (the same sums): TF 2.14's CPU gradient
+    # of a strided 1x1 convolution over few channels corrupts memory (the 3-channel image here).
+    self.skip = [Subsample(2), conv(filters, 1, name="skip")]
 
   def call(self, x):
     out = x
     for layer in self.sublayers:
       out = layer(out)
-    return out + self.skip[0](x)
+    return out + self.skip[1](self.skip[0](x))
 
 
 class ResidualBlock(Block):

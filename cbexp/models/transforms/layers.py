@@ -169,6 +169,21 @@ class Block(tf.keras.layers.Layer):
     return macs + layers_macs(self.skip, height, width)[0], out_hw
 
 
+class Subsample(tf.keras.layers.Layer):
+  """Keeps every ``stride``-th row and column from the first (a 1x1 convolution's sampling with
+  stride ``stride``, PyTorch's and tfc's): output ceil(size / stride)."""
+
+  def __init__(self, stride, name=None):
+    super().__init__(name=name)
+    self.stride = stride
+
+  def macs(self, height, width):
+    return 0, (-(-height // self.stride), -(-width // self.stride))
+
+  def call(self, x):
+    return x[:, :: self.stride, :: self.stride, :]
+
+
 def leaky_relu(x):
   return tf.nn.leaky_relu(x, alpha=0.01)  # PyTorch's nn.LeakyReLU default slope
 
