@@ -48,14 +48,27 @@ def test_every_group_option_composes(group, option, monkeypatch, tmp_path):
     assert container[group]["name"] == option
 
 
+# preset -> (backbone, entropy model, M), as published (docs/reference/backbones.md)
+PAPER_MODELS = {
+  "paper_charm": ("ms2020", "charm", 320),
+  "paper_checkerboard": ("ms2020", "checkerboard", 320),
+  "paper_hyperprior": ("ms2020", "hyperprior", 320),
+  "paper_mbt2018": ("mbt2018", "autoregressive", 320),
+  "paper_cheng2020_anchor": ("cheng2020", "autoregressive", 192),
+  "paper_cheng2020_anchor_checkerboard": ("cheng2020", "checkerboard", 192),
+  "paper_elic": ("elic", "charm_checkerboard", 320),
+}
+
+
 @pytest.mark.parametrize("preset", options("experiment"))
 def test_every_experiment_preset_composes(preset, monkeypatch, tmp_path):
   monkeypatch.setenv("CBEXP_KODAK_DIR", str(tmp_path))
   cfg = compose([f"experiment={preset}"])
   OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
   if preset.startswith("paper_"):
-    assert cfg.entropy.name == preset[len("paper_") :]
-    assert cfg.transform.num_filters == 192 and cfg.transform.latent_depth == 320
+    backbone, entropy, latent_depth = PAPER_MODELS[preset]
+    assert (cfg.transform.name, cfg.entropy.name) == (backbone, entropy)
+    assert cfg.transform.num_filters == 192 and cfg.transform.latent_depth == latent_depth
     assert cfg.dataset.name == "clic" and cfg.eval.set == "kodak"
     assert cfg.eval.path == str(tmp_path)  # Kodak from $CBEXP_KODAK_DIR
     assert cfg.trainer.steps == 2_000_000 and cfg.lmbda == 0.01
