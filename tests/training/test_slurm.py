@@ -1,7 +1,8 @@
 """The Slurm launchers on a real single-node Slurm (tests/helpers/slurm.py starts munged,
 slurmctld and slurmd for this module and stops them; no accounting, no GPU): requests refused
-before submitting, a job that can never start, a sweep stopped by SIGTERM and resumed by the same
-command, a multi-worker run with one task killed. Skipped with one line where Slurm is missing."""
+before submitting, a job that can never start, a sweep stopped by Ctrl-C, one stopped by SIGTERM
+and resumed by the same command, a multi-worker run with one task killed. Skipped with one line
+where Slurm is missing."""
 
 import os
 import re
@@ -176,7 +177,9 @@ def test_requests_that_cannot_run_are_refused_in_one_line(cluster, tmp_path):
   ), stderr
 
 
-def test_a_sweep_stopped_by_sigterm_is_resumed_by_the_same_command(cluster, tmp_path):
+def stop_a_sweep(cluster, tmp_path, sig):
+  """Launches a 2-job sweep, sends ``sig`` to the launcher once both jobs run, checks the one
+  line, the exit status, the cancelled jobs and the KILLED parent -> (arguments, parent run)."""
   arguments = [a for a in tiny_run_overrides(tmp_path, steps=2) if not a.startswith("entropy=")]
   arguments = ["entropy=hyperprior", "lmbda=0.005,0.02", *arguments, "hydra/launcher=slurm_cpu"]
   arguments += FAST
@@ -188,20 +191,31 @@ def test_a_sweep_stopped_by_sigterm_is_resumed_by_the_same_command(cluster, tmp_
     return len(ours) == 2 and set(ours.values()) == {"RUNNING"} and ours
 
   jobs = wait_for(running, "both jobs to run", launcher)
-  launcher.send_signal(signal.SIGTERM)
+  launcher.send_signal(sig)
   stderr = launcher.communicate(timeout=TIMEOUT)[1]
   assert launcher.returncode == 130, stderr
   assert_one_line_each(stderr)
   ids = ", ".join(sorted(jobs))
+  cause = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
   assert re.fullmatch(
-    rf"sweep (\S+) stopped by SIGTERM \(Slurm jobs {ids} cancelled\): 2 jobs: 0 finished, 2 "
+    rf"sweep (\S+) stopped by {cause} \(Slurm jobs {ids} cancelled\): 2 jobs: 0 finished, 2 "
     r"failed or stopped; MLflow parent run (\w+) KILLED; the same command resumes it: "
     r"python -m cbexp.run -m entropy=hyperprior lmbda=0.005,0.02 .*hydra.launcher.timeout_min=60",
     stderr.strip().splitlines()[-1],
   ), stderr
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
   wait_for(lambda: all(states(cluster)[j] == "CANCELLED" for j in jobs), "the jobs to be cancelled")
   (parent,), _ = sweep_runs(tmp_path)
   assert parent.info.status == "KILLED"
+  return arguments, parent
+
+
+def test_a_sweep_stopped_by_ctrl_c_ends_in_one_line(cluster, tmp_path):
+  stop_a_sweep(cluster, tmp_path, signal.SIGINT)
+
+
+def test_a_sweep_stopped_by_sigterm_is_resumed_by_the_same_command(cluster, tmp_path):
+  arguments, parent = stop_a_sweep(cluster, tmp_path, signal.SIGTERM)
 
   # The same command: the same sweep directory and parent run, both jobs to the end.
   code, stderr = run(cluster, arguments, tmp_path)
