@@ -100,7 +100,8 @@ NUMERIC_ENV = (
   "TF_NUM_INTRAOP_THREADS",
 )
 TRAINING_NOTE = (
-  "kodim01-11 are the sweep models' training images; for decode conformance "
+  "trained models may have trained on some of these Kodak images (the laptop recipe: "
+  "kodim01-10, kodim11-12 validate; see each model's config.yaml); for decode conformance "
   "(same file, other machine) this does not matter"
 )
 
