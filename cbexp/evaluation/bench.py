@@ -225,6 +225,20 @@ def trained_subjects(refs, numerics):
   for ref, value in itertools.product(refs, numerics):
     model, cfg = load_model(ref, numerics=value)
     subjects.append(Subject(subject_name(str(cfg.entropy.name), value), model, cfg, True, value))
+  return distinct_names(subjects)
+
+
+def distinct_names(subjects):
+  """Subjects whose labels are unique (the tables key their rows by label): models of one entropy
+  model on several backbones are told apart by the backbone, others by their position."""
+  names = [s.name for s in subjects]
+  for i, subject in enumerate(subjects):
+    if names.count(subject.name) > 1:
+      subject.name = f"{subject.name} ({subject.cfg.transform.name})"
+  names = [s.name for s in subjects]
+  for i, subject in enumerate(subjects):
+    if names.count(subject.name) > 1:
+      subject.name = f"{subject.name} #{i + 1}"
   return subjects
 
 

@@ -323,3 +323,32 @@ def test_mlflow_logging(tmp_path):
   assert len(runs) == 1
   assert runs["metrics.bench/decode_s_median"].iloc[0] == 0.5
   assert runs["tags.entropy"].iloc[0] == "checkerboard"
+
+
+def test_trained_models_of_one_entropy_model_get_distinct_labels():
+  """The bench keys its rows by label: two checkerboard models on two backbones (or twice the
+  same) were merged into one row each before."""
+  from types import SimpleNamespace
+
+  from cbexp.evaluation.bench import Subject, distinct_names
+
+  def subject(entropy, transform):
+    cfg = SimpleNamespace(transform=SimpleNamespace(name=transform))
+    return Subject(entropy, None, cfg, True)
+
+  subjects = distinct_names(
+    [
+      subject("checkerboard", "mbt2018"),
+      subject("checkerboard", "cheng2020"),
+      subject("autoregressive", "mbt2018"),
+      subject("hyperprior", "ms2020"),
+      subject("hyperprior", "ms2020"),
+    ]
+  )
+  assert [s.name for s in subjects] == [
+    "checkerboard (mbt2018)",
+    "checkerboard (cheng2020)",
+    "autoregressive",
+    "hyperprior (ms2020) #4",
+    "hyperprior (ms2020) #5",
+  ]
