@@ -3,6 +3,9 @@
 # g_a downsamples by 16, h_a by another 4: images are padded to a multiple of 64 per side so that
 # the latent grids stay whole (and even, for the checkerboard partition of y).
 PAD_MULTIPLE = 64
+# The memory for the analysis's or the synthesis's activations when none is given: they run over
+# tiles that fit it (cbexp.models.tiling; --memory-budget).
+DEFAULT_MEMORY_BUDGET_MB = 512
 
 
 def padded_size(n, multiple=PAD_MULTIPLE):

@@ -97,11 +97,18 @@ def build_untrained(overrides=(), seed=None):
 
 
 def load_codec(
-  ref, precision=None, numerics=None, tracking_uri=None, max_pixels=DEFAULT_MAX_PIXELS
+  ref,
+  precision=None,
+  numerics=None,
+  tracking_uri=None,
+  max_pixels=DEFAULT_MAX_PIXELS,
+  memory_budget_mb=None,
 ):
   """Any model reference -> ``Codec``. ``precision``: the decoding precision
-  (``cbexp.models.precision``; None: an export's own, float32 otherwise); an export's precision
-  and numerics are fixed when it is exported, so asking for others is refused."""
+  (``cbexp.models.precision``; None: an export's own, float32 otherwise); ``memory_budget_mb``:
+  the tiles' memory budget (``cbexp.models.tiling``; None: an export's own, the default
+  otherwise; 0: untiled). An export's precision, numerics and tiles are fixed when it is
+  exported, so asking for others is refused."""
   ref = ModelRef.parse(ref)
   from cbexp.codec import savedmodel
   from cbexp.models.precision import check_precision
@@ -110,14 +117,26 @@ def load_codec(
     check_precision(precision)
   if ref.kind == "export":
     module = savedmodel.load(ref.path)
-    _check_export_settings(ref, module, precision, numerics)
+    _check_export_settings(ref, module, precision, numerics, memory_budget_mb)
     return Codec(module, ref.text, max_pixels)
   model, cfg = load_model(ref, numerics, tracking_uri)
+  if memory_budget_mb is not None:
+    model.set_memory_budget(memory_budget_mb)
   model.set_decode_precision(precision or "float32")
   return Codec.from_model(model, cfg, ref.text, max_pixels)
 
 
-def _check_export_settings(ref, module, precision, numerics):
+def _check_export_settings(ref, module, precision, numerics, memory_budget_mb=None):
+  if memory_budget_mb is not None:
+    # Exports older than tiling have no budget: their graphs are untiled (0).
+    budget = getattr(module, "memory_budget_mb", None)
+    exported = float(budget.numpy()) if budget is not None else 0.0
+    if float(memory_budget_mb) != exported:
+      raise LoadError(
+        f"{ref}: this export's tiles were chosen for a memory budget of {exported:g} MB; "
+        f"--memory-budget {memory_budget_mb:g} needs a new export (cbexp export "
+        f"--memory-budget {memory_budget_mb:g}) or the model directory"
+      )
   exported = module.decode_precision.numpy().decode()
   if precision is not None and precision != exported:
     raise LoadError(

@@ -24,7 +24,7 @@ from cbexp.codec.codec import (
   describe_image_file,
   encode_png,
 )
-from cbexp.constants import PAD_MULTIPLE
+from cbexp.constants import DEFAULT_MEMORY_BUDGET_MB, PAD_MULTIPLE
 from cbexp.errors import USER_ERROR
 from cbexp.images import list_images, load_image, pillow_pixel_limit
 from cbexp.load import ModelRef, load_codec
@@ -146,7 +146,14 @@ def _format_row(r):
 
 
 def _load(args):
-  return load_codec(args.model, args.precision, args.numerics, args.tracking_uri, args.max_pixels)
+  return load_codec(
+    args.model,
+    args.precision,
+    args.numerics,
+    args.tracking_uri,
+    args.max_pixels,
+    args.memory_budget,
+  )
 
 
 def check_output(path, suffixes, force, input_path=None):
@@ -235,6 +242,14 @@ def _add_common_arguments(parser, what="the output file"):
     "(the image may still differ by one level in a few pixels: the synthesis "
     "stays float); encoder and decoder must use the same (default: the "
     "model's own)",
+  )
+  parser.add_argument(
+    "--memory-budget",
+    type=float,
+    metavar="MB",
+    help="memory for the analysis's or the synthesis's activations: they run over tiles that "
+    "fit it, with the same strings and pixels as untiled (default: an export's own, "
+    f"{DEFAULT_MEMORY_BUDGET_MB} MB for the other references; 0: untiled)",
   )
   parser.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")
 

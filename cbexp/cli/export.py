@@ -5,6 +5,7 @@ reference) or untrained (Hydra overrides of the model config)."""
 import sys
 
 from cbexp.cli.common import UsageError, one_line_parser, run_command
+from cbexp.constants import DEFAULT_MEMORY_BUDGET_MB
 
 PROG = "cbexp export"
 
@@ -23,6 +24,7 @@ def export(args):
   else:
     numerics = [f"entropy.numerics={args.numerics}"] if args.numerics else []
     model, cfg = build_untrained(args.overrides + numerics, args.seed)
+  model.set_memory_budget(args.memory_budget)
   model.set_decode_precision(args.precision)
   module = savedmodel.save(model, cfg, out)
   print(
@@ -69,6 +71,14 @@ def build_parser():
     "(default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
   )
   parser.add_argument("--seed", type=int, help="random seed for an untrained model's weights")
+  parser.add_argument(
+    "--memory-budget",
+    type=float,
+    default=DEFAULT_MEMORY_BUDGET_MB,
+    metavar="MB",
+    help="memory for the analysis's or the synthesis's activations, baked into the export's "
+    f"tiles (default {DEFAULT_MEMORY_BUDGET_MB}; 0: untiled); the strings do not depend on it",
+  )
   parser.add_argument(
     "--precision",
     choices=("float32", "bfloat16"),

@@ -86,7 +86,7 @@ def build_codec_functions(model, cfg):
 
   @tf.function(input_signature=[image_spec])
   def compress(image):
-    strings, _, checks = model.compress_padded(pad_to_multiple(image))
+    strings, _, checks = model.compress_padded(pad_to_multiple(image, tf.uint8))
     return {"strings": strings, "checks": checks}
 
   @tf.function(
@@ -119,6 +119,8 @@ def build_codec_functions(model, cfg):
   # "float32" (the reference) unless a faster, slightly different synthesis was chosen for
   # decoding (cbexp.precision); the strings are the same either way.
   module.decode_precision = _string_variable(getattr(model, "decode_precision", "float32"))
+  # The memory budget its tiles were chosen for (cbexp.models.tiling): fixed in the graphs.
+  module.memory_budget_mb = tf.Variable(float(model.memory_budget_mb), trainable=False)
   module.tf_version = _string_variable(tf.__version__)
   return module
 

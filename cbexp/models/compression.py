@@ -26,6 +26,7 @@ from cbexp.entropy.base import (
   verify_strings,
 )
 from cbexp.errors import CbexpError
+from cbexp.models import tiling
 from cbexp.models.transforms.layers import HyperAnalysisTransform
 
 
@@ -68,18 +69,25 @@ def padded_shape(image_shape):
   return (image_shape + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
 
 
-def pad_to_multiple(image):
-  """A uint8 image [H, W, 3] -> the float32 batch [1, H', W', 3] the model codes, H' and W' the
-  next multiples of PAD_MULTIPLE, the last row and column repeated."""
-  x = tf.cast(tf.convert_to_tensor(image)[None], tf.float32)
+def pad_to_multiple(image, dtype=tf.float32):
+  """A uint8 image [H, W, 3] -> the batch [1, H', W', 3] the model codes, H' and W' the next
+  multiples of PAD_MULTIPLE, the last row and column repeated; ``dtype`` float32 (what the
+  transforms take) or uint8 (4x less memory: the codec casts tile by tile)."""
+  x = tf.cast(tf.convert_to_tensor(image)[None], dtype)
   size = padded_shape(tf.shape(x)[1:3])
   return pad_replicate(x, size[0], size[1])
 
 
+def to_pixels(x_hat):
+  """A synthesis's output (0..255, not clipped) -> uint8, rounded and saturated."""
+  return tf.saturate_cast(tf.round(x_hat), tf.uint8)
+
+
 def crop(x_hat, image_shape):
   """The inverse of ``pad_to_multiple`` on a decoded batch: the top-left ``image_shape`` of
-  ``x_hat[0]``, rounded to uint8."""
-  return tf.saturate_cast(tf.round(x_hat[0, : image_shape[0], : image_shape[1], :]), tf.uint8)
+  ``x_hat[0]``, rounded to uint8 (``to_pixels``) unless it is uint8 already."""
+  x_hat = x_hat[0, : image_shape[0], : image_shape[1], :]
+  return x_hat if x_hat.dtype == tf.uint8 else to_pixels(x_hat)
 
 
 class SymbolCheckError(CbexpError, ValueError):
@@ -137,6 +145,8 @@ class CompressionModel(tf.keras.Model):
       self.hyperprior, coding_rank=3, compression=False, offset_heuristic=False
     )
     self._z_coder = None
+    self.memory_budget_mb = float(tiling.DEFAULT_MEMORY_BUDGET_MB)
+    self._tiles = None  # from the budget, when first needed (``tiles``)
     self._z_tables = None  # build_coders(z_tables_in_graph=True)'s function
     self.build((None, None, None, 3))
 
@@ -184,6 +194,11 @@ class CompressionModel(tf.keras.Model):
       )
     self._z_cost = CodingCost(self._z_coder)  # a plain object: no checkpoint dependency
     self.entropy_model.build_coders()
+    self._build_coding_graphs()
+
+  def _build_coding_graphs(self):
+    """The compress and decompress graphs over the current weights, coders and tiles."""
+    self.tiles  # noqa: B018 (computed eagerly here, before the coding graphs trace with it)
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
     from cbexp.models.precision import coding_transform
@@ -191,7 +206,7 @@ class CompressionModel(tf.keras.Model):
     self._coding_analysis = coding_transform(self.analysis)
     self._coding_hyper_analysis = coding_transform(self.hyper_analysis)
     self._compress_graph = tf.function(
-      self.compress_padded, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)]
+      self.compress_padded, input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)]
     )
     self.set_decode_precision(self.decode_precision)  # builds the decompress graph
 
@@ -209,13 +224,77 @@ class CompressionModel(tf.keras.Model):
   def z_coder(self):
     return require_built(self._z_coder)
 
+  # --- tiled analysis and synthesis (cbexp.models.tiling) -----------------------------------
+  @property
+  def tiles(self):
+    """(analysis tile, synthesis tile) in latent samples per side; 0: untiled. Set from the
+    memory budget (``set_memory_budget``) when the coders are built."""
+    if self._tiles is None:
+      self._tiles = self._tiles_for_budget(self.memory_budget_mb)
+    return self._tiles
+
+  def _tiles_for_budget(self, budget_mb):
+    if not budget_mb:
+      return (0, 0)
+    budget = float(budget_mb) * 2**20
+    return (
+      tiling.tile_for_budget(budget, tiling.activation_bytes_per_latent(self.analysis, 3)),
+      tiling.tile_for_budget(
+        budget, tiling.activation_bytes_per_latent(self.synthesis, self.latent_depth)
+      ),
+    )
+
+  def set_memory_budget(self, budget_mb=tiling.DEFAULT_MEMORY_BUDGET_MB):
+    """Tiles the analysis and the synthesis so that the activations of each fit ``budget_mb``
+    megabytes (``tiling.tile_for_budget``; 0: untiled). The strings do not change (tiled and
+    untiled transforms agree bit for bit). Rebuilds the coding graphs if they are built (not the
+    coders: their tables, and so the fingerprint, stay as they are)."""
+    self.memory_budget_mb = float(budget_mb or 0)
+    self._tiles = None
+    if self._z_coder is not None:
+      self._build_coding_graphs()
+
+  def analyze(self, x):
+    """g_a of a padded image (uint8 or float32 [1, H, W, 3]) as the codec runs it: tiled when
+    ``tiles`` says so, the image cast to float32 tile by tile."""
+    tile = self.tiles[0]
+    if not tile:
+      return self._coding_analysis(tf.cast(x, tf.float32))
+    return tiling.tiled(
+      lambda part: self._coding_analysis(tf.cast(part, tf.float32)),
+      x,
+      tile,
+      tiling.halo_latents(self.analysis),
+      tiling.LATENT_STRIDE,
+      1,
+      self.latent_depth,
+      tf.float32,
+    )
+
+  def synthesize_pixels(self, y_hat):
+    """g_s of decoded latents as the codec runs it, to uint8 pixels (``to_pixels``), tiled
+    when ``tiles`` says so: [1, H, W, 3] uint8, still padded."""
+    tile = self.tiles[1]
+    if not tile:
+      return to_pixels(self.decoding_synthesis(y_hat))
+    return tiling.tiled(
+      lambda part: to_pixels(self.decoding_synthesis(part)),
+      y_hat,
+      tile,
+      tiling.halo_latents(self.synthesis),
+      1,
+      tiling.LATENT_STRIDE,
+      3,
+      tf.uint8,
+    )
+
   def compress_padded(self, x):
-    """Encodes ``x``, an image already padded by ``pad_to_multiple`` (float32 [1, H, W, 3], H and
-    W multiples of PAD_MULTIPLE) -> (strings: string [1 + num_strings], z's first, then the
-    entropy model's; y_hat: the latents the decoder reconstructs; symbol checks: uint8
-    [1 + num_strings, 4], one per string). Needs ``build_coders``. ``compress`` runs it as a
-    tf.function; the codec export and the conformance matrix trace it into their own graphs."""
-    y = self._coding_analysis(x)
+    """Encodes ``x``, an image already padded by ``pad_to_multiple`` (uint8 or float32
+    [1, H, W, 3], H and W multiples of PAD_MULTIPLE) -> (strings: string [1 + num_strings], z's
+    first, then the entropy model's; y_hat: the latents the decoder reconstructs; symbol checks:
+    uint8 [1 + num_strings, 4], one per string). Needs ``build_coders``. ``compress`` runs it as
+    a tf.function; the codec export and the conformance matrix trace it into their own graphs."""
+    y = self.analyze(x)
     z = self._coding_hyper_analysis(y)
     z_string = self.z_coder.compress(z)
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
@@ -253,8 +332,9 @@ class CompressionModel(tf.keras.Model):
 
   def decompress_padded(self, strings, padded_shape):
     """Decodes ``compress_padded``'s strings (string [1 + num_strings]) of an image padded to
-    ``padded_shape`` (int32 [2]) -> (x_hat: float32 [1, H, W, 3], still padded: ``crop`` it;
-    y_hat; the decoder's symbol checks: uint8 [1 + num_strings, 4]). Needs ``build_coders``."""
+    ``padded_shape`` (int32 [2]) -> (the pixels: uint8 [1, H, W, 3], still padded: ``crop``
+    them; y_hat; the decoder's symbol checks: uint8 [1 + num_strings, 4]). Needs
+    ``build_coders``."""
     z_shape = padded_shape // PAD_MULTIPLE
     y_shape = z_shape * 4
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
@@ -269,7 +349,7 @@ class CompressionModel(tf.keras.Model):
       y_hat = self.entropy_model.decompress(
         [strings[i + 1 : i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape
       )
-    return (self.decoding_synthesis(y_hat), y_hat, self._symbol_checks(z_hat, checks.result))
+    return (self.synthesize_pixels(y_hat), y_hat, self._symbol_checks(z_hat, checks.result))
 
   @property
   def decode_precision(self):
@@ -300,7 +380,7 @@ class CompressionModel(tf.keras.Model):
     self.require_coders()
     image = tf.convert_to_tensor(image)
     height, width = int(image.shape[0]), int(image.shape[1])
-    strings, y_hat, checks = self._compress_graph(pad_to_multiple(image))
+    strings, y_hat, checks = self._compress_graph(pad_to_multiple(image, tf.uint8))
     return Compressed(
       strings=[bytes(s) for s in strings.numpy()],
       image_shape=(height, width),

@@ -4,6 +4,8 @@ the simplified attention modules. Layer lists as in CompressAI's ``Cheng2020Anch
 ``Cheng2020Attention`` (``compressai/models/waseda.py``, ``compressai/layers/layers.py``).
 """
 
+from fractions import Fraction
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 
@@ -13,6 +15,7 @@ from cbexp.models.transforms.layers import (
   Subsample,
   conv,
   layers_macs,
+  layers_reach,
   leaky_relu,
 )
 
@@ -67,6 +70,12 @@ class SubpelConv(Block):
   def macs(self, height, width):
     macs, (h, w) = layers_macs([self.conv], height, width)
     return macs, (h * self.rate, w * self.rate)
+
+  def reach(self):
+    """The 3x3's radius, then the shuffle: output j reads input floor(j / r), at most
+    (r - 1) / r of an input sample from j / r."""
+    radius, scale = layers_reach([self.conv])
+    return radius + Fraction(self.rate - 1, self.rate) * scale, scale / self.rate
 
   def call(self, x):
     return tf.nn.depth_to_space(self.conv(x), self.rate)

@@ -1,11 +1,13 @@
 """What the backbones (``ms2020``, ``mbt2018``, ``cheng2020``, ``elic``) and the entropy models
 share: the hyper transforms and slice transforms (ms2020's layer shapes, widths from config), the
-building blocks of the residual backbones, and the multiply-accumulate count (``transform_macs``)
-of any of them.
+building blocks of the residual backbones, and what is derived from any of their layer lists: the
+multiply-accumulate count (``transform_macs``) and the receptive field (``transform_reach``, which
+sets the halo of tiled coding, ``cbexp.models.tiling``).
 """
 
 import functools
 import math
+from fractions import Fraction
 
 import tensorflow as tf
 import tensorflow_compression as tfc
@@ -120,6 +122,55 @@ def layers_macs(layers, height, width):
   return total, (height, width)
 
 
+def _signal_conv_reach(layer):
+  """One tfc.SignalConv2D -> (radius, scale) (``layers_reach``). With ``same_zeros`` padding the
+  first output sample is aligned with the first input sample (tfc's documentation): a correlation
+  with stride d reads inputs d*j - (k-1)/2 .. d*j + (k-1)/2 for output j; a transposed convolution
+  with stride u places input i at output u*i, so output j reads the inputs i with
+  |u*i - j| <= (k-1)/2: a radius of (k-1)/(2u) input samples around j/u."""
+  if layer.padding != "same_zeros":
+    raise ValueError(f"{layer.name}: receptive field of padding {layer.padding!r} not derived")
+  up, down = tuple(layer.strides_up), tuple(layer.strides_down)
+  support = tuple(int(k) for k in layer.kernel_support)
+  if len(set(support)) != 1 or support[0] % 2 == 0 or len(set(up)) != 1 or len(set(down)) != 1:
+    raise ValueError(f"{layer.name}: receptive field of a non-square or even kernel not derived")
+  half = Fraction(support[0] - 1, 2)
+  if layer.corr and up[0] == 1:
+    return half, Fraction(down[0])
+  if not layer.corr and down[0] == 1:
+    return half / up[0], Fraction(1, up[0])
+  raise ValueError(f"{layer.name}: receptive field of strides up {up} and down {down} not derived")
+
+
+def layers_reach(layers):
+  """-> (radius, scale) of ``layers`` applied in order: output sample j depends on input samples
+  within ``radius`` of position ``j * scale`` (both in input samples; exact fractions; ``scale``
+  16 for an analysis, 1/16 for a synthesis). Layers: tfc.SignalConv2D, blocks with their own
+  ``reach() -> (radius, scale)``, and pointwise layers (GDN, Lambda scalings, activations)."""
+  radius, scale = Fraction(0), Fraction(1)
+  for layer in layers:
+    if isinstance(layer, tfc.SignalConv2D):
+      layer_radius, layer_scale = _signal_conv_reach(layer)
+    elif hasattr(layer, "reach"):
+      layer_radius, layer_scale = layer.reach()
+    elif isinstance(
+      layer, (tfc.GDN, tf.keras.layers.Lambda, tf.keras.layers.LeakyReLU, tf.keras.layers.ReLU)
+    ):
+      layer_radius, layer_scale = Fraction(0), Fraction(1)
+    else:
+      raise ValueError(
+        f"layers_reach: no receptive field for layer {layer.name} ({type(layer).__name__})"
+      )
+    radius += layer_radius * scale  # the layer's radius, in this stack's input samples
+    scale *= layer_scale
+  return radius, scale
+
+
+def transform_reach(transform):
+  """(radius, scale) of a transform (a Sequential or a list of layers): ``layers_reach``."""
+  return layers_reach(getattr(transform, "layers", transform))
+
+
 def conv(filters, kernel, stride=1, activation=None, name=None):
   """A convolution as PyTorch's ``nn.Conv2d(padding=k // 2)`` computes it ("same" zero padding,
   output ceil(size / stride)), with plain kernel variables (PyTorch's parameter count): the
@@ -168,6 +219,16 @@ class Block(tf.keras.layers.Layer):
     macs, out_hw = layers_macs(self.sublayers, height, width)
     return macs + layers_macs(self.skip, height, width)[0], out_hw
 
+  def reach(self):
+    """The wider of the main path's and the skip's receptive fields (``layers_reach``)."""
+    radius, scale = layers_reach(self.sublayers)
+    if self.skip:
+      skip_radius, skip_scale = layers_reach(self.skip)
+      if skip_scale != scale:
+        raise ValueError(f"{self.name}: the skip's scale {skip_scale} is not the main path's")
+      radius = max(radius, skip_radius)
+    return radius, scale
+
 
 class Subsample(tf.keras.layers.Layer):
   """Keeps every ``stride``-th row and column from the first (a 1x1 convolution's sampling with
@@ -179,6 +240,9 @@ class Subsample(tf.keras.layers.Layer):
 
   def macs(self, height, width):
     return 0, (-(-height // self.stride), -(-width // self.stride))
+
+  def reach(self):
+    return Fraction(0), Fraction(self.stride)
 
   def call(self, x):
     return x[:, :: self.stride, :: self.stride, :]
