@@ -394,10 +394,10 @@ def write_training(cfg, selection, curves, outputs):
   )
   figure = trajectories.trajectory_figure(trajectory, caption=caption)
   outputs.add(figures.save_figure(figure, outputs.folder, "rd_training"))
-  per_run, tables_at_budget, budget = trajectories.equal_compute_points(trajectory, per_image)
-  if selection.group_by:  # each run's group values, so that each curve meets its own anchor
-    groups = selection.per_run[["run_id", *selection.group_by]].drop_duplicates("run_id")
-    per_run = per_run.merge(groups, on="run_id", how="left")
+  groups = selection.per_run[["run_id", *selection.group_by]] if selection.group_by else None
+  per_run, tables_at_budget, budget = trajectories.equal_compute_points(
+    trajectory, per_image, groups=groups
+  )
   points, _ = uncertainty.average_seeds(per_run, selection.runs)
   samples = uncertainty.curve_samples(per_run, tables_at_budget) if cfg.bootstrap.resamples else {}
   chosen = per_run[["curve", "lmbda", "seed", "step", "cpu_s", "wall_s", "bpp", "psnr"]]

@@ -90,11 +90,15 @@ def at_budget(trajectory, budget, measure="cpu_s"):
   return last.reset_index(drop=True)
 
 
-def equal_compute_points(trajectory, per_image, budget=None, measure="cpu_s"):
+def equal_compute_points(trajectory, per_image, budget=None, measure="cpu_s", groups=None):
   """-> (per-run points at equal compute, {run_id: per-image table at that point}, budget):
-  the same shapes as the test-set evaluation's, so the BD machinery applies unchanged."""
+  the same shapes as the test-set evaluation's, so the BD machinery applies unchanged.
+  ``groups``: the runs' group_by values (``run_id`` and a column per key), added to each point so
+  that each curve meets the anchor of its own group."""
   budget = equal_compute_budget(trajectory, measure) if budget is None else budget
   chosen = at_budget(trajectory, budget, measure)
+  if groups is not None:
+    chosen = chosen.merge(groups.drop_duplicates("run_id"), on="run_id", how="left")
   points = chosen.assign(
     source="cbexp",
     kind="measured",

@@ -92,3 +92,12 @@ def test_non_finite_rd_points_are_left_out_of_the_trajectories(tmp_path):
   trajectory, _ = trajectories.load_trajectories(uri, per_run)
   assert trajectory["step"].tolist() == [1, 3]
   assert trajectory["bpp"].tolist() == [0.5, 0.4]
+
+
+def test_equal_compute_points_carry_each_runs_group_values():
+  """With group_by, each point keeps its run's group value: the BD tables match a curve with
+  the anchor of its own group (they stopped with KeyError: 'transform' before)."""
+  groups = pd.DataFrame({"run_id": ["slow", "fast", "fast"], "transform": ["a", "b", "b"]})
+  points, _, _ = trajectories.equal_compute_points(constructed(), pd.DataFrame(), groups=groups)
+  assert dict(zip(points["run_id"], points["transform"])) == {"slow": "a", "fast": "b"}
+  assert len(points) == 2
