@@ -232,7 +232,7 @@ def distinct_names(subjects):
   """Subjects whose labels are unique (the tables key their rows by label): models of one entropy
   model on several backbones are told apart by the backbone, others by their position."""
   names = [s.name for s in subjects]
-  for i, subject in enumerate(subjects):
+  for subject in subjects:
     if names.count(subject.name) > 1:
       subject.name = f"{subject.name} ({subject.cfg.transform.name})"
   names = [s.name for s in subjects]

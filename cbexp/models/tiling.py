@@ -38,8 +38,7 @@ def activation_bytes_per_latent(transform, input_depth):
   ``tile_for_budget`` applies covers what runs inside it)."""
   import tensorflow as tf
 
-  radius, scale = transform_reach(transform)
-  del radius
+  _, scale = transform_reach(transform)
   side = 4 * (LATENT_STRIDE if scale > 1 else 1)
   x = tf.zeros([1, side, side, input_depth])
   largest = 0
