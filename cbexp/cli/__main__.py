@@ -15,6 +15,7 @@ COMMANDS = {
   "analyze": ("cbexp.cli.analyze", "RD curves, BD-rate and tables from MLflow runs (Hydra)"),
   "classical": ("cbexp.cli.classical", "JPEG, WebP, AVIF, JPEG 2000, ... as RD points (Hydra)"),
   "bench": ("cbexp.cli.bench", "decode-time benchmark per stage"),
+  "memory": ("cbexp.cli.memory", "peak memory and time of the codec by image size"),
   "conformance": ("cbexp.cli.conformance", "decode across numeric environments"),
   "summary": ("cbexp.cli.summary", "parameter counts of a model config"),
   "datasets": ("cbexp.cli.datasets", "download evaluation data (Kodak)"),

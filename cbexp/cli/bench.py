@@ -11,20 +11,13 @@ Examples:
 
 import sys
 
-from cbexp.cli.common import HELP_FLAGS, command_help, compose_command, run_command
+from cbexp.cli.common import HELP_FLAGS, command_help, run_command, run_composed
 
 PROG = "cbexp bench"
 
 
 def bench(argv):
-  cfg, overrides = compose_command("bench", argv)
-  from cbexp.load import ModelRef
-
-  for ref in cfg.model:  # before TensorFlow loads
-    ModelRef.parse(ref)
-  from cbexp.evaluation import bench as library
-
-  library.run(cfg, overrides)
+  run_composed("bench", argv, "cbexp.evaluation.bench")
 
 
 def main(argv=None):

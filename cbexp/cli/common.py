@@ -195,6 +195,21 @@ def compose_command(config_name, argv):
   return cfg, model
 
 
+def run_composed(config_name, argv, library, **kwargs):
+  """The body of a command with its own config (``compose_command``) whose work is
+  ``library.run(cfg, overrides, **kwargs)`` (``library``: a module name, imported after the
+  arguments and the model references are checked, so a mistake answers before TensorFlow
+  loads)."""
+  import importlib
+
+  cfg, overrides = compose_command(config_name, argv)
+  from cbexp.load import ModelRef
+
+  for ref in cfg.model:
+    ModelRef.parse(ref)
+  importlib.import_module(library).run(cfg, overrides, **kwargs)
+
+
 def command_help(doc, config_name):
   """--help of a ``compose_command`` command: ``doc``, its config file (every key with its
   comment) and the model-config groups."""

@@ -12,21 +12,14 @@ Decode configurations (configs=):
 
 import sys
 
-from cbexp.cli.common import HELP_FLAGS, command_help, compose_command, run_command
+from cbexp.cli.common import HELP_FLAGS, command_help, run_command, run_composed
 
 PROG = "cbexp conformance"
 
 
 def conformance(argv):
-  cfg, overrides = compose_command("conformance", argv)
-  from cbexp.load import ModelRef
-
-  for ref in cfg.model:  # before TensorFlow loads
-    ModelRef.parse(ref)
-  from cbexp.evaluation import conformance as library
-
   prog = sys.argv[0] if sys.argv[0].startswith("cbexp ") else "python -m cbexp.conformance"
-  library.run(cfg, overrides, command=" ".join([prog, *argv]))
+  run_composed("conformance", argv, "cbexp.evaluation.conformance", command=" ".join([prog, *argv]))
 
 
 def main(argv=None):

@@ -11,9 +11,10 @@ from cbexp.codec.bitstream import Bitstream
 from cbexp.constants import PAD_MULTIPLE, padded_size
 from cbexp.errors import CbexpError
 
-# The largest image coded by default, counted padded: decoding memory grows with the pixels
-# (--max-pixels raises the limit on a machine that has the memory).
-DEFAULT_MAX_PIXELS = 2**24
+# The largest image coded by default, counted padded (2^26: 67 MP). The transforms run in tiles
+# (cbexp.models.tiling), but the latents are whole, so memory still grows with the pixels,
+# slowly: --max-pixels raises the limit on a machine that has the memory.
+DEFAULT_MAX_PIXELS = 2**26
 DECODED_SUFFIXES = (".png",)  # lossless only: the decoded image must be stored exactly
 # At most this many bytes of strings per coded pixel (128 bits, far above any real stream): a
 # header announcing more is refused before the strings are read.

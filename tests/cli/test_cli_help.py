@@ -30,6 +30,7 @@ COMMANDS = {
     "entropy: autoregressive, charm",
     "python -m cbexp.bench images=",
   ],
+  "cbexp.memory": ["sizes_mp:", "budgets_mb:", "untiled_max_mp:", "python -m cbexp.memory"],
   "cbexp.codec": ["compress", "decompress", "eval", "cbexp codec compress --model"],
   "cbexp.export": ["--from", "--out DIR", "cbexp export --from"],
   "cbexp.datasets": ["download-kodak", "python -m cbexp.datasets download-kodak"],

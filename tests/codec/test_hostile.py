@@ -143,7 +143,7 @@ def test_hostile_sizes_are_refused_under_a_memory_limit(tiny, tmp_path):
       "tall.cbx",
       "out.png",
       r"16777216x1 pixels, coded as 16777216x64 = 1073741824 pixels .* above the limit "
-      r"of 16777216",
+      r"of 67108864",
     ),
     (
       "decompress",
@@ -159,11 +159,19 @@ def test_hostile_sizes_are_refused_under_a_memory_limit(tiny, tmp_path):
     ),
     (
       "compress",
-      _gray_png(tmp_path / "wide2.png", 2**20, 1),
+      _gray_png(tmp_path / "wide2.png", 2**20 + 1, 1),
       "out.cbx",
-      r"wide2.png: image of 1048576x1 pixels, coded as 1048576x64 = 67108864 pixels",
+      r"wide2.png: image of 1048577x1 pixels, coded as 1048640x64 = 67112960 pixels",
+    ),
+    (  # just above the limit (2^26 pixels, 67 MP) by its header
+      "decompress",
+      "above.cbx",
+      "out.png",
+      r"the header announces an image of 8193x8192 pixels, coded as 8256x8192 = 67633152 "
+      r"pixels .* above the limit of 67108864",
     ),
   ]
+  (tmp_path / "above.cbx").write_bytes(crafted(stream, height=8192, width=8193))
   for command, source, output, message in cases:
     result = run_codec(
       command,
@@ -191,22 +199,22 @@ def test_header_sizes_are_checked_before_the_model_loads(tiny, tmp_path, capsys)
     "the header announces an image of 70000x70000 pixels",
     tmp_path / "out.png",
   )
-  _gray_png(tmp_path / "big.png", 5000, 5000)
+  _gray_png(tmp_path / "big.png", 9000, 9000)
   assert_main_refused(
     codec_main,
     ["compress", "--model", broken, tmp_path / "big.png", tmp_path / "out.cbx"],
     capsys,
-    "big.png: image of 5000x5000 pixels, coded as 5056x5056",
+    "big.png: image of 9000x9000 pixels, coded as 9024x9024",
     tmp_path / "out.cbx",
   )
   folder_of_images = tmp_path / "images"
   folder_of_images.mkdir()
-  _gray_png(folder_of_images / "big.png", 5000, 5000)
+  _gray_png(folder_of_images / "big.png", 9000, 9000)
   assert_main_refused(
     codec_main,
     ["eval", "--model", broken, folder_of_images],
     capsys,
-    "big.png: image of 5000x5000 pixels",
+    "big.png: image of 9000x9000 pixels",
   )
   # The whole string table must fit the file: lengths that announce more are refused.
   data = bytearray((folder / "good.cbx").read_bytes())

@@ -1,0 +1,90 @@
+"""cbexp memory (cbexp.evaluation.memory) on a tiny model: each measurement's process work,
+in this process; the table's comparisons with the untiled run. Peak memory and time are not
+asserted (the benchmark command reports them); what they are measured on is."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from cbexp.codec import bitstream
+from cbexp.codec.model_dir import save_model_dir
+from cbexp.config import build_model, compose
+from cbexp.evaluation import memory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, kodak_dir):
+  tf.keras.utils.set_random_seed(2)
+  cfg = compose(["entropy=checkerboard", "transform=tiny"])
+  model = build_model(cfg)
+  model.build_coders()
+  return save_model_dir(model, cfg, tmp_path_factory.mktemp("memory") / "model")
+
+
+def test_the_mosaic_has_the_size_asked_and_the_images_content(kodak_dir):
+  height, width = memory.image_size(0.05)
+  assert height * width <= 50_000 and abs(width / height - 4 / 3) < 0.01
+  image = memory.mosaic(kodak_dir, 600, 1100)
+  assert image.shape == (600, 1100, 3) and image.dtype == np.uint8
+  first = memory.mosaic(kodak_dir, 512, 512)
+  np.testing.assert_array_equal(image[:512, :512], first)  # piece 1: the first image's crop
+  assert not np.array_equal(image[:512, 512:1024], first)  # piece 2: the next image's
+
+
+def test_tiled_and_untiled_measurements_code_the_same_strings(model_dir, kodak_dir, tmp_path):
+  height, width = 193, 258  # 13 x 17 latents: tiles of 8 at a 1 MB budget, 2 x 3 of them
+  rows = []
+  for budget, operation in ((0, "compress"), (1, "compress"), (1, "decompress")):
+    spec = {
+      "ref": str(model_dir),
+      "budget": budget,
+      "height": height,
+      "width": width,
+      "images": str(kodak_dir),
+      "max_pixels": 2**26,
+      "threads": 0,
+      "file": str(tmp_path / f"{budget}.cbx"),
+      "operation": operation,
+    }
+    row = memory.worker(spec)
+    assert row["peak_mb"] >= row["base_mb"] > 0 and row["seconds"] > 0
+    rows.append(
+      {"model": "tiny", "megapixels": 0.05, "budget_mb": budget, "operation": operation, **row}
+    )
+    stream, size = bitstream.read(spec["file"])
+    assert (stream.height, stream.width) == (height, width) and size == row["bytes"]
+  rows.append({**rows[0], "operation": "decompress"})  # the untiled decode: as its encode
+  frame = memory.summarize(rows)
+  tiled = frame[frame.budget_mb == 1]
+  assert list(tiled.same_strings_as_untiled) == [True, True]
+  assert (tiled.time_vs_untiled > 0).all()
+  assert frame[frame.budget_mb == 0].same_strings_as_untiled.isna().all()
+  table = memory.markdown(frame)
+  assert "| tiny | 0.05 | decompress | budget 1 MB |" in table and "| yes |" in table
+
+  rows[1]["strings_sha256"] = "0" * 16  # a tiled encoder that coded other strings
+  assert "**no**" in memory.markdown(memory.summarize(rows))
+
+
+def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp_path):
+  opts = memory.options(
+    OmegaConf.create(
+      {
+        "default_entropy": [],
+        "model": [str(tmp_path / "missing")],
+        "sizes_mp": [0.01],
+        "budgets_mb": [0],
+        "untiled_max_mp": 1.0,
+        "images": str(kodak_dir),
+        "max_pixels": 2**26,
+        "threads": 0,
+        "seed": 0,
+        "timeout_s": 300,
+        "out": "m.csv",
+      }
+    )
+  )
+  rows = memory.run_all(opts, progress=lambda line: None)
+  assert len(rows) == 1 and "missing" in rows[0]["failed"], rows
+  assert "failed: " in memory.markdown(memory.summarize(rows))
