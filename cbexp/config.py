@@ -25,6 +25,8 @@ MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
 # The values of trainer.strategy (the tf.distribute strategies of cbexp.training.distributed),
 # here so that a config is checked before TensorFlow loads.
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# The values of trainer.precision (cbexp.models.precision.training_policy), likewise.
+TRAINING_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _SCALARS = (bool, int, float, str)
 
 
@@ -229,10 +231,13 @@ def entropy_defaults(target):
   }
 
 
-def build_model(cfg: DictConfig):
+def build_model(cfg: DictConfig, precision="float32"):
   """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
-  validated first (``model_config``); the entropy class is one of cbexp's own."""
+  validated first (``model_config``); the entropy class is one of cbexp's own. ``precision``: the
+  training precision of the transforms (``cbexp.models.precision.training_policy``; training
+  passes ``trainer.precision``); a model that codes is built in float32."""
   from cbexp.models.compression import CompressionModel
+  from cbexp.models.precision import training_policy
   from cbexp.models.transforms import build_backbone
 
   model = model_config(cfg)
@@ -247,8 +252,9 @@ def build_model(cfg: DictConfig):
     **entropy,
   )
   try:
-    analysis, synthesis = build_backbone(t)
-  except ValueError as error:  # an option the backbone does not have
+    with training_policy(precision):
+      analysis, synthesis = build_backbone(t)
+  except ValueError as error:  # an option the backbone does not have, or a precision
     raise ConfigError(str(error)) from None
   return CompressionModel(
     analysis=analysis,
@@ -258,4 +264,5 @@ def build_model(cfg: DictConfig):
     hyper_analysis_filters=list(t["hyper_analysis_filters"]),
     entropy_model=entropy_model,
     lmbda=model["lmbda"],
+    precision=precision,
   )

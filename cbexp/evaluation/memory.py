@@ -218,8 +218,10 @@ def subjects(opts, overrides, scratch):
   return found
 
 
-def run_all(opts, overrides=(), progress=print):
-  """Every (model, size, budget): compress, then decompress its file -> list of row dicts."""
+def run_all(opts, overrides=(), progress=print, measured=None):
+  """Every (model, size, budget): compress, then decompress its file -> list of row dicts.
+  ``measured(rows)`` after each measurement (``run`` writes the table so far: a stopped run
+  keeps what it measured)."""
   rows = []
   with tempfile.TemporaryDirectory(prefix="cbexp-memory-") as scratch:
     for name, ref in subjects(opts, overrides, scratch):
@@ -250,6 +252,8 @@ def run_all(opts, overrides=(), progress=print):
             row.update(measure({**spec, "operation": operation}, opts.timeout_s))
             rows.append(row)
             progress(_progress_line(row))
+            if measured:
+              measured(rows)
             if "failed" in row:
               break
   return rows
@@ -319,10 +323,15 @@ def run(cfg, overrides=(), command="cbexp memory"):
 
   opts = options(cfg)
   started = time.time()
-  rows = run_all(opts, overrides, progress=lambda line: print(line, flush=True))
-  frame = summarize(rows)
   out = pathlib.Path(opts.out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  rows = run_all(
+    opts,
+    overrides,
+    progress=lambda line: print(line, flush=True),
+    measured=lambda rows: summarize(rows).to_csv(out, index=False),
+  )
+  frame = summarize(rows)
   frame.to_csv(out, index=False)
   table = markdown(frame)
   out.with_suffix(".md").write_text(table)

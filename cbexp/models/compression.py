@@ -131,14 +131,18 @@ class CompressionModel(tf.keras.Model):
     hyper_analysis_filters,
     entropy_model: EntropyModel,
     lmbda=0.01,
+    precision="float32",
   ):
     super().__init__(name="cbexp_model")
+    from cbexp.models.precision import training_policy
+
     self.lmbda = float(lmbda)
     self.latent_depth = int(latent_depth)
     self.hyperprior_depth = int(hyperprior_depth)
     self.analysis = analysis  # g_a and g_s: a backbone's (cbexp.models.transforms.build_backbone)
     self.synthesis = synthesis
-    self.hyper_analysis = HyperAnalysisTransform(hyper_analysis_filters, hyperprior_depth)
+    with training_policy(precision):  # like g_a and g_s (cbexp.config.build_model)
+      self.hyper_analysis = HyperAnalysisTransform(hyper_analysis_filters, hyperprior_depth)
     self.hyperprior = tfc.NoisyDeepFactorized(batch_shape=[hyperprior_depth])
     self.entropy_model = entropy_model
     self._z_training_model = tfc.ContinuousBatchedEntropyModel(
@@ -151,15 +155,17 @@ class CompressionModel(tf.keras.Model):
     self.build((None, None, None, 3))
 
   def call(self, x, training=False):
-    """Training forward pass on a float batch in 0..255. Returns the loss terms."""
+    """Training forward pass on a float batch in 0..255. Returns the loss terms. The transforms
+    may compute in a mixed-precision policy (``cbexp.models.precision``); what they hand over
+    is cast to float32, so the entropy models and the loss are float32."""
     x = tf.convert_to_tensor(x, tf.float32)
     num_pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-    y = self.analysis(x)
-    z = self.hyper_analysis(y)
+    y = tf.cast(self.analysis(x), tf.float32)
+    z = tf.cast(self.hyper_analysis(y), tf.float32)
     _, z_bits = self._z_training_model(z, training=training)
     z_hat = self._z_training_model.quantize(z)  # rounding, straight-through
     latent = self.entropy_model(y, z_hat, training=training)
-    x_hat = self.synthesis(latent.y_hat)
+    x_hat = tf.cast(self.synthesis(latent.y_hat), tf.float32)
     y_bpp = tf.reduce_sum(latent.bits) / num_pixels
     z_bpp = tf.reduce_sum(z_bits) / num_pixels
     mse = tf.reduce_mean(tf.math.squared_difference(x, x_hat))

@@ -1,21 +1,97 @@
-"""Transforms with their kernels computed once (``MaterializedTransform``): the codec's graphs
-use them for g_a, h_a and g_s, bit-identical to tfc's layers in float32, which recompute the
+"""Precision, in training and in decoding.
+
+Training (``trainer.precision``, ``training_policy``): the transforms g_a, h_a and g_s may
+compute in bfloat16 or float16 (Keras's mixed-precision policies: float32 variables, the
+compute dtype of the policy; tfc forms the RDFT kernels in float32), while the entropy model
+(the hyper-synthesis, the context and every network that decides a mean or a scale, the
+likelihoods) stays float32: its tensors are cast at the model's boundaries
+(``CompressionModel.call``). The weights are float32 whatever the policy, and the model that
+codes is always built in float32: a model trained in mixed precision codes like one trained in
+float32.
+
+Decoding: transforms with their kernels computed once (``MaterializedTransform``): the codec's
+graphs use them for g_a, h_a and g_s, bit-identical to tfc's layers in float32, which recompute the
 RDFT kernel parameterization on every call. The decoder may run g_s (and an LRP outside the
 entropy loop) in bfloat16 (``precision="bfloat16"``): the strings do not change, the
 reconstruction slightly does; float32 stays the reference.
 """
 
+import contextlib
+import uuid
+
 import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import padding_ops
 
+from cbexp.config import TRAINING_PRECISIONS
+
 PRECISIONS = ("float32", "bfloat16")
+
+
+# The dynamic loss scale's start: cbexp's loss (bits per pixel + lambda * MSE on the 0..255
+# scale) begins in the hundreds, and its gradients with it; from Keras's default (2^15) the
+# first 7 steps of a tiny run overflowed and were skipped (tests/training/test_precision.py).
+# The scale halves on each overflow and doubles after 2000 good steps, as Keras's.
+LOSS_SCALE_START = 2**8
 
 
 def check_precision(precision):
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
   return precision
+
+
+def check_training_precision(precision):
+  if precision not in TRAINING_PRECISIONS:
+    raise ValueError(
+      f"trainer.precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}"
+    )
+  return precision
+
+
+@contextlib.contextmanager
+def training_policy(precision="float32"):
+  """Layers built inside take the mixed-precision policy ``precision`` (Keras's global policy,
+  restored on exit: what is built elsewhere stays float32)."""
+  check_training_precision(precision)
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(precision)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def optimizer_for(optimizer, precision="float32"):
+  """``optimizer``, wrapped in Keras's dynamic loss scaling for mixed_float16 (float16's range
+  would flush small gradients to zero; bfloat16 has float32's range and needs none)."""
+  if check_training_precision(precision) == "mixed_float16":
+    return tf.keras.mixed_precision.LossScaleOptimizer(optimizer, initial_scale=LOSS_SCALE_START)
+  return optimizer
+
+
+def copy_weights(source, target, targets=None):
+  """Copies ``source``'s weights into ``target``, a model of the same config built in any
+  training precision, through an in-memory checkpoint: matched by the object graph, not by the
+  order of ``variables``, which a mixed-precision policy changes. ``targets``: the target's
+  weights (default: all its variables; the RD probe's copy also holds coding tables), checked
+  afterwards to hold the source's values, float32."""
+  prefix = f"ram://cbexp-weights/{uuid.uuid4().hex}/model"
+  path = tf.train.Checkpoint(model=source).write(prefix)
+  try:
+    tf.train.Checkpoint(model=target).read(path).expect_partial()
+  finally:
+    for name in tf.io.gfile.glob(prefix + "*"):
+      tf.io.gfile.remove(name)
+
+  def summary(variables):
+    return sorted(
+      (v.name, tuple(v.shape), float(tf.reduce_sum(tf.cast(v.read_value(), tf.float64))))
+      for v in variables
+    )
+
+  if summary(source.variables) != summary(target.variables if targets is None else targets):
+    raise RuntimeError("copying the weights left the target with other values than the source's")
 
 
 def coding_transform(transform, precision="float32"):

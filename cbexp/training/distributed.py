@@ -169,13 +169,21 @@ def make_distributed_train_step(model, optimizer, strategy):
   several workers, taking it also agrees across workers that every one has data, and that
   collective belongs in the step's graph rather than in an eager call of its own."""
   replicas = strategy.num_replicas_in_sync
+  # mixed_float16: the loss scaled up before the gradients, which are scaled back down
+  # (cbexp.models.precision.optimizer_for); the optimizer skips a step whose gradients overflow.
+  loss_scaling = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
 
   def replica_step(x):
     with tf.GradientTape() as tape:
       out = model(x, training=True)
-      scaled_loss = out.loss / replicas
+      replica_loss = out.loss / replicas
+      if loss_scaling:
+        replica_loss = optimizer.get_scaled_loss(replica_loss)
     variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+    gradients = tape.gradient(replica_loss, variables)
+    if loss_scaling:
+      gradients = optimizer.get_unscaled_gradients(gradients)
+    optimizer.apply_gradients(zip(gradients, variables))
     return {"loss": out.loss, "bpp": out.bpp, "mse": out.mse}
 
   @tf.function(reduce_retracing=True)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from cbexp.config import ConfigError, build_model
 from cbexp.errors import CbexpError
 from cbexp.evaluation.metrics import psnr_from_mse
+from cbexp.models.precision import copy_weights, optimizer_for
 from cbexp.training import checkpoints, data, distributed, schedules
 from cbexp.training.progress import log, progress_bar
 from cbexp.training.rd_points import RDProbe, TrainingCompute
@@ -61,7 +62,17 @@ def train_loop(cfg, plan, strategy, worker, metrics, current_step, scratch=None)
   train_steps(
     cfg.trainer, state, lambda: train_step(batches), monitors, metrics, worker, current_step
   )
-  return state.model
+  return float32_model(state.model, cfg)
+
+
+def float32_model(model, cfg):
+  """The trained model as the codec and the model files take it: ``model`` itself if it was
+  trained in float32, else a float32 copy of its weights (cbexp.models.precision)."""
+  if cfg.trainer.get("precision", "float32") == "float32":
+    return model
+  copy = build_model(cfg)
+  copy_weights(model, copy)
+  return copy
 
 
 def check_replicas(trainer, strategy):
@@ -86,10 +97,11 @@ def build_state(cfg, run_dir, strategy, worker, scratch):
   to resume: cbexp.training.checkpoints). Every worker resumes from the chief's checkpoints;
   only the chief tidies their folder."""
   trainer = cfg.trainer
+  precision = trainer.get("precision", "float32")
   with strategy.scope():
-    model = build_model(cfg)
+    model = build_model(cfg, precision)
     learning_rate = schedules.learning_rate_schedule(cfg.schedule, trainer.steps)
-    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    optimizer = optimizer_for(tf.keras.optimizers.Adam(learning_rate), precision)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     restored = checkpoints.restore_latest(
       checkpoint, run_dir / "checkpoints", read_only=not worker.chief

@@ -18,6 +18,7 @@ from cbexp import images
 from cbexp.config import (
   CONF_DIR,
   STRATEGIES,
+  TRAINING_PRECISIONS,
   ConfigError,
   entropy_defaults,
   entropy_names,
@@ -160,6 +161,11 @@ def check_trainer(trainer):
   if trainer.strategy not in STRATEGIES:
     raise ConfigError(
       f"trainer.strategy: unknown strategy '{trainer.strategy}' ({', '.join(STRATEGIES)})"
+    )
+  precision = trainer.get("precision", "float32")
+  if precision not in TRAINING_PRECISIONS:
+    raise ConfigError(
+      f"trainer.precision: unknown precision '{precision}' ({', '.join(TRAINING_PRECISIONS)})"
     )
   if trainer.strategy == "multi_worker" and os.environ.get("TF_CONFIG"):
     try:

@@ -18,6 +18,7 @@ import time
 from cbexp import files
 from cbexp.config import build_model
 from cbexp.evaluation import evaluate
+from cbexp.models.precision import copy_weights
 
 COMPUTE_FILE = "compute.json"  # in the checkpoint folder: {step: {cpu_s, wall_s, rd_s}}
 PER_IMAGE_PREFIX = "rd_image/"  # rd_image/<image>/<key>: one RD point's per-image values
@@ -79,11 +80,7 @@ class RDProbe:
     from cbexp.codec.codec import Codec
 
     start = time.perf_counter()
-    source = model.variables
-    if len(source) != len(self.weights):
-      raise RuntimeError(f"RD point: {len(source)} variables to copy into {len(self.weights)}")
-    for target, value in zip(self.weights, source):
-      target.assign(value.read_value())
+    copy_weights(model, self.copy, self.weights)  # float32, whatever the training precision
     self.copy.build_coders(z_tables_in_graph=True)
     codec = Codec.from_model(self.copy, self.cfg, "training")
     logger = tf.get_logger()

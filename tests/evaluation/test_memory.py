@@ -85,6 +85,8 @@ def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp
       }
     )
   )
-  rows = memory.run_all(opts, progress=lambda line: None)
+  seen = []  # the table is written after each measurement: a stopped run keeps them
+  rows = memory.run_all(opts, progress=lambda line: None, measured=lambda r: seen.append(len(r)))
   assert len(rows) == 1 and "missing" in rows[0]["failed"], rows
+  assert seen == [1]
   assert "failed: " in memory.markdown(memory.summarize(rows))

@@ -7,13 +7,13 @@ the simplified attention modules. Layer lists as in CompressAI's ``Cheng2020Anch
 from fractions import Fraction
 
 import tensorflow as tf
-import tensorflow_compression as tfc
 
 from cbexp.models.transforms.layers import (
   AttentionBlock,
   Block,
   Subsample,
   conv,
+  gdn,
   layers_macs,
   layers_reach,
   leaky_relu,
@@ -28,7 +28,7 @@ class ResidualBlockWithStride(Block):
     self.sublayers = [
       conv(filters, 3, stride=2, activation=leaky_relu, name="conv_0"),
       conv(filters, 3, name="conv_1"),
-      tfc.GDN(name="gdn"),
+      gdn("gdn"),
     ]
     # The 1x1 stride-2 skip as a subsampling and a 1x1 (the same sums): TF 2.14's CPU gradient
     # of a strided 1x1 convolution over few channels corrupts memory (the 3-channel image here).
@@ -90,7 +90,7 @@ class ResidualBlockUpsample(Block):
       SubpelConv(filters, name="subpel"),
       tf.keras.layers.LeakyReLU(alpha=0.01),
       conv(filters, 3, name="conv"),
-      tfc.GDN(inverse=True, name="igdn"),
+      gdn("igdn", inverse=True),
     ]
     self.skip = [SubpelConv(filters, name="skip")]
 

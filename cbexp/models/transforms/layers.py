@@ -13,12 +13,41 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 
+class SignalConv2D(tfc.SignalConv2D):
+  """tfc's SignalConv2D, with its bias gradient summed in float32 when the layer computes in
+  bfloat16 or float16 (``trainer.precision``): TensorFlow 2.14's CPU BiasAddGrad sums in the
+  input's precision (in bfloat16, a bias's gradient over 2x64x64 positions came out 512 instead
+  of 8197; a mixed-precision run then learned far slower than float32: tests/training/
+  test_precision.py). A broadcast addition's gradient is a float32 sum. In float32 it is tfc's
+  layer, call for call."""
+
+  def call(self, inputs):
+    if not self.use_bias or self.compute_dtype == "float32":
+      return super().call(inputs)
+    activation = self._activation
+    self._use_bias, self._activation = False, None
+    try:
+      outputs = super().call(inputs)
+    finally:
+      self._use_bias, self._activation = True, activation
+    outputs = outputs + self.bias
+    return outputs if activation is None else activation(outputs)
+
+
+def gdn(name, inverse=False):
+  """tfc's GDN (IGDN if ``inverse``), computing in float32 under any mixed-precision policy: it is
+  a small part of the work, its normalization (a square root of a sum over channels) is where
+  reduced precision hurts most, and its beta's gradient would be a reduced-precision BiasAddGrad
+  (``SignalConv2D``)."""
+  return tfc.GDN(inverse=inverse, name=name, dtype="float32")
+
+
 class HyperAnalysisTransform(tf.keras.Sequential):
   """h_a: y -> z, downsampling by another 4."""
 
   def __init__(self, filters, hyperprior_depth):
     super().__init__(name="hyper_analysis")
-    conv = functools.partial(tfc.SignalConv2D, corr=True, padding="same_zeros")
+    conv = functools.partial(SignalConv2D, corr=True, padding="same_zeros")
     self.add(
       conv(filters[0], (3, 3), name="layer_0", strides_down=1, use_bias=True, activation=tf.nn.relu)
     )
@@ -42,7 +71,7 @@ class HyperSynthesisTransform(tf.keras.Sequential):
   def __init__(self, filters, latent_depth, name="hyper_synthesis"):
     super().__init__(name=name)
     conv = functools.partial(
-      tfc.SignalConv2D, corr=False, padding="same_zeros", use_bias=True, kernel_parameter="variable"
+      SignalConv2D, corr=False, padding="same_zeros", use_bias=True, kernel_parameter="variable"
     )
     self.add(conv(filters[0], (5, 5), name="layer_0", strides_up=2, activation=tf.nn.relu))
     self.add(conv(filters[1], (5, 5), name="layer_1", strides_up=2, activation=tf.nn.relu))
@@ -56,7 +85,7 @@ class SliceTransform(tf.keras.Sequential):
   def __init__(self, hidden_filters, out_channels, name="slice_transform"):
     super().__init__(name=name)
     conv = functools.partial(
-      tfc.SignalConv2D,
+      SignalConv2D,
       corr=False,
       strides_up=1,
       padding="same_zeros",
@@ -175,7 +204,7 @@ def conv(filters, kernel, stride=1, activation=None, name=None):
   """A convolution as PyTorch's ``nn.Conv2d(padding=k // 2)`` computes it ("same" zero padding,
   output ceil(size / stride)), with plain kernel variables (PyTorch's parameter count): the
   residual backbones' layer."""
-  return tfc.SignalConv2D(
+  return SignalConv2D(
     filters,
     (kernel, kernel),
     corr=True,
@@ -191,7 +220,7 @@ def conv(filters, kernel, stride=1, activation=None, name=None):
 def deconv(filters, kernel, stride=2, name=None):
   """A transposed convolution upsampling by ``stride`` (PyTorch's ``ConvTranspose2d`` with
   ``output_padding = stride - 1``), plain kernel variables."""
-  return tfc.SignalConv2D(
+  return SignalConv2D(
     filters,
     (kernel, kernel),
     corr=False,

@@ -6,7 +6,8 @@ with GDN / IGDN, as in tensorflow-compression's ``models/ms2020.py`` (the layers
 import functools
 
 import tensorflow as tf
-import tensorflow_compression as tfc
+
+from cbexp.models.transforms.layers import SignalConv2D, gdn
 
 
 class AnalysisTransform(tf.keras.Sequential):
@@ -16,12 +17,12 @@ class AnalysisTransform(tf.keras.Sequential):
     super().__init__(name="analysis")
     # Default kernel parameter (RDFT): it is part of the published parameter count.
     conv = functools.partial(
-      tfc.SignalConv2D, corr=True, strides_down=2, padding="same_zeros", use_bias=True
+      SignalConv2D, corr=True, strides_down=2, padding="same_zeros", use_bias=True
     )
     self.add(tf.keras.layers.Lambda(lambda x: x / 255.0))
-    self.add(conv(num_filters, (5, 5), name="layer_0", activation=tfc.GDN(name="gdn_0")))
-    self.add(conv(num_filters, (5, 5), name="layer_1", activation=tfc.GDN(name="gdn_1")))
-    self.add(conv(num_filters, (5, 5), name="layer_2", activation=tfc.GDN(name="gdn_2")))
+    self.add(conv(num_filters, (5, 5), name="layer_0", activation=gdn("gdn_0")))
+    self.add(conv(num_filters, (5, 5), name="layer_1", activation=gdn("gdn_1")))
+    self.add(conv(num_filters, (5, 5), name="layer_2", activation=gdn("gdn_2")))
     self.add(conv(latent_depth, (5, 5), name="layer_3", activation=None))
 
 
@@ -33,16 +34,10 @@ class SynthesisTransform(tf.keras.Sequential):
     del latent_depth
     super().__init__(name="synthesis")
     conv = functools.partial(
-      tfc.SignalConv2D, corr=False, strides_up=2, padding="same_zeros", use_bias=True
+      SignalConv2D, corr=False, strides_up=2, padding="same_zeros", use_bias=True
     )
-    self.add(
-      conv(num_filters, (5, 5), name="layer_0", activation=tfc.GDN(name="igdn_0", inverse=True))
-    )
-    self.add(
-      conv(num_filters, (5, 5), name="layer_1", activation=tfc.GDN(name="igdn_1", inverse=True))
-    )
-    self.add(
-      conv(num_filters, (5, 5), name="layer_2", activation=tfc.GDN(name="igdn_2", inverse=True))
-    )
+    self.add(conv(num_filters, (5, 5), name="layer_0", activation=gdn("igdn_0", inverse=True)))
+    self.add(conv(num_filters, (5, 5), name="layer_1", activation=gdn("igdn_1", inverse=True)))
+    self.add(conv(num_filters, (5, 5), name="layer_2", activation=gdn("igdn_2", inverse=True)))
     self.add(conv(3, (5, 5), name="layer_3", activation=None))
     self.add(tf.keras.layers.Lambda(lambda x: x * 255.0))
