@@ -25,8 +25,6 @@ MODEL_KEYS = ("transform", "entropy", "scale_table", "lmbda")
 # The values of trainer.strategy (the tf.distribute strategies of cbexp.training.distributed),
 # here so that a config is checked before TensorFlow loads.
 STRATEGIES = ("default", "mirrored", "multi_worker")
-# The values of trainer.precision (cbexp.models.precision.training_policy), likewise.
-TRAINING_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _SCALARS = (bool, int, float, str)
 
 

@@ -11,3 +11,8 @@ DEFAULT_MEMORY_BUDGET_MB = 512
 def padded_size(n, multiple=PAD_MULTIPLE):
   """The coded size of an image side of ``n`` pixels."""
   return -(-n // multiple) * multiple
+
+
+# The values of trainer.precision (cbexp.models.precision.training_policy), here so that a config
+# is checked before TensorFlow loads.
+TRAINING_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import padding_ops
 
-from cbexp.config import TRAINING_PRECISIONS
+from cbexp.constants import TRAINING_PRECISIONS
 
 PRECISIONS = ("float32", "bfloat16")
 

@@ -18,12 +18,12 @@ from cbexp import images
 from cbexp.config import (
   CONF_DIR,
   STRATEGIES,
-  TRAINING_PRECISIONS,
   ConfigError,
   entropy_defaults,
   entropy_names,
   group_options,
 )
+from cbexp.constants import TRAINING_PRECISIONS
 from cbexp.models.transforms import WIDTH_KEYS
 from cbexp.tracking import runs, store
 from cbexp.training import data, schedules

@@ -47,6 +47,10 @@ def cases(tmp_path):
       replace(base, tracking__uri="ftp://x/y"),
       "tracking.uri ftp://x/y: unsupported scheme 'ftp'",
     ),
+    "unknown precision": (
+      replace(base, trainer__precision="float8"),
+      "trainer.precision: unknown precision 'float8' (float32, mixed_bfloat16, mixed_float16)",
+    ),
     "run_dir is a file": (
       replace(base, run_dir=tmp_path / "train" / "im00.png"),
       f"run_dir {tmp_path}/train/im00.png: exists and is not a folder",
@@ -68,6 +72,7 @@ def cases(tmp_path):
     "steps not an integer",
     "zero filters",
     "unsupported tracking URI",
+    "unknown precision",
     "run_dir is a file",
   ],
 )
