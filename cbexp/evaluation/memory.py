@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from cbexp.constants import PAD_MULTIPLE
 from cbexp.errors import CbexpError
 
 CROP = 512  # side of the mosaic's pieces
@@ -93,10 +94,13 @@ def options(cfg):
 
 
 def image_size(megapixels):
-  """(height, width) of a 4:3 image of about ``megapixels`` million pixels (not above)."""
+  """(height, width) of a 4:3 image of about ``megapixels`` million pixels, both multiples of
+  PAD_MULTIPLE, so that the coded (padded) size is not above the pixels asked for: 67 MP stays
+  within the 2^26 limit."""
   pixels = int(megapixels * 1e6)
-  height = max(1, int((pixels / ASPECT) ** 0.5))
-  return height, max(1, pixels // height)
+  height = max(1, int((pixels / ASPECT) ** 0.5) // PAD_MULTIPLE) * PAD_MULTIPLE
+  width = max(1, pixels // height // PAD_MULTIPLE) * PAD_MULTIPLE
+  return height, width
 
 
 def mosaic(folder, height, width):

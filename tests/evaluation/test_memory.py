@@ -25,6 +25,8 @@ def model_dir(tmp_path_factory, kodak_dir):
 def test_the_mosaic_has_the_size_asked_and_the_images_content(kodak_dir):
   height, width = memory.image_size(0.05)
   assert height * width <= 50_000 and abs(width / height - 4 / 3) < 0.01
+  height, width = memory.image_size(67.1)  # coded as it is: within the 2^26 limit
+  assert height % 64 == width % 64 == 0 and 66e6 < height * width <= 2**26
   image = memory.mosaic(kodak_dir, 600, 1100)
   assert image.shape == (600, 1100, 3) and image.dtype == np.uint8
   first = memory.mosaic(kodak_dir, 512, 512)
