@@ -10,7 +10,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
+from cbexp.codec import savedmodel
+from cbexp.codec.codec import Codec
 from cbexp.config import build_model, compose
+from cbexp.load import load_codec
 from cbexp.models.precision import LOSS_SCALE_START, optimizer_for
 from cbexp.training import distributed
 from cbexp.training.loop import float32_model
@@ -60,7 +63,9 @@ def train(precision, seed):
   return curve, model, cfg, skipped
 
 
-def test_mixed_precision_follows_the_float32_loss_curve_within_the_seed_spread():
+def test_mixed_precision_follows_the_float32_loss_curve_within_the_seed_spread(
+  tmp_path, kodak_image
+):
   reference, _, _, _ = train("float32", 0)
   other_seed, _, _, _ = train("float32", 1)
   spread = np.mean(np.abs(other_seed - reference))
@@ -80,3 +85,11 @@ def test_mixed_precision_follows_the_float32_loss_curve_within_the_seed_spread()
     for a, b in zip(sorted(model.variables, key=key), sorted(coding.variables, key=key)):
       assert key(a) == key(b)
       np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    # It exports, and the export decodes a Kodak crop exactly as the encoder reconstructed it.
+    coding.build_coders()
+    encoder = Codec.from_model(coding, cfg)
+    savedmodel.save(coding, cfg, tmp_path / precision, module=encoder.module)
+    image = np.asarray(kodak_image)[:64, :128]
+    decoded = load_codec(str(tmp_path / precision)).decode(encoder.encode(image))
+    np.testing.assert_array_equal(decoded, encoder.encoder_reconstruction(image))
