@@ -90,5 +90,5 @@ PY
 
 # Last: RD curves and the BD-rate of each model against the serial context of its own backbone.
 "$PYTHON" -m cbexp.analysis sweep_id="$SWEEP_ID" anchor=autoregressive "group_by=[transform]" \
-  out="$OUT" "title='Grid study: two backbones at tiny width, $STEPS steps'" xlim=[0,1] \
+  out="$OUT" "title='Grid study: ${TRANSFORMS// /, }, $STEPS steps'" xlim=[0,1] \
   ${TRACKING:-}
