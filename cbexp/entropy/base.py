@@ -15,6 +15,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
+from cbexp.models import tiling
+from cbexp.models.transforms.layers import transform_reach
+
 STRINGS_MISMATCH = "range-coded strings do not match their decoded symbols"
 # Bits a string may hold beyond 8 * its length: what tfc's encoder leaves out at the end (the
 # final state's trailing zero bytes, which the decoder supplies). A few bytes in practice.
@@ -440,6 +443,8 @@ class EntropyModel(tf.keras.layers.Layer):
     # (cbexp.entropy.exact); training and the estimated rate stay float either way.
     self.numerics = check_numerics(numerics)
     self._exact_networks = None
+    # Latent positions per band of the coding networks (``banded``); 0: the whole latent at once.
+    self.band_positions = 0
 
   def build_coders(self):
     self.gaussian.build_coder()
@@ -455,6 +460,54 @@ class EntropyModel(tf.keras.layers.Layer):
     if self.numerics == "float":
       return self
     return require_built(self._exact_networks, "exact networks")
+
+  # --- the coding networks over row bands (cbexp.models.tiling.row_bands) --------------------
+  def widest_layer_values(self):
+    """The largest input + output channels of one of the model's kernels: the values per latent
+    position that a band's activations are sized by (``set_memory_budget``)."""
+    kernels = [w for w in self.weights if "kernel" in w.name and w.shape.rank in (2, 4)]
+    return max(int(k.shape[-2]) + int(k.shape[-1]) for k in kernels)
+
+  def set_memory_budget(self, budget_bytes):
+    """Runs the networks of compress and decompress over row bands whose activations fit
+    ``budget_bytes`` (0: the whole latent at once). Float numerics only: the exact networks
+    requantize each layer by its peak over the whole latent (``cbexp.entropy.exact``), so they
+    keep the whole latent. The strings do not change (tests/models/test_tiling.py)."""
+    if not budget_bytes or self.numerics != "float":
+      self.band_positions = 0
+    else:
+      self.band_positions = tiling.band_positions_for_budget(
+        budget_bytes, self.widest_layer_values()
+      )
+
+  def banded(self, fn, inputs, halo, out_channels):
+    """``fn(*inputs)`` (a tuple of tensors with ``out_channels`` channels each) over row bands
+    of ``band_positions`` latent positions with ``halo`` rows of context: the coding paths call
+    it for every network that runs on the whole latent; training does not (its ``call``)."""
+    if not self.band_positions:
+      return tuple(fn(*inputs))
+    return tiling.row_bands(fn, list(inputs), self.band_positions, halo, out_channels)
+
+  def hyper_synthesis_tiled(self, path, z_hat):
+    """A hyper-synthesis ``path`` of the coding paths on ``z_hat``: over tiles of z
+    (``tiling.tiled``) whose output has about ``band_positions`` latent positions, when banded."""
+    if not self.band_positions:
+      return path(z_hat)
+    _, scale = transform_reach(path)
+    return tiling.tiled(
+      path,
+      z_hat,
+      max(4, math.isqrt(self.band_positions) // int(1 / scale)),
+      tiling.halo_latents(path),
+      1,
+      int(1 / scale),
+      int(path.layers[-1].filters),
+      tf.float32,
+    )
+
+  def halo(self, transform):
+    """Rows of context a band of ``transform`` (a stride-1 network) needs: its reach."""
+    return math.ceil(transform_reach(transform)[0])
 
   #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
   #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run

@@ -27,8 +27,13 @@ class ChannelSlices(SharedConstructor):
   # ``nets``: the networks computing the entropy parameters, the model itself (training,
   # float numerics) or ``coding_networks()`` (compress/decompress: float or exact numerics).
   def _hyper_features(self, z_hat, nets=None):
+    # The coding paths (``nets`` given) run the hyper-synthesis by tiles when banded.
+    synthesize = self.hyper_synthesis_tiled if nets else (lambda path, z: path(z))
     nets = nets or self
-    return nets.hyper_synthesis_mean(z_hat), nets.hyper_synthesis_scale(z_hat)
+    return (
+      synthesize(nets.hyper_synthesis_mean, z_hat),
+      synthesize(nets.hyper_synthesis_scale, z_hat),
+    )
 
   def _support(self, decoded):
     # Slice i sees the *first* min(i, max_support_slices) slices, not the latest ones.
@@ -37,12 +42,30 @@ class ChannelSlices(SharedConstructor):
   def _slice_inputs(self, i, hyper_means, hyper_scales, decoded, nets=None):
     """-> (cc_mean_i(mean support), cc_scale_i(scale support), mean support) of slice i, the
     supports being each hyper path with the support slices: ChARM's mean and scale index and
-    the LRP's input; charm_checkerboard's features."""
+    the LRP's input; charm_checkerboard's features. The mean support is the list of its parts
+    (``_with_residual`` joins them), so that the coding paths (``nets`` given), over row bands
+    when ``band_positions`` says so, never join them over the whole latent."""
+    coding = nets is not None
     nets = nets or self
     support = self._support(decoded)
-    mean_support = tf.concat([hyper_means] + support, axis=-1)
-    scale_support = tf.concat([hyper_scales] + support, axis=-1)
-    return nets.cc_mean[i](mean_support), nets.cc_scale[i](scale_support), mean_support
+
+    def features(hyper_means, hyper_scales, *support):
+      return (
+        nets.cc_mean[i](tf.concat([hyper_means, *support], axis=-1)),
+        nets.cc_scale[i](tf.concat([hyper_scales, *support], axis=-1)),
+      )
+
+    inputs = [hyper_means, hyper_scales, *support]
+    if coding:
+      depth = self._slice_depth(i)
+      halo = max(self.halo(self.cc_mean[i]), self.halo(self.cc_scale[i]))
+      mean, scale = self.banded(features, inputs, halo, (depth, depth))
+    else:
+      mean, scale = features(*inputs)
+    return mean, scale, [hyper_means, *support]
+
+  def _slice_depth(self, i):
+    return int(self.cc_mean[i].layers[-1].filters)
 
   @property
   def slice_residual(self):
@@ -50,8 +73,19 @@ class ChannelSlices(SharedConstructor):
     return [lambda x, lrp=lrp: 0.5 * tf.math.tanh(lrp(x)) for lrp in self.lrp]
 
   def _with_residual(self, i, mean_support, y_hat_slice, nets=None):
-    residual = (nets or self).slice_residual[i](tf.concat([mean_support, y_hat_slice], axis=-1))
-    return y_hat_slice + residual
+    """y_hat_slice + LRP_i(concat[mean support's parts, y_hat_slice]); over row bands in the
+    coding paths (``nets`` given)."""
+    coding = nets is not None
+    nets = nets or self
+
+    def with_residual(*parts):
+      return (parts[-1] + nets.slice_residual[i](tf.concat(parts, axis=-1)),)
+
+    inputs = [*mean_support, y_hat_slice]
+    if not coding:
+      return with_residual(*inputs)[0]
+    halo = self.halo(self.lrp[i])
+    return self.banded(with_residual, inputs, halo, (self._slice_depth(i),))[0]
 
   def _slice_loop(self, z_hat, code_slice, nets=None, stage=call_stage):
     """The loop over the slices, in order, of training, compress and the decoder (with

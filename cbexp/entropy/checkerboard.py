@@ -72,11 +72,13 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
   # float numerics) or ``coding_networks()`` (compress/decompress: float or exact numerics).
   def _hyper(self, z_hat, nets=None):
     """-> (features for g_ep, features for LRP): the same tensor unless two_hyper_paths."""
+    # The coding paths (``nets`` given) run the hyper-synthesis by tiles when banded.
+    synthesize = self.hyper_synthesis_tiled if nets else (lambda path, z: path(z))
     nets = nets or self
-    hyper = nets.hyper_synthesis(z_hat)
+    hyper = synthesize(nets.hyper_synthesis, z_hat)
     if self.hyper_synthesis_scale is None:
       return hyper, hyper
-    return tf.concat([hyper, nets.hyper_synthesis_scale(z_hat)], axis=-1), hyper
+    return tf.concat([hyper, synthesize(nets.hyper_synthesis_scale, z_hat)], axis=-1), hyper
 
   # The two passes, shared by training, compress and decompress so all three compute the
   # entropy parameters with the same ops on the same shapes.
@@ -92,6 +94,28 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
     """LRP from the hyper features, and from y_hat (without residual) if lrp_on_y_hat."""
     lrp_input = tf.concat([hyper, y_hat], axis=-1) if self.lrp_on_y_hat else hyper
     return super()._residual(lrp_input, decoding)
+
+  # The coding paths' networks, over row bands when ``band_positions`` says so (``banded``):
+  # g_ep alone needs no context rows, the context one packed row (a 5x5 kernel), the LRP its reach.
+  def _coded_anchor_params(self, hyper_a, nets):
+    depth = self.latent_depth
+    return self.banded(lambda h: self._anchor_params(h, nets), [hyper_a], 0, (depth, depth))
+
+  def _coded_non_anchor_params(self, y_hat_a, hyper_n, nets):
+    depth = self.latent_depth
+    return self.banded(
+      lambda y, h: self._non_anchor_params(y, h, nets),
+      [y_hat_a, hyper_n],
+      CheckerboardContext.halo_rows,
+      (depth, depth),
+    )
+
+  def _with_residual(self, hyper_lrp, y_hat_a, y_hat_n, decoding=False):
+    def residual(hyper, y_hat):
+      return (y_hat + self._residual(hyper, y_hat, decoding),)
+
+    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+    return self.banded(residual, [hyper_lrp, y_hat], self.halo(self.lrp), (self.latent_depth,))[0]
 
   def call(self, y, z_hat, training):
     hyper, hyper_lrp = self._hyper(z_hat)
@@ -113,15 +137,13 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
     hyper, hyper_lrp = self._hyper(z_hat, nets)
     hyper_a, hyper_n = split_checkerboard(hyper)
     y_a, y_n = split_checkerboard(y)
-    mean_a, index_a = self._anchor_params(hyper_a, nets)
+    mean_a, index_a = self._coded_anchor_params(hyper_a, nets)
     string_a = self.gaussian.compress(y_a, index_a, mean_a)
     y_hat_a = tf.round(y_a - mean_a) + mean_a
-    mean_n, index_n = self._non_anchor_params(y_hat_a, hyper_n, nets)
+    mean_n, index_n = self._coded_non_anchor_params(y_hat_a, hyper_n, nets)
     string_n = self.gaussian.compress(y_n, index_n, mean_n)
     y_hat_n = tf.round(y_n - mean_n) + mean_n
-    y_hat = merge_checkerboard(y_hat_a, y_hat_n)
-    y_hat += self._residual(hyper_lrp, y_hat)
-    return [string_a, string_n], y_hat
+    return [string_a, string_n], self._with_residual(hyper_lrp, y_hat_a, y_hat_n)
 
   def decode_stages(self, strings, z_hat, y_shape, stage):
     nets = self.coding_networks()
@@ -131,14 +153,18 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
       return split_checkerboard(hyper) + (hyper_lrp,)
 
     def residual(y_hat_a, y_hat_n, hyper_lrp):
-      y_hat = merge_checkerboard(y_hat_a, y_hat_n)
-      return y_hat + self._residual(hyper_lrp, y_hat, decoding=True)
+      return self._with_residual(hyper_lrp, y_hat_a, y_hat_n, decoding=True)
 
     hyper_a, hyper_n, hyper_lrp = stage("hyper_synthesis", hyper_paths, z_hat)
-    mean_a, index_a = stage("entropy_parameters", lambda h: self._anchor_params(h, nets), hyper_a)
+    mean_a, index_a = stage(
+      "entropy_parameters", lambda h: self._coded_anchor_params(h, nets), hyper_a
+    )
     y_hat_a = stage("range_coding", self.gaussian.decompress, strings[0], index_a, mean_a)
     mean_n, index_n = stage(
-      "entropy_parameters", lambda y, h: self._non_anchor_params(y, h, nets), y_hat_a, hyper_n
+      "entropy_parameters",
+      lambda y, h: self._coded_non_anchor_params(y, h, nets),
+      y_hat_a,
+      hyper_n,
     )
     y_hat_n = stage("range_coding", self.gaussian.decompress, strings[1], index_n, mean_n)
     return stage("lrp", residual, y_hat_a, y_hat_n, hyper_lrp)

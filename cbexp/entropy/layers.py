@@ -104,6 +104,10 @@ class CheckerboardContext(MaskedConv2D):
   float summation order).
   """
 
+  #: Packed rows of anchors on either side that a packed row of context reads (both positions:
+  #: the 5x5 kernel reaches two full-grid rows, one packed row).
+  halo_rows = 1
+
   def __init__(self, filters, positions="full_grid", **kwargs):
     if positions not in CONTEXT_POSITIONS:
       raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got {positions!r}")

@@ -205,6 +205,8 @@ class CompressionModel(tf.keras.Model):
   def _build_coding_graphs(self):
     """The compress and decompress graphs over the current weights, coders and tiles."""
     self.tiles  # noqa: B018 (computed eagerly here, before the coding graphs trace with it)
+    # The entropy model's networks over row bands within the same budget (float numerics).
+    self.entropy_model.set_memory_budget(self.memory_budget_mb * 2**20)
     # g_a and h_a with their RDFT kernels computed once, not on every call (bit-identical;
     # cbexp.precision). Plain objects: no checkpoint dependencies.
     from cbexp.models.precision import coding_transform
@@ -252,9 +254,10 @@ class CompressionModel(tf.keras.Model):
 
   def set_memory_budget(self, budget_mb=tiling.DEFAULT_MEMORY_BUDGET_MB):
     """Tiles the analysis and the synthesis so that the activations of each fit ``budget_mb``
-    megabytes (``tiling.tile_for_budget``; 0: untiled). The strings do not change (tiled and
-    untiled transforms agree bit for bit). Rebuilds the coding graphs if they are built (not the
-    coders: their tables, and so the fingerprint, stay as they are)."""
+    megabytes (``tiling.tile_for_budget``; 0: untiled), and runs the entropy model's networks
+    over row bands within the same budget (``EntropyModel.set_memory_budget``). The strings do
+    not change (tiled and untiled transforms agree bit for bit). Rebuilds the coding graphs if
+    they are built (not the coders: their tables, and so the fingerprint, stay as they are)."""
     self.memory_budget_mb = float(budget_mb or 0)
     self._tiles = None
     if self._z_coder is not None:

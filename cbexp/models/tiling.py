@@ -109,3 +109,61 @@ def tiled(fn, x, tile, halo, stride_in, stride_out, out_channels, out_dtype):
     lambda i, _: i < num_rows, row, (tf.constant(0), pieces(num_rows)), parallel_iterations=1
   )
   return done.concat()[None]
+
+
+# --- the entropy model's networks: row bands over the whole width --------------------------------
+# The entropy model codes the whole latent (one string per pass or slice), but the networks that
+# compute its means and scales (the hyper-synthesis's output aside) hold activations several
+# times y's size. They run over bands of latent rows, each with ``halo`` rows of real context
+# above and below: full-width bands, because the checkerboard's packed layout
+# (``cbexp.entropy.layers.split_checkerboard``) puts two half grids side by side along the width.
+#
+# A band is never smaller than MIN_BAND_POSITIONS latent positions: on the CPU, a matrix product
+# with fewer rows than a few thousand takes another kernel, which sums in another order (values
+# differ in the last bits, enough to flip a rounded symbol); from about 2,500 rows on, each row
+# of the product is the same as in the whole tensor's (measured for the 1x1 layers of the paper
+# models, 2 threads). The last band takes the rows left over, so it is never smaller either.
+MIN_BAND_POSITIONS = 16384
+
+
+def band_positions_for_budget(budget_bytes, widest_layer_values, overhead=4.0):
+  """Latent positions per band whose activations (``overhead`` times the widest layer's input +
+  output, ``widest_layer_values`` values per position) fit ``budget_bytes``; at least
+  MIN_BAND_POSITIONS."""
+  fits = int(budget_bytes / (overhead * BYTES_PER_VALUE * widest_layer_values))
+  return max(MIN_BAND_POSITIONS, fits)
+
+
+def row_bands(fn, inputs, band_positions, halo, out_channels):
+  """``fn(*inputs)`` computed band by band: ``inputs`` are [1, R, W, C_i] tensors with the same
+  R and W, ``fn`` returns a tuple of [1, r, W, C_k] tensors (r: the rows it was given), and
+  ``out_channels`` gives each C_k. Each band has max(1, band_positions // W) rows (the last one
+  the rest) and is read with ``halo`` rows of context above and below where the input has them;
+  its interior rows are kept. -> the tuple of [1, R, W, C_k] outputs, equal to ``fn(*inputs)``
+  for a ``fn`` whose output row depends only on input rows within ``halo``. A tf.while_loop, one
+  band at a time."""
+  import tensorflow as tf
+
+  rows, width = tf.shape(inputs[0])[1], tf.shape(inputs[0])[2]
+  band = tf.maximum(1, band_positions // tf.maximum(width, 1))
+  num_bands = tf.maximum(1, rows // band)
+
+  def body(i, done):
+    r0 = i * band
+    r1 = tf.where(i == num_bands - 1, rows, r0 + band)
+    a0, a1 = tf.maximum(r0 - halo, 0), tf.minimum(r1 + halo, rows)
+    outputs = fn(*(x[:, a0:a1] for x in inputs))
+    return i + 1, tuple(
+      pieces.write(i, out[0, r0 - a0 : r1 - a0]) for pieces, out in zip(done, outputs)
+    )
+
+  pieces = tuple(
+    tf.TensorArray(
+      tf.float32, size=num_bands, infer_shape=False, element_shape=[None, None, channels]
+    )
+    for channels in out_channels
+  )
+  _, done = tf.while_loop(
+    lambda i, _: i < num_bands, body, (tf.constant(0), pieces), parallel_iterations=1
+  )
+  return tuple(p.concat()[None] for p in done)

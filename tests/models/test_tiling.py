@@ -13,7 +13,8 @@ import tensorflow as tf
 from cbexp.load import build_untrained
 from cbexp.models import tiling
 from cbexp.models.transforms import cheng2020, elic, ms2020
-from cbexp.models.transforms.layers import transform_reach
+from cbexp.models.transforms.layers import HyperSynthesisTransform, SliceTransform, transform_reach
+from helpers.models import tiny_overrides
 
 BACKBONES = {
   "ms2020": (ms2020, {}),
@@ -68,15 +69,24 @@ def test_tiled_coding_is_bit_identical_to_untiled(transform):
   # 200x328 pads to 256x384: 16x24 latents, cut by tiles of 3 and 5 into uneven pieces.
   image = np.random.default_rng(0).integers(0, 256, (200, 328, 3), dtype=np.uint8)
   assert model.tiles[0] > 24 and model.tiles[1] > 24  # the default budget: one tile here
+
+  def tiles_of_3_and_5():  # what a budget gives at paper width, in proportion to this image
+    model._tiles = (3, 5)
+    model._build_coding_graphs()
+
+  assert_codes_as_untiled(model, image, tiles_of_3_and_5)
+
+
+def assert_codes_as_untiled(model, image, tile):
+  """Untiled coding of ``image``, then ``tile()``: the same strings, checks and latents; either
+  file decodes to the same pixels tiled, and the tiled file untiled."""
   model.set_memory_budget(0)
   untiled = model.compress(image)
   untiled_pixels = model.decompress(untiled).numpy()
-  model._tiles = (3, 5)  # what a budget gives at paper width, in proportion to this image
-  model._build_coding_graphs()
+  tile()
   tiled = model.compress(image)
   assert tiled.strings == untiled.strings and tiled.checks == untiled.checks
   np.testing.assert_array_equal(tiled.y_hat.numpy(), untiled.y_hat.numpy())
-  # Tiled decoding of both files, then untiled decoding of the tiled file: the same pixels.
   np.testing.assert_array_equal(model.decompress(untiled).numpy(), untiled_pixels)
   np.testing.assert_array_equal(model.decompress(tiled).numpy(), untiled_pixels)
   model.set_memory_budget(0)
@@ -98,3 +108,88 @@ def test_the_tile_follows_the_memory_budget_not_the_image():
   # The synthesis's widest layer: the last one, 16 channels at 64 samples per latent in, 3 at
   # 256 out (tiny width), in float32 bytes.
   assert per_latent == 4 * (16 * 64 + 3 * 256)
+
+
+# --- the entropy model's networks over row bands -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "transform",
+  [
+    ("hyper_synthesis", lambda: HyperSynthesisTransform([24, 24], 40), 1 / 4),
+    ("slice_transform", lambda: SliceTransform([24, 16], 8), 1),
+  ],
+  ids=lambda t: t[0],
+)
+def test_the_entropy_models_halos_are_their_measured_receptive_fields(transform):
+  _, make, scale = transform
+  tf.random.set_seed(1)
+  network = make()
+  x = np.random.default_rng(0).normal(size=(1, 32, 32, 40)).astype(np.float32)
+  radius, derived_scale = transform_reach(network)
+  assert derived_scale == Fraction(scale).limit_denominator()
+  # Output samples far from the borders (every phase of the upsampling): the whole field.
+  outputs = range(64, 64 + int(1 / scale)) if scale < 1 else [16]
+  assert radius == support_radius(network, x, outputs, scale)
+  assert tiling.halo_latents(network) == math.ceil(radius)
+
+
+def test_row_bands_equal_the_whole_tensor_and_no_band_is_short():
+  tf.random.set_seed(2)
+  net = SliceTransform([16, 8], 4)
+  halo = math.ceil(transform_reach(net)[0])
+  x = tf.constant(np.random.default_rng(1).normal(size=(1, 23, 7, 5)).astype(np.float32))
+  h = tf.constant(np.random.default_rng(2).normal(size=(1, 23, 7, 3)).astype(np.float32))
+  seen = []
+
+  def fn(a, b):
+    seen.append(int(a.shape[1]))
+    joined = tf.concat([a, b], -1)
+    return net(joined), joined[..., :1] * 2
+
+  whole = fn(x, h)
+  seen.clear()
+  # 20 positions per band at width 7: bands of 2 rows, the last one 3 (23 = 10 * 2 + 3).
+  banded = tiling.row_bands(fn, [x, h], 20, halo, (4, 1))
+  # Each band read with its halo where the tensor has rows: the last one is 3 rows + the halo.
+  assert seen == [2 + min(r, halo) + min(21 - r, halo) for r in range(0, 20, 2)] + [3 + halo]
+  for got, want in zip(banded, whole):
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+  # A halo short of the receptive field is caught: the band borders differ.
+  short = tiling.row_bands(fn, [x, h], 20, halo - 1, (4, 1))
+  assert not np.array_equal(short[0].numpy(), whole[0].numpy())
+
+
+def test_the_band_follows_the_budget_and_never_drops_below_the_minimum():
+  model, _ = build_untrained(tiny_overrides("checkerboard"), seed=0)
+  entropy = model.entropy_model
+  widest = entropy.widest_layer_values()
+  assert widest == max(
+    k.shape[-2] + k.shape[-1] for k in entropy.weights if "kernel" in k.name and k.shape.rank > 1
+  )
+  model.set_memory_budget(4096)
+  large = entropy.band_positions
+  assert large == int(4096 * 2**20 / (4 * 4 * widest))
+  model.set_memory_budget(1)
+  assert entropy.band_positions == tiling.MIN_BAND_POSITIONS
+  model.set_memory_budget(0)
+  assert entropy.band_positions == 0
+  entropy.numerics = "exact"  # as entropy.numerics=exact builds it
+  entropy.set_memory_budget(4096 * 2**20)
+  assert entropy.band_positions == 0  # exact numerics keep the whole latent
+
+
+@pytest.mark.parametrize(
+  "entropy", [["checkerboard"], ["charm", "entropy.num_slices=2", "entropy.max_support_slices=1"]]
+)
+def test_banded_entropy_networks_code_the_same_strings(entropy, monkeypatch):
+  model, _ = build_untrained(tiny_overrides(*entropy), seed=0)
+  # 200x328 pads to 256x384: a 16x24 latent (8x24 packed), cut into bands of 1 to 3 rows.
+  image = np.random.default_rng(3).integers(0, 256, (200, 328, 3), dtype=np.uint8)
+  monkeypatch.setattr(tiling, "MIN_BAND_POSITIONS", 1)
+
+  def bands_of_a_few_dozen_positions():
+    model.set_memory_budget(0.02)
+    assert 0 < model.entropy_model.band_positions < 24 * 2
+
+  assert_codes_as_untiled(model, image, bands_of_a_few_dozen_positions)
