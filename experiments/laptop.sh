@@ -23,7 +23,8 @@
 # resume from their last checkpoint. Variables: PYTHON, OUT, SWEEP_DIR, STEPS, LAMBDAS, SEEDS
 # (charm, checkerboard), HYPERPRIOR_SEEDS, CHARM_RD_EVERY, JOBS (parallel jobs; threads per job =
 # trainer.threads), BENCH_REPEATS, BENCH_MAX_IMAGES, TRACKING (e.g.
-# "tracking.uri=sqlite:////tmp/study.db"), EXTRA (more overrides for every job).
+# "tracking.uri=sqlite:////tmp/study.db"), EXTRA (more overrides for every job), CHARM_EXTRA
+# (more overrides for the ChARM jobs: the CI version's fewer slices).
 # CI runs a two-step version (tests/experiments/test_laptop_study.py).
 set -euo pipefail
 : "${CBEXP_KODAK_DIR:?set CBEXP_KODAK_DIR to the Kodak folder (python -m cbexp.datasets download-kodak <dir>)}"
@@ -48,7 +49,7 @@ COMMON=(experiment=laptop trainer.steps="$STEPS" lmbda="$LAMBDAS" hydra/launcher
 # a checkerboard step, so it takes RD points twice as often (in steps): the equal-compute
 # comparison meets it early in its training. The same sweep directory: one sweep id and parent.
 "$PYTHON" -m cbexp.run -m entropy=charm trainer.seed="$SEEDS" trainer.rd_every="$CHARM_RD_EVERY" \
-  "${COMMON[@]}"
+  "${COMMON[@]}" ${CHARM_EXTRA:-}
 "$PYTHON" -m cbexp.run -m entropy=checkerboard trainer.seed="$SEEDS" "${COMMON[@]}"
 "$PYTHON" -m cbexp.run -m entropy=hyperprior trainer.seed="$HYPERPRIOR_SEEDS" "${COMMON[@]}"
 TRAINED=$(date +%s)

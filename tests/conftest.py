@@ -19,7 +19,6 @@ LONGEST_FIRST = [
   "test_run_multiworker.py",
   "test_run.py",
   "test_run_bad_config.py",
-  "test_run_sweep.py",
   "test_codec_cli.py",
 ]
 

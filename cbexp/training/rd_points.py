@@ -81,7 +81,7 @@ class RDProbe:
 
     start = time.perf_counter()
     copy_weights(model, self.copy, self.weights)  # float32, whatever the training precision
-    self.copy.build_coders(z_tables_in_graph=True)
+    self.copy.build_coders()
     codec = Codec.from_model(self.copy, self.cfg, "training")
     logger = tf.get_logger()
     level = logger.level

@@ -1,6 +1,6 @@
 """A REAL sweep, end to end: 2 entropy models x 3 lambdas of tiny models trained for a few steps
-through ``python -m cbexp.run -m``, evaluated with real range coding, then
-``python -m cbexp.analysis`` on that sweep. The numbers only show that the pipeline works (4
+through ``python -m cbexp.run -m`` (one sweep, two commands), evaluated with real range coding,
+then ``python -m cbexp.analysis`` on that sweep. The numbers only show that the pipeline works (4
 training steps on three small images, one 192x192 evaluation image), not how good the models
 are. The six jobs run in two processes (joblib launcher), writing one sqlite store.
 """
@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cbexp.analysis import figures
+from helpers.runs import experiment_runs
 
 ENTROPY_MODELS = ["charm", "checkerboard"]
 LMBDAS = ["0.003", "0.01", "0.03"]
@@ -54,13 +55,10 @@ def sweep(tmp_path_factory):
   uri = f"sqlite:///{folder / 'mlflow.db'}"
   train = write_images(folder / "train", [(96, 96), (80, 128), (96, 64)], seed=0)
   evaluation = write_images(folder / "eval", [(192, 192)], seed=1)  # MS-SSIM needs >= 161
-  result = run(
-    "cbexp.run",
-    "-m",
+  common = [
     "hydra/launcher=joblib",
     "hydra.launcher.n_jobs=2",
     "transform=tiny",
-    f"entropy={','.join(ENTROPY_MODELS)}",
     "entropy.hidden_filters=[16,16]",
     f"lmbda={','.join(LMBDAS)}",
     "dataset=folder",
@@ -75,8 +73,20 @@ def sweep(tmp_path_factory):
     "trainer.checkpoint_every=4",
     f"tracking.uri={uri}",
     f"hydra.sweep.dir={folder / 'sweep'}",
+  ]
+  # One sweep (one directory, one sweep id) in two commands, as experiments/laptop.sh runs it:
+  # ChARM with two slices (its graphs take a fraction of ten slices' time), then checkerboard.
+  charm = run(
+    "cbexp.run",
+    "-m",
+    "entropy=charm",
+    "entropy.num_slices=2",
+    "entropy.max_support_slices=1",
+    *common,
     cwd=folder,
   )
+  assert charm.returncode == 0, charm.stderr[-3000:]
+  result = run("cbexp.run", "-m", "entropy=checkerboard", *common, cwd=folder)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((folder / "sweep" / "mlflow_sweep.json").read_text())
   out = folder / "analysis"
@@ -111,6 +121,26 @@ def test_the_sweep_ends_with_a_summary_and_the_next_command(sweep):
 
   parent = MlflowClient(sweep["uri"]).get_run(sweep["record"]["parent_run_id"])
   assert parent.info.status == "FINISHED"
+
+
+def test_every_job_is_a_finished_child_run_with_its_own_run_dir(sweep):
+  """The jobs of both commands, run two at a time by joblib in one sqlite store: none lost, each a
+  child of the one parent run with the sweep's id, its steps logged once each."""
+  client, runs = experiment_runs(sweep["uri"])
+  parents = [r for r in runs if r.data.tags.get("run_type") == "sweep_parent"]
+  children = [r for r in runs if r.data.tags.get("run_type") == "train"]
+  assert len(parents) == 1 and len(children) == len(ENTROPY_MODELS) * len(LMBDAS)
+  assert parents[0].info.run_id == sweep["record"]["parent_run_id"]
+  assert parents[0].data.tags["sweep_id"] == sweep["sweep_id"]
+  for run in children:
+    assert run.data.tags["sweep_id"] == sweep["sweep_id"]
+    assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["eval/bpp"])
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [2, 4]
+  combinations = {(r.data.tags["entropy"], r.data.params["lmbda"]) for r in children}
+  assert combinations == {(e, lm) for e in ENTROPY_MODELS for lm in LMBDAS}
+  assert len({r.data.tags["run_dir"] for r in children}) == len(children)
 
 
 def test_the_analysis_run_is_a_child_of_the_sweep(sweep):

@@ -62,6 +62,9 @@ def launch(cluster, arguments, cwd):
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
+    # Ctrl-C reaches the launcher as at a terminal, even when pytest itself runs in the
+    # background (a shell's `&` ignores SIGINT, and Python keeps an ignored SIGINT ignored).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
 
 
