@@ -505,10 +505,6 @@ class EntropyModel(tf.keras.layers.Layer):
       tf.float32,
     )
 
-  def halo(self, transform):
-    """Rows of context a band of ``transform`` (a stride-1 network) needs: its reach."""
-    return math.ceil(transform_reach(transform)[0])
-
   #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
   #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run
   #: it in reduced precision without changing a decoded symbol. False for the ChARM-style models,

@@ -6,6 +6,7 @@ charm_checkerboard share.
 import tensorflow as tf
 
 from cbexp.entropy.base import EntropyModel, LatentOutput, SharedConstructor, call_stage
+from cbexp.models import tiling
 from cbexp.models.transforms.layers import HyperSynthesisTransform, SliceTransform, transform_macs
 
 
@@ -58,7 +59,7 @@ class ChannelSlices(SharedConstructor):
     inputs = [hyper_means, hyper_scales, *support]
     if coding:
       depth = self._slice_depth(i)
-      halo = max(self.halo(self.cc_mean[i]), self.halo(self.cc_scale[i]))
+      halo = max(tiling.halo_latents(self.cc_mean[i]), tiling.halo_latents(self.cc_scale[i]))
       mean, scale = self.banded(features, inputs, halo, (depth, depth))
     else:
       mean, scale = features(*inputs)
@@ -84,7 +85,7 @@ class ChannelSlices(SharedConstructor):
     inputs = [*mean_support, y_hat_slice]
     if not coding:
       return with_residual(*inputs)[0]
-    halo = self.halo(self.lrp[i])
+    halo = tiling.halo_latents(self.lrp[i])
     return self.banded(with_residual, inputs, halo, (self._slice_depth(i),))[0]
 
   def _slice_loop(self, z_hat, code_slice, nets=None, stage=call_stage):

@@ -8,6 +8,7 @@ import tensorflow as tf
 from cbexp.entropy.base import EntropyModel, LatentOutput
 from cbexp.entropy.hyperprior import MeanScaleHyperprior
 from cbexp.entropy.layers import CheckerboardContext, merge_checkerboard, split_checkerboard
+from cbexp.models import tiling
 from cbexp.models.transforms.layers import HyperSynthesisTransform, transform_macs
 
 
@@ -115,7 +116,9 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
       return (y_hat + self._residual(hyper, y_hat, decoding),)
 
     y_hat = merge_checkerboard(y_hat_a, y_hat_n)
-    return self.banded(residual, [hyper_lrp, y_hat], self.halo(self.lrp), (self.latent_depth,))[0]
+    return self.banded(
+      residual, [hyper_lrp, y_hat], tiling.halo_latents(self.lrp), (self.latent_depth,)
+    )[0]
 
   def call(self, y, z_hat, training):
     hyper, hyper_lrp = self._hyper(z_hat)
