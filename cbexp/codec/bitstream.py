@@ -1,10 +1,10 @@
 """The ``.cbx`` file: a self-describing container for one compressed image.
 
-Layout (all integers big-endian, unsigned), format version 2 (FORMAT_VERSION):
+Layout (all integers big-endian, unsigned), format version 3 (FORMAT_VERSION):
 
     offset      size  field
     0           4     magic b"\\x89CBX" (the high first byte catches 7-bit / text-mode transfers)
-    4           1     format version: 2 (1: the layout without symbol checks, see below)
+    4           1     format version: 3 (2: older symbol checks; 1: none; see below)
     5           1     n: length of the entropy-model name
     6           n     entropy-model name, ASCII (e.g. "charm")
     6+n         16    model fingerprint (128 bits of SHA-256 over config + weights)
@@ -16,9 +16,12 @@ Layout (all integers big-endian, unsigned), format version 2 (FORMAT_VERSION):
     31+n+8k     sum   the strings, in order
     end-4       4     CRC-32 of every byte before it
 
-Format version 1 is the same without the symbol checks; both are read. A string's symbol check
-(``GaussianConditional.symbol_check``) is what the decoder must reproduce, so that a decode that
-lost sync without an error is refused. Pure Python: ``read`` checks the header against the file's
+A string's symbol check (``GaussianConditional.symbol_check``) is what the decoder must
+reproduce, so that a decode that lost sync without an error is refused. Format 3 hashes the
+string's symbols row by row, so that a decoder working on bands of rows computes it without
+holding every symbol (``cbexp.models.streaming``); format 2, the same layout, hashed them all at
+once (only the whole-latent decoder of a model directory checks it: ``cbexp.codec``); format 1
+has no symbol checks. All three are read. Pure Python: ``read`` checks the header against the file's
 size and the caller's limits before it reads any string. bpp counts the whole file.
 """
 
@@ -32,8 +35,8 @@ from cbexp import files
 from cbexp.errors import CbexpError
 
 MAGIC = b"\x89CBX"
-FORMAT_VERSION = 2  # written; READ_VERSIONS are read
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # written; READ_VERSIONS are read
+READ_VERSIONS = (1, 2, 3)
 FINGERPRINT_BYTES = 16
 SYMBOL_CHECK_BYTES = 4  # cbexp.entropy.base.SYMBOL_CHECK_BYTES (a test checks)
 _MAX_NAME_BYTES = 255
@@ -66,6 +69,7 @@ class Bitstream:
   width: int
   strings: tuple  # of bytes
   checks: tuple = None  # of bytes, SYMBOL_CHECK_BYTES each, one per string (None: format 1)
+  check_format: int = FORMAT_VERSION  # the format of the checks: 3, or 2 (older files)
 
   def __post_init__(self):
     object.__setattr__(self, "strings", tuple(bytes(s) for s in self.strings))
@@ -98,6 +102,8 @@ class Bitstream:
         f"{len(self.strings)} strings need as many symbol checks of "
         f"{SYMBOL_CHECK_BYTES} bytes, got {[len(c) for c in self.checks]}"
       )
+    if self.check_format not in (2, 3):
+      raise BitstreamError(f"symbol checks of format {self.check_format}: 2 or 3 exist")
 
   @property
   def num_pixels(self):
@@ -105,8 +111,8 @@ class Bitstream:
 
   @property
   def version(self):
-    """The format version ``to_bytes`` writes: 2 with symbol checks, 1 without."""
-    return 1 if self.checks is None else 2
+    """The format version ``to_bytes`` writes: its checks' format, 1 without checks."""
+    return 1 if self.checks is None else self.check_format
 
   def to_bytes(self):
     name = self.entropy_model.encode("ascii")
@@ -148,7 +154,8 @@ class Header:
   width: int
   lengths: tuple  # of each string, in bytes
   size: int  # of the header itself, in bytes
-  checks: tuple = None  # symbol check of each string (format 2; None: format 1)
+  checks: tuple = None  # symbol check of each string (formats 2 and 3; None: format 1)
+  version: int = FORMAT_VERSION
 
   @property
   def file_size(self):
@@ -203,6 +210,7 @@ class Header:
       lengths=lengths,
       size=reader.offset,
       checks=checks,
+      version=version,
     )
     expected_size = header.file_size
     if file_size < expected_size:
@@ -230,6 +238,7 @@ class Header:
       width=self.width,
       strings=tuple(strings),
       checks=self.checks,
+      check_format=self.version if self.checks is not None else FORMAT_VERSION,
     )
 
 

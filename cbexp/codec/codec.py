@@ -75,7 +75,7 @@ def decode_timeout(height, width, seconds=None):
 class Codec:
   """A model ready to code images: ``encode(uint8 [H, W, 3]) -> Bitstream`` and back."""
 
-  def __init__(self, module, source, max_pixels=DEFAULT_MAX_PIXELS):
+  def __init__(self, module, source, max_pixels=DEFAULT_MAX_PIXELS, decompress_format2=None):
     self.module = module
     self.source = str(source)
     self.max_pixels = int(max_pixels)
@@ -84,13 +84,34 @@ class Codec:
     self.num_strings = int(module.num_strings.numpy())
     self.pad_multiple = int(module.pad_multiple.numpy())
     # Exports of format 2 predate the symbol checks (cbexp.export): they decode .cbx format 1.
-    self.symbol_checks = int(module.format_version.numpy()) >= 3
+    # Format 3 computes the checks of .cbx format 2, format 4 those of .cbx format 3.
+    export_format = int(module.format_version.numpy())
+    self.symbol_checks = export_format >= 3
+    self.check_format = 3 if export_format >= 4 else 2
+    # A model directory's codec also decodes files with format 2 checks (whole latent).
+    self.decompress_format2 = decompress_format2
 
   @classmethod
   def from_model(cls, model, cfg, source="memory", max_pixels=DEFAULT_MAX_PIXELS):
     """An in-memory codec over a model with its coders built: the functions an export of it
-    would store (``savedmodel.build_codec_functions``), so the same strings."""
-    return cls(savedmodel.build_codec_functions(model, cfg), source, max_pixels)
+    would store (``savedmodel.build_codec_functions``), so the same strings; it also decodes
+    .cbx files of format 2 (``CompressionModel.decompress_padded_format2``)."""
+    import tensorflow as tf
+
+    from cbexp.models.compression import crop, padded_shape
+
+    @tf.function(
+      input_signature=[
+        tf.TensorSpec([1 + model.entropy_model.num_strings], tf.string),
+        tf.TensorSpec([2], tf.int32),
+      ]
+    )
+    def decompress_format2(strings, image_shape):
+      x_hat, _, checks = model.decompress_padded_format2(strings, padded_shape(image_shape))
+      return {"image": crop(x_hat, image_shape), "checks": checks}
+
+    module = savedmodel.build_codec_functions(model, cfg)
+    return cls(module, source, max_pixels, decompress_format2)
 
   def __repr__(self):
     return f"Codec({self.entropy_model}, fingerprint {self.fingerprint}, from {self.source})"
@@ -115,7 +136,8 @@ class Codec:
     )
 
   def encode(self, image):
-    """-> Bitstream with the strings and their symbol checks (written as .cbx format 2)."""
+    """-> Bitstream with the strings and their symbol checks (written as .cbx format 3, or 2 by
+    an export of format 3)."""
     import tensorflow as tf
 
     image = self.check_image(image)
@@ -129,6 +151,7 @@ class Codec:
       width=image.shape[1],
       strings=tuple(coded["strings"].numpy()),
       checks=tuple(bytes(c) for c in coded["checks"].numpy()),
+      check_format=self.check_format,
     )
 
   def check_compatible(self, bitstream):
@@ -165,7 +188,7 @@ class Codec:
     if bitstream.checks is not None and not self.symbol_checks:
       self._refuse_old_export("check the symbols of a .cbx file of format 2")
     try:
-      decoded = self.module.decompress(
+      decoded = self._decompress_for(bitstream)(
         tf.constant(bitstream.strings, tf.string),
         tf.constant([bitstream.height, bitstream.width], tf.int32),
       )
@@ -180,6 +203,23 @@ class Codec:
       if mismatch:
         raise CodecError(f"cannot decode: {mismatch}")
     return decoded["image"].numpy()
+
+  def _decompress_for(self, bitstream):
+    """The decoder that computes the symbol checks of the file's format."""
+    if bitstream.checks is None or bitstream.check_format == self.check_format:
+      return self.module.decompress
+    if bitstream.check_format == 2 and self.decompress_format2 is not None:
+      return self.decompress_format2
+    if bitstream.check_format == 2:
+      raise CodecError(
+        f"{self.source}: this export checks the symbols of .cbx format 3; the file is of "
+        "format 2 (written before it): decode it with the model directory"
+      )
+    raise CodecError(
+      f"{self.source}: this export (format 3) checks the symbols of .cbx format 2; the file is "
+      "of format 3: export the model again (cbexp export --from MODEL --out DIR) or use its "
+      "model directory"
+    )
 
   def encoder_reconstruction(self, image):
     """The image the decoder will produce, computed on the encoder's side."""

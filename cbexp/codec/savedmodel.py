@@ -17,9 +17,11 @@ from cbexp.errors import LoadError
 # Bumped if the functions' contract changes; loaders refuse exports they do not understand.
 # 2: the fingerprint covers the range-coding tables; decompress verifies its strings.
 # 3: compress and decompress also return the strings' symbol checks (.cbx format 2).
-EXPORT_FORMAT_VERSION = 3
-# Formats ``load`` accepts: 2 decodes .cbx files of format 1 only (cbexp.codec).
-READ_EXPORT_FORMATS = (2, 3)
+# 4: the checks of .cbx format 3; coding streamed within the memory budget.
+EXPORT_FORMAT_VERSION = 4
+# Formats ``load`` accepts: 2 decodes .cbx files of format 1 only, 3 files of formats 1 and 2,
+# 4 files of formats 1 and 3 (cbexp.codec).
+READ_EXPORT_FORMATS = (2, 3, 4)
 FINGERPRINT_HEX_CHARS = 32  # 128 bits
 
 
@@ -86,7 +88,7 @@ def build_codec_functions(model, cfg):
 
   @tf.function(input_signature=[image_spec])
   def compress(image):
-    strings, _, checks = model.compress_padded(pad_to_multiple(image, tf.uint8))
+    strings, _, checks = model.compress_padded(pad_to_multiple(image, tf.uint8), False)
     return {"strings": strings, "checks": checks}
 
   @tf.function(
@@ -96,7 +98,7 @@ def build_codec_functions(model, cfg):
     ]
   )
   def decompress(strings, image_shape):
-    x_hat, _, checks = model.decompress_padded(strings, padded_shape(image_shape))
+    x_hat, _, checks = model.decompress_padded(strings, padded_shape(image_shape), False)
     return {"image": crop(x_hat, image_shape), "checks": checks}
 
   @tf.function(input_signature=[image_spec])

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
+from tensorflow_compression.python.ops import gen_ops
 
 from cbexp.models import tiling
 from cbexp.models.transforms.layers import transform_reach
@@ -165,6 +166,22 @@ def verify_strings(decoded, strings, recoded, bits, finalized=None):
 SYMBOL_CHECK_BYTES = 4
 
 
+def row_fingerprints(*parts):
+  """uint8 [batch * rows, 8]: tf.fingerprint of each row of ``parts`` (integer-valued tensors
+  [batch, rows, ...] with the same batch and rows), its values in every part as int32, in
+  order."""
+  lead = tf.shape(parts[0])[:2]
+  count = lead[0] * lead[1]
+  flat = [tf.reshape(tf.cast(p, tf.int32), tf.stack([count, -1])) for p in parts]
+  return tf.fingerprint(tf.concat(flat, axis=1))
+
+
+def fold_row_fingerprints(rows):
+  """uint8 [batch, rows * 8] (each batch element's row fingerprints, in order) -> the symbol
+  check, uint8 [batch, SYMBOL_CHECK_BYTES]."""
+  return tf.fingerprint(rows)[:, :SYMBOL_CHECK_BYTES]
+
+
 class _CheckLog:
   """The symbol checks of one coding trace (a plain object: no checkpoint dependency)."""
 
@@ -306,17 +323,109 @@ class GaussianConditional(tf.Module):
       recorder.record(indexes, decoded, loc)
     return values
 
-  # --- the symbol check of each string (.cbx format 2, cbexp.codec.bitstream) -----------------
+  # --- the symbol check of each string (.cbx formats 2 and 3, cbexp.codec.bitstream) ---------
+  #: The .cbx format whose symbol checks ``record_check`` computes: 3 (row by row, what a
+  #: streamed coder computes band by band) or 2 (the whole string at once, files written before
+  #: format 3; only the whole-latent coder computes it). Set while a coding graph is traced.
+  check_format = 3
+
   @staticmethod
   def symbol_check(*parts):
-    """uint8 [batch, SYMBOL_CHECK_BYTES]: the first bytes of tf.fingerprint (farmhash64) of
-    ``parts`` (integer-valued tensors [batch, ...], e.g. coded scale indexes and symbols) as
-    int32, concatenated per batch element. Encoder and decoder compute it with the same ops
-    from what they coded, so equal checks mean the decoder used the encoder's indexes and got
-    back its symbols."""
+    """uint8 [batch, SYMBOL_CHECK_BYTES], the .cbx format 3 symbol check of ``parts``
+    (integer-valued tensors [batch, rows, ...], e.g. coded scale indexes and symbols): the first
+    bytes of tf.fingerprint (farmhash64) of the fingerprints of its rows (``row_fingerprints``),
+    in order. Row by row so that a coder working on bands of rows (``cbexp.models.streaming``)
+    computes it as the whole-latent one does, without holding every symbol. Encoder and decoder
+    compute it with the same ops from what they coded, so equal checks mean the decoder used the
+    encoder's indexes and got back its symbols."""
+    batch = tf.shape(parts[0])[:1]
+    rows = row_fingerprints(*parts)  # [batch * rows, 8]
+    return fold_row_fingerprints(tf.reshape(rows, tf.concat([batch, [-1]], 0)))
+
+  @staticmethod
+  def symbol_check_format2(*parts):
+    """The .cbx format 2 check: the first bytes of tf.fingerprint of ``parts`` flattened and
+    concatenated per batch element (the whole string's symbols at once)."""
     batch = tf.shape(parts[0])[:1]
     flat = [tf.reshape(tf.cast(p, tf.int32), tf.concat([batch, [-1]], 0)) for p in parts]
     return tf.fingerprint(tf.concat(flat, axis=1))[:, :SYMBOL_CHECK_BYTES]
+
+  def check_of(self, *parts):
+    """The symbol check of ``parts`` in ``check_format``."""
+    if self.check_format == 2:
+      return self.symbol_check_format2(*parts)
+    return self.symbol_check(*parts)
+
+  # --- coding band by band (cbexp.models.streaming) --------------------------------------------
+  # The same symbols, strings and checks as ``compress``/``decompress`` on the whole latent: tfc's
+  # range coder codes a tensor in row-major order, so bands of rows coded one after the other on
+  # one open handle write the whole latent's string. Batch 1 (the codec's).
+  def _coded(self, values, indexes, loc):
+    """-> (table rows: int32, the coder's symbols: value - loc rounded, less the row's offset,
+    the rounded values relative to loc)."""
+    rows = tf.cast(indexes, tf.int32)
+    relative = tf.round(values - loc)
+    return rows, tf.cast(relative, tf.int32) - tf.gather(self._cost.offsets, rows), relative
+
+  def encoder_state(self):
+    """The state of a streamed encoder (a tfc range-encoder handle, the row fingerprints)."""
+    handle = gen_ops.create_range_encoder([1], self.coder.cdf)
+    return handle, tf.zeros([0, 8], tf.uint8)
+
+  def encode_band(self, state, y, scale_indexes, loc):
+    """Codes a band of y -> (state, its reconstruction round(y - loc) + loc)."""
+    handle, fingerprints = state
+    indexes = self.coded_indexes(scale_indexes)
+    rows, symbols, relative = self._coded(y, indexes, loc)
+    handle = gen_ops.entropy_encode_index(handle, rows, symbols)
+    fingerprints = tf.concat([fingerprints, row_fingerprints(relative)], axis=0)
+    return (handle, fingerprints), relative + loc
+
+  def finish_encoder(self, state):
+    """-> (the string: string [1], its symbol check: uint8 [1, SYMBOL_CHECK_BYTES])."""
+    handle, fingerprints = state
+    return gen_ops.entropy_encode_finalize(handle), self._fold(fingerprints)
+
+  def decoder_state(self, strings):
+    """The state of a streamed decoder of ``strings`` (string [1]): the decoder's handle, an
+    encoder's that codes the decoded symbols again (``verify_strings``), their cost, the row
+    fingerprints."""
+    return (
+      gen_ops.create_range_decoder(strings, self.coder.cdf),
+      gen_ops.create_range_encoder([1], self.coder.cdf),
+      tf.zeros([1], tf.float64),
+      tf.zeros([0, 8], tf.uint8),
+    )
+
+  def decode_band(self, state, scale_indexes, loc):
+    """Decodes the next band -> (state, its values)."""
+    decoder, recoder, bits, fingerprints = state
+    indexes = self.coded_indexes(scale_indexes)
+    rows = tf.cast(indexes, tf.int32)
+    decoder, symbols = gen_ops.entropy_decode_index(decoder, rows, tf.shape(rows)[1:], tf.int32)
+    values = tf.cast(symbols + tf.gather(self._cost.offsets, rows), tf.float32) + loc
+    rows, symbols, relative = self._coded(values, indexes, loc)
+    recoder = gen_ops.entropy_encode_index(recoder, rows, symbols)
+    bits += self._cost(symbols, rows)
+    fingerprints = tf.concat([fingerprints, row_fingerprints(relative)], axis=0)
+    return (decoder, recoder, bits, fingerprints), values
+
+  def finish_decoder(self, state, strings):
+    """-> the symbol check of the decoded string, once ``verify_strings`` passed (a graph that
+    outputs it, or anything computed under ``tf.control_dependencies`` on it, fails on strings
+    that do not verify)."""
+    decoder, recoder, bits, fingerprints = state
+    return verify_strings(
+      self._fold(fingerprints),
+      strings,
+      gen_ops.entropy_encode_finalize(recoder),
+      bits,
+      finalized=gen_ops.entropy_decode_finalize(decoder),
+    )
+
+  @staticmethod
+  def _fold(fingerprints):
+    return fold_row_fingerprints(tf.reshape(fingerprints, [1, -1]))
 
   def start_checks(self):
     """Starts collecting the check of every string coded from now on (one trace of
@@ -324,12 +433,12 @@ class GaussianConditional(tf.Module):
     self._check_log = _CheckLog()
 
   def record_check(self, *parts):
-    """Records ``symbol_check(*parts)`` of the string just coded, if collecting. Entropy models
+    """Records ``check_of(*parts)`` of the string just coded, if collecting. Entropy models
     that code without ``compress``/``decompress`` (the autoregressive one) call it themselves,
     once per string, in string order."""
     log = getattr(self, "_check_log", None)
     if log is not None:
-      log.checks.append(self.symbol_check(*parts))
+      log.checks.append(self.check_of(*parts))
 
   def finish_checks(self):
     """-> the checks recorded since ``start_checks`` (a list of uint8 [batch, 4]); stops."""
@@ -504,6 +613,46 @@ class EntropyModel(tf.keras.layers.Layer):
       int(path.layers[-1].filters),
       tf.float32,
     )
+
+  # --- streamed coding (cbexp.models.streaming) -----------------------------------------------
+  #: Latent rows per stream row of the model's ``encoding_stream``/``decoding_stream``; 0: the
+  #: model codes the whole latent only (its networks may still run over row bands).
+  stream_unit = 0
+
+  def streams(self):
+    """Whether compress and decompress run as a stream (band by band, bounded memory): banded,
+    a model with streams, no ``CodingRecorder`` installed (conformance records whole tensors),
+    format 3 checks."""
+    return bool(
+      self.stream_unit
+      and self.band_positions
+      and self.gaussian.recorder is None
+      and self.gaussian.check_format == 3
+    )
+
+  def stream_pace(self, width):
+    """(rows per band, fewest rows per network call) of a stream whose rows hold ``width``
+    latent positions of each network's input."""
+    min_rows = -(-tiling.MIN_BAND_POSITIONS // width)
+    return tf.maximum(min_rows, self.band_positions // width), min_rows
+
+  @staticmethod
+  def hyper_rows(path, z_hat, r0, r1):
+    """Latent rows [r0, r1) of ``path(z_hat)`` (a hyper-synthesis, full width), computed from
+    the z rows they depend on (``tiling.halo_latents``: its receptive field in z samples)."""
+    _, scale = transform_reach(path)
+    up, halo = int(1 / scale), tiling.halo_latents(path)
+    z0 = tf.maximum(r0 // up - halo, 0)
+    z1 = tf.minimum((r1 + up - 1) // up + halo, tf.shape(z_hat)[1])
+    return path(z_hat[:, z0:z1])[:, r0 - up * z0 : r1 - up * z0]
+
+  def encoding_stream(self, y, z_hat):
+    """compress as a ``cbexp.models.streaming.Plan`` (models with ``stream_unit``)."""
+    raise NotImplementedError
+
+  def decoding_stream(self, strings, z_hat, y_shape):
+    """decompress as a ``cbexp.models.streaming.Plan`` (models with ``stream_unit``)."""
+    raise NotImplementedError
 
   #: True when the model's LRP output feeds no entropy parameter, only the synthesis (models
   #: whose LRP sees the hyper features and at most the decoded y_hat): the decoder may then run

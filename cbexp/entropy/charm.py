@@ -49,6 +49,17 @@ class ChannelSlices(SharedConstructor):
     coding = nets is not None
     nets = nets or self
     support = self._support(decoded)
+    inputs = [hyper_means, hyper_scales, *support]
+    features = self._slice_features(i, nets)
+    if coding:
+      depth = self._slice_depth(i)
+      mean, scale = self.banded(features, inputs, self._slice_halo(i), (depth, depth))
+    else:
+      mean, scale = features(*inputs)
+    return mean, scale, [hyper_means, *support]
+
+  def _slice_features(self, i, nets):
+    """(hyper_means, hyper_scales, *support slices) -> (cc_mean_i, cc_scale_i) of them."""
 
     def features(hyper_means, hyper_scales, *support):
       return (
@@ -56,14 +67,10 @@ class ChannelSlices(SharedConstructor):
         nets.cc_scale[i](tf.concat([hyper_scales, *support], axis=-1)),
       )
 
-    inputs = [hyper_means, hyper_scales, *support]
-    if coding:
-      depth = self._slice_depth(i)
-      halo = max(tiling.halo_latents(self.cc_mean[i]), tiling.halo_latents(self.cc_scale[i]))
-      mean, scale = self.banded(features, inputs, halo, (depth, depth))
-    else:
-      mean, scale = features(*inputs)
-    return mean, scale, [hyper_means, *support]
+    return features
+
+  def _slice_halo(self, i):
+    return max(tiling.halo_latents(self.cc_mean[i]), tiling.halo_latents(self.cc_scale[i]))
 
   def _slice_depth(self, i):
     return int(self.cc_mean[i].layers[-1].filters)
@@ -73,15 +80,19 @@ class ChannelSlices(SharedConstructor):
     """Per slice: x -> 0.5 * tanh(lrp_i(x)) (the exact networks use a table for tanh)."""
     return [lambda x, lrp=lrp: 0.5 * tf.math.tanh(lrp(x)) for lrp in self.lrp]
 
-  def _with_residual(self, i, mean_support, y_hat_slice, nets=None):
-    """y_hat_slice + LRP_i(concat[mean support's parts, y_hat_slice]); over row bands in the
-    coding paths (``nets`` given)."""
-    coding = nets is not None
-    nets = nets or self
+  def _residual_fn(self, i, nets):
+    """(*mean support parts, y_hat_slice) -> y_hat_slice + LRP_i of them all."""
 
     def with_residual(*parts):
       return (parts[-1] + nets.slice_residual[i](tf.concat(parts, axis=-1)),)
 
+    return with_residual
+
+  def _with_residual(self, i, mean_support, y_hat_slice, nets=None):
+    """y_hat_slice + LRP_i(concat[mean support's parts, y_hat_slice]); over row bands in the
+    coding paths (``nets`` given)."""
+    coding = nets is not None
+    with_residual = self._residual_fn(i, nets or self)
     inputs = [*mean_support, y_hat_slice]
     if not coding:
       return with_residual(*inputs)[0]
@@ -198,6 +209,85 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
       )
 
     return self._slice_loop(z_hat, decode_slice, nets, stage)
+
+  # --- streamed coding (cbexp.models.streaming): a stream row is a latent row -------------------
+  #   hyper (both paths, from z's rows) -> per slice: its entropy parameters from the hyper
+  #   features and its support slices (halo: cc_mean/cc_scale's reach), coded -> its LRP (halo:
+  #   its reach); each slice's stages lag behind its support's by their halos.
+  stream_unit = 1
+
+  def _stream(self, z_hat, width, code_slice, states, finish):
+    from cbexp.models.streaming import Output, Plan, Stage, interior
+
+    nets = self.coding_networks()
+    pace, min_rows = self.stream_pace(width)
+    depth = self.latent_depth
+
+    def hyper(state, r0, r1, a0):
+      paths = (nets.hyper_synthesis_mean, nets.hyper_synthesis_scale)
+      return state, tuple(self.hyper_rows(p, z_hat, r0, r1) for p in paths)
+
+    stages = [Stage(hyper, (Output(depth, width), Output(depth, width)), min_rows=min_rows)]
+    residual_stages = []
+    for i in range(self.num_slices):
+      support = tuple(self._support(residual_stages))
+      features, with_residual = self._slice_features(i, nets), self._residual_fn(i, nets)
+
+      def entropy_parameters(state, r0, r1, a0, *windows, i=i, features=features):
+        mean, scale_index = (interior(x, r0, r1, a0) for x in features(*windows))
+        return code_slice(i, state, r0, r1, scale_index, mean)
+
+      def residual(state, r0, r1, a0, hyper_means, hyper_scales, *parts, fn=with_residual):
+        return state, (interior(fn(hyper_means, *parts)[0], r0, r1, a0),)
+
+      sliced = (Output(self._slice_depth(i), width),)
+      stages.append(
+        Stage(entropy_parameters, sliced, (0, *support), self._slice_halo(i), min_rows, states[i])
+      )
+      stages.append(
+        Stage(
+          residual,
+          sliced,
+          (0, *support, len(stages) - 1),
+          tiling.halo_latents(self.lrp[i]),
+          min_rows,
+        )
+      )
+      residual_stages.append(len(stages) - 1)
+    rows = tf.shape(z_hat)[1] * 4  # z rows * 4 latent rows
+    return Plan(stages, rows, width, 1, tuple(residual_stages), finish, pace, min_rows)
+
+  def _coding_stages(self):
+    return [1 + 2 * i for i in range(self.num_slices)]
+
+  def encoding_stream(self, y, z_hat):
+    gaussian, slice_depth = self.gaussian, self.latent_depth // self.num_slices
+
+    def code_slice(i, state, r0, r1, scale_index, mean):
+      y_slice = y[:, r0:r1, :, i * slice_depth : (i + 1) * slice_depth]
+      state, y_hat = gaussian.encode_band(state, y_slice, scale_index, mean)
+      return state, (y_hat,)
+
+    def finish(states):
+      coded = [gaussian.finish_encoder(states[s]) for s in self._coding_stages()]
+      return [string for string, _ in coded], [check for _, check in coded]
+
+    states = [gaussian.encoder_state() for _ in range(self.num_slices)]
+    return self._stream(z_hat, tf.shape(y)[2], code_slice, states, finish)
+
+  def decoding_stream(self, strings, z_hat, y_shape):
+    gaussian = self.gaussian
+
+    def code_slice(i, state, r0, r1, scale_index, mean):
+      state, values = gaussian.decode_band(state, scale_index, mean)
+      return state, (values,)
+
+    def finish(states):
+      stages = self._coding_stages()
+      return [gaussian.finish_decoder(states[s], strings[i]) for i, s in enumerate(stages)]
+
+    states = [gaussian.decoder_state(s) for s in strings]
+    return self._stream(z_hat, y_shape[1], code_slice, states, finish)
 
   def decode_macs(self, latent_hw, z_hw):
     return self._shared_macs(latent_hw, z_hw)

@@ -86,9 +86,12 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
   def _anchor_params(self, hyper_anchors, nets=None):
     return (nets or self).entropy_parameters(hyper_anchors)
 
-  def _non_anchor_params(self, anchors_hat, hyper_non_anchors, nets=None):
+  def _non_anchor_params(self, anchors_hat, hyper_non_anchors, nets=None, crop=None):
+    """``crop``: the rows of the context that ``hyper_non_anchors`` covers (a stream's band)."""
     nets = nets or self
     context = nets.context_model(anchors_hat)
+    if crop is not None:
+      context = crop(context)
     return nets.entropy_parameters(hyper_non_anchors, context)
 
   def _residual(self, hyper, y_hat, decoding=False):
@@ -171,6 +174,83 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
     )
     y_hat_n = stage("range_coding", self.gaussian.decompress, strings[1], index_n, mean_n)
     return stage("lrp", residual, y_hat_a, y_hat_n, hyper_lrp)
+
+  # --- streamed coding (cbexp.models.streaming): a stream row is a packed row (2 latent rows) --
+  #   hyper (from z's rows) -> anchors (params, code) -> non-anchors (context: 1 packed row of
+  #   halo, params, code) -> y_hat (merge, LRP: its reach in halo)
+  stream_unit = 2
+
+  def _stream(self, z_hat, width, code_anchors, code_non_anchors, states, finish, decoding):
+    from cbexp.models.streaming import Output, Plan, Stage, interior
+
+    nets, depth = self.coding_networks(), self.latent_depth
+    paths = [p for p in (nets.hyper_synthesis, nets.hyper_synthesis_scale) if p is not None]
+    pace, min_rows = self.stream_pace(width)
+
+    def hyper(state, r0, r1, a0):
+      return state, (tf.concat([self.hyper_rows(p, z_hat, 2 * r0, 2 * r1) for p in paths], -1),)
+
+    def anchors(state, r0, r1, a0, hyper):
+      mean, index = self._anchor_params(split_checkerboard(hyper)[0], nets)
+      return code_anchors(state, r0, r1, index, mean)
+
+    def non_anchors(state, r0, r1, a0, hyper, y_hat_a):
+      hyper_n = split_checkerboard(interior(hyper, r0, r1, a0, 2))[1]
+      crop = lambda context: interior(context, r0, r1, a0)  # noqa: E731
+      mean, index = self._non_anchor_params(y_hat_a, hyper_n, nets, crop)
+      return code_non_anchors(state, r0, r1, index, mean)
+
+    def with_residual(state, r0, r1, a0, hyper, y_hat_a, y_hat_n):
+      y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+      y_hat += self._residual(hyper[..., :depth], y_hat, decoding)
+      return state, (interior(y_hat, r0, r1, a0, 2),)
+
+    packed = (Output(depth, width),)
+    stages = [
+      Stage(hyper, (Output(depth * len(paths), width, 2),), min_rows=min_rows),
+      Stage(anchors, packed, (0,), 0, min_rows, states[0]),
+      Stage(non_anchors, packed, (0, 1), CheckerboardContext.halo_rows, min_rows, states[1]),
+      Stage(
+        with_residual,
+        (Output(depth, width, 2),),
+        (0, 1, 2),
+        -(-tiling.halo_latents(self.lrp) // 2),
+        min_rows,
+      ),
+    ]
+    rows = tf.shape(z_hat)[1] * 2  # z rows * 4 latent rows / 2
+    return Plan(stages, rows, width, 2, (3,), finish, pace, min_rows)
+
+  def encoding_stream(self, y, z_hat):
+    gaussian = self.gaussian
+
+    def coder(part):
+      def code(state, r0, r1, index, mean):
+        y_part = split_checkerboard(y[:, 2 * r0 : 2 * r1])[part]
+        state, y_hat = gaussian.encode_band(state, y_part, index, mean)
+        return state, (y_hat,)
+
+      return code
+
+    def finish(states):
+      coded = [gaussian.finish_encoder(states[s]) for s in (1, 2)]
+      return [string for string, _ in coded], [check for _, check in coded]
+
+    states = (gaussian.encoder_state(), gaussian.encoder_state())
+    return self._stream(z_hat, tf.shape(y)[2], coder(0), coder(1), states, finish, False)
+
+  def decoding_stream(self, strings, z_hat, y_shape):
+    gaussian = self.gaussian
+
+    def decode(state, r0, r1, index, mean):
+      state, values = gaussian.decode_band(state, index, mean)
+      return state, (values,)
+
+    def finish(states):
+      return [gaussian.finish_decoder(states[s], strings[s - 1]) for s in (1, 2)]
+
+    states = tuple(gaussian.decoder_state(s) for s in strings)
+    return self._stream(z_hat, y_shape[1], decode, decode, states, finish, True)
 
   def decode_macs(self, latent_hw, z_hw):
     """g_ep on the anchors (the hyper part only: their context is exactly zero, not computed),

@@ -21,7 +21,6 @@ from cbexp.constants import PAD_MULTIPLE, padded_size  # noqa: F401 (padded_size
 from cbexp.entropy.base import (
   CodingCost,
   EntropyModel,
-  GaussianConditional,
   require_built,
   verify_strings,
 )
@@ -50,6 +49,7 @@ class Compressed:
   image_shape: tuple  # (height, width) of the unpadded image
   y_hat: tf.Tensor = None
   checks: list = None  # of python bytes (SYMBOL_CHECK_BYTES each), one per string
+  check_format: int = 3  # of the checks (.cbx format 3; 2: files written before it)
 
   @property
   def num_bytes(self):
@@ -72,10 +72,15 @@ def padded_shape(image_shape):
 def pad_to_multiple(image, dtype=tf.float32):
   """A uint8 image [H, W, 3] -> the batch [1, H', W', 3] the model codes, H' and W' the next
   multiples of PAD_MULTIPLE, the last row and column repeated; ``dtype`` float32 (what the
-  transforms take) or uint8 (4x less memory: the codec casts tile by tile)."""
+  transforms take) or uint8 (4x less memory: the codec casts tile by tile). An image already of
+  that size is not copied."""
   x = tf.cast(tf.convert_to_tensor(image)[None], dtype)
   size = padded_shape(tf.shape(x)[1:3])
-  return pad_replicate(x, size[0], size[1])
+  return tf.cond(
+    tf.reduce_all(size == tf.shape(x)[1:3]),
+    lambda: x,
+    lambda: pad_replicate(x, size[0], size[1]),
+  )
 
 
 def to_pixels(x_hat):
@@ -293,22 +298,63 @@ class CompressionModel(tf.keras.Model):
       tf.uint8,
     )
 
-  def compress_padded(self, x):
+  def compress_padded(self, x, with_latent=True):
     """Encodes ``x``, an image already padded by ``pad_to_multiple`` (uint8 or float32
     [1, H, W, 3], H and W multiples of PAD_MULTIPLE) -> (strings: string [1 + num_strings], z's
-    first, then the entropy model's; y_hat: the latents the decoder reconstructs; symbol checks:
-    uint8 [1 + num_strings, 4], one per string). Needs ``build_coders``. ``compress`` runs it as
-    a tf.function; the codec export and the conformance matrix trace it into their own graphs."""
+    first, then the entropy model's; y_hat: the latents the decoder reconstructs, None unless
+    ``with_latent`` when streamed; symbol checks: uint8 [1 + num_strings, 4], one per string).
+    Needs ``build_coders``. ``compress`` runs it as a tf.function; the codec export and the
+    conformance matrix trace it into their own graphs. Streamed (``EntropyModel.streams``):
+    the entropy model codes band by band (``cbexp.models.streaming``), the same strings."""
     y = self.analyze(x)
     z = self._coding_hyper_analysis(y)
     z_string = self.z_coder.compress(z)
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
-    with self._collecting_checks() as checks:
-      y_strings, y_hat = self.entropy_model.compress(y, z_hat)
+    if self.entropy_model.streams():
+      plan = self.entropy_model.encoding_stream(y, z_hat)
+      states, _, y_hat = self._run_stream(plan, pixels=False, latent=with_latent)
+      y_strings, y_checks = plan.finish(states)
+    else:
+      with self._collecting_checks() as checks:
+        y_strings, y_hat = self.entropy_model.compress(y, z_hat)
+      y_checks = checks.result
     return (
       tf.concat([z_string] + y_strings, axis=0),
       y_hat,
-      self._symbol_checks(z_hat, checks.result),
+      self._symbol_checks(z_hat, y_checks),
+    )
+
+  def _run_stream(self, plan, pixels, latent):
+    """Runs an entropy model's ``Plan`` (``cbexp.models.streaming``) with, if asked, the
+    synthesis to uint8 pixels and the whole y_hat collected -> (the stages' final states,
+    pixels [1, H, W, 3] or None, y_hat or None)."""
+    from cbexp.models import streaming
+
+    stages, unit = list(plan.stages), plan.unit
+    join = lambda windows: tf.concat(windows, axis=-1)  # noqa: E731
+    wanted = []
+    if pixels:
+      stride = tiling.LATENT_STRIDE * unit
+
+      def synthesis(state, r0, r1, a0, *windows):
+        out = self.synthesize_pixels(join(windows))
+        return state, (streaming.interior(out, r0, r1, a0, stride),)
+
+      halo = -(-tiling.halo_latents(self.synthesis) // unit)
+      output = streaming.Output(3, plan.width * tiling.LATENT_STRIDE, stride, tf.uint8)
+      stages.append(streaming.Stage(synthesis, (output,), plan.latent, halo, collect=True))
+      wanted.append(len(stages) - 1)
+    if latent:
+      output = streaming.Output(self.latent_depth, plan.width, unit)
+      gather = lambda state, r0, r1, a0, *windows: (state, (join(windows),))  # noqa: E731
+      stages.append(streaming.Stage(gather, (output,), plan.latent, collect=True))
+      wanted.append(len(stages) - 1)
+    states, collected = streaming.run(stages, plan.rows, plan.pace)
+    results = iter([collected[s][0] for s in wanted])
+    return (
+      states,
+      next(results) if pixels else None,
+      next(results) if latent else None,
     )
 
   # --- the symbol check of each string (cbexp.bitstream, format 2) ---------------------------
@@ -332,14 +378,33 @@ class CompressionModel(tf.keras.Model):
         "GaussianConditional.record_check)"
       )
 
-  def _symbol_checks(self, z_hat, y_checks):
-    return tf.concat([GaussianConditional.symbol_check(tf.round(z_hat))] + y_checks, axis=0)
+  @contextlib.contextmanager
+  def format2_checks(self):
+    """The coding traced inside computes the symbol checks of .cbx format 2 (files written before
+    format 3), on the whole latent: format 2 hashes each string's symbols at once, which a
+    stream cannot compute (``EntropyModel.streams``)."""
+    gaussian = self.entropy_model.gaussian
+    saved, gaussian.check_format = gaussian.check_format, 2
+    try:
+      yield
+    finally:
+      gaussian.check_format = saved
 
-  def decompress_padded(self, strings, padded_shape):
+  def decompress_padded_format2(self, strings, padded_shape):
+    """``decompress_padded`` with the checks of .cbx format 2 (whole latent)."""
+    with self.format2_checks():
+      return self.decompress_padded(strings, padded_shape)
+
+  def _symbol_checks(self, z_hat, y_checks):
+    z_check = self.entropy_model.gaussian.check_of(tf.round(z_hat))
+    return tf.concat([z_check] + y_checks, axis=0)
+
+  def decompress_padded(self, strings, padded_shape, with_latent=True):
     """Decodes ``compress_padded``'s strings (string [1 + num_strings]) of an image padded to
     ``padded_shape`` (int32 [2]) -> (the pixels: uint8 [1, H, W, 3], still padded: ``crop``
-    them; y_hat; the decoder's symbol checks: uint8 [1 + num_strings, 4]). Needs
-    ``build_coders``."""
+    them; y_hat, None unless ``with_latent`` when streamed; the decoder's symbol checks: uint8
+    [1 + num_strings, 4]). Needs ``build_coders``. Streamed as ``compress_padded``: the pixels
+    are computed band by band too, and come out only once every string has been verified."""
     z_shape = padded_shape // PAD_MULTIPLE
     y_shape = z_shape * 4
     z_hat = self.z_coder.decompress(strings[:1], z_shape)
@@ -350,11 +415,18 @@ class CompressionModel(tf.keras.Model):
     z_hat = verify_strings(
       z_hat, strings[:1], self.z_coder.compress(z_hat), self._z_cost(symbols, channels)
     )
-    with self._collecting_checks() as checks:
-      y_hat = self.entropy_model.decompress(
-        [strings[i + 1 : i + 2] for i in range(self.entropy_model.num_strings)], z_hat, y_shape
-      )
-    return (self.synthesize_pixels(y_hat), y_hat, self._symbol_checks(z_hat, checks.result))
+    y_strings = [strings[i + 1 : i + 2] for i in range(self.entropy_model.num_strings)]
+    if self.entropy_model.streams():
+      plan = self.entropy_model.decoding_stream(y_strings, z_hat, y_shape)
+      states, pixels, y_hat = self._run_stream(plan, pixels=True, latent=with_latent)
+      y_checks = plan.finish(states)
+      with tf.control_dependencies(y_checks):  # no pixels from strings that do not verify
+        pixels = tf.identity(pixels)
+    else:
+      with self._collecting_checks() as checks:
+        y_hat = self.entropy_model.decompress(y_strings, z_hat, y_shape)
+      pixels, y_checks = self.synthesize_pixels(y_hat), checks.result
+    return pixels, y_hat, self._symbol_checks(z_hat, y_checks)
 
   @property
   def decode_precision(self):
@@ -372,12 +444,14 @@ class CompressionModel(tf.keras.Model):
     # without recomputing the RDFT kernel parameterization on every call.
     self.decoding_synthesis = coding_transform(self.synthesis, precision)
     self.entropy_model.set_decode_precision(precision)  # its LRP, where that is safe
-    self._decompress_graph = tf.function(
-      self.decompress_padded,
-      input_signature=[
-        tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
-        tf.TensorSpec([2], tf.int32),
-      ],
+    signature = [
+      tf.TensorSpec([1 + self.entropy_model.num_strings], tf.string),
+      tf.TensorSpec([2], tf.int32),
+    ]
+    self._decompress_graph = tf.function(self.decompress_padded, input_signature=signature)
+    # Files with format 2 checks: traced on the first such file only.
+    self._format2_decompress_graph = tf.function(
+      self.decompress_padded_format2, input_signature=signature
     )
 
   def compress(self, image):
@@ -400,7 +474,10 @@ class CompressionModel(tf.keras.Model):
     self.require_coders()
     image_shape = tf.constant(compressed.image_shape, tf.int32)
     strings = tf.constant(compressed.strings, tf.string)
-    x_hat, y_hat, checks = self._decompress_graph(strings, padded_shape(image_shape))
+    graph = self._decompress_graph
+    if compressed.checks is not None and compressed.check_format == 2:
+      graph = self._format2_decompress_graph
+    x_hat, y_hat, checks = graph(strings, padded_shape(image_shape))
     if compressed.checks is not None:
       compare_symbol_checks(compressed.checks, [bytes(c) for c in checks.numpy()])
     image = crop(x_hat, image_shape)

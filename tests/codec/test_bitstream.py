@@ -1,5 +1,6 @@
 """Issue 4: the .cbx container parses only what it wrote; every kind of damage is a clear error."""
 
+import dataclasses
 import struct
 import zlib
 
@@ -45,8 +46,8 @@ def test_round_trip_and_documented_layout():
   assert Bitstream.from_bytes(data) == stream
   # The layout table of the module docstring, field by field.
   n = len("checkerboard")
-  assert FORMAT_VERSION == 2 and stream.version == 2
-  assert data[:4] == b"\x89CBX" and data[4] == 2 and data[5] == n
+  assert FORMAT_VERSION == 3 and stream.version == 3
+  assert data[:4] == b"\x89CBX" and data[4] == 3 and data[5] == n
   assert data[6 : 6 + n] == b"checkerboard"
   assert data[6 + n : 22 + n] == bytes.fromhex(FINGERPRINT)
   assert struct.unpack(">II", data[22 + n : 30 + n]) == (512, 768)
@@ -57,6 +58,20 @@ def test_round_trip_and_documented_layout():
   assert data[55 + n : -4] == b"".join(stream.strings)  # 31+n+8k: the strings
   assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
   assert len(data) == header_size(stream) + sum(lengths) + 4
+
+
+def test_version_2_is_the_same_layout_and_keeps_its_check_format():
+  """Format 2 (symbol checks of the whole string) and 3 (row by row) differ only in the version
+  byte (and so the CRC): a file of either reads back with its checks' format."""
+  stream = make_stream(checks=CHECKS)
+  old = dataclasses.replace(stream, check_format=2)
+  data, old_data = stream.to_bytes(), old.to_bytes()
+  assert old.version == 2 and old_data[4] == 2
+  assert old_data[:4] + old_data[5:-4] == data[:4] + data[5:-4]
+  assert Bitstream.from_bytes(old_data) == old and Bitstream.from_bytes(data) == stream
+  assert Bitstream.from_bytes(old_data).check_format == 2
+  with pytest.raises(BitstreamError, match="symbol checks of format 4: 2 or 3 exist"):
+    dataclasses.replace(stream, check_format=4)
 
 
 def test_version_1_layout_is_still_written_and_read():
@@ -152,7 +167,7 @@ def test_wrong_magic():
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 255])
 def test_future_version_is_refused_by_name(version):
-  assert FORMAT_VERSION + 1 == 3
+  assert FORMAT_VERSION + 1 == 4
   data = bytearray(make_stream().to_bytes())
   data[4] = version
   with pytest.raises(BitstreamError, match=f"format version {version} is newer"):

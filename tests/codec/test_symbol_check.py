@@ -1,7 +1,8 @@
 """No silent garbage. A decode that lost sync without an error (its strings
-still pass the re-encoding check) is refused by the symbol checks of .cbx format 2 instead of
+still pass the re-encoding check) is refused by the symbol checks of .cbx format 3 instead of
 writing a wrong image; tfc's own range-decoder errors are one line naming the likely cause;
-files of format 1 and exports of format 2 (before the checks) still decode.
+files of format 1 and exports of format 2 (before the checks) still decode, files of format 2
+(checks of the whole string) decode with a model directory.
 
 The desynchronisation is made on purpose: a decoder whose coded scale index at one element is
 moved (what another numeric environment does when an index lands on the other side of an
@@ -26,7 +27,7 @@ from cbexp.config import build_model, compose
 from cbexp.entropy import base
 from cbexp.entropy.base import GaussianConditional
 from cbexp.load import load_codec
-from cbexp.models.compression import SymbolCheckError
+from cbexp.models.compression import SymbolCheckError, pad_to_multiple
 from helpers.codec_cli import assert_refused, run_codec
 from helpers.models import ENTROPY_MODELS, tiny_overrides
 
@@ -116,9 +117,9 @@ def use_move(moved_decoder, move):
   moved_decoder.by.assign(move[1])
 
 
-def test_checks_are_the_models_and_the_file_is_format_2(spread):
+def test_checks_are_the_models_and_the_file_is_format_3(spread):
   stream = spread.stream
-  assert stream.version == 2 and len(stream.checks) == 2
+  assert stream.version == 3 and len(stream.checks) == 2
   assert Bitstream.from_bytes(stream.to_bytes()) == stream
   compressed = spread.model.compress(spread.image)  # the model's own coding graph
   assert list(stream.strings) == compressed.strings and list(stream.checks) == compressed.checks
@@ -197,7 +198,7 @@ def test_a_file_whose_symbol_check_fails_is_refused_on_the_command_line(tiny_fil
   """A check changed and the file's CRC recomputed: an intact-looking file whose decode does not
   reproduce it. Exit status 2, one line naming the string, no output file."""
   folder, stream = tiny_files
-  assert stream.version == 2 and (folder / "good.cbx").read_bytes()[4] == 2
+  assert stream.version == 3 and (folder / "good.cbx").read_bytes()[4] == 3
   (tmp_path / "in.cbx").write_bytes(with_check(stream, 2, flipped(stream.checks[2])).to_bytes())
   result = run_codec("decompress", "--model", folder / "model", "in.cbx", "out.png", cwd=tmp_path)
   assert result.returncode == 2
@@ -222,7 +223,7 @@ def test_the_z_check_and_format_1_files_in_process(tiny_files, tmp_path, capsys)
   err = capsys.readouterr().err
   assert len(err.splitlines()) == 1 and "symbol check failed for the z string" in err, err
   assert not (tmp_path / "z.png").exists()
-  # A format-1 file (the layout before the checks) decodes to the same image as format 2.
+  # A format-1 file (the layout before the checks) decodes to the same image as format 3.
   bitstream.write(tmp_path / "v1.cbx", without_checks(stream))
   assert (tmp_path / "v1.cbx").read_bytes()[4] == 1
   assert (tmp_path / "v1.cbx").stat().st_size == (folder / "good.cbx").stat().st_size - 4 * 3
@@ -281,7 +282,7 @@ def _old_format_export(model, cfg, path):
 def test_an_export_of_format_2_decodes_format_1_and_asks_for_a_new_export(spread, tmp_path, capsys):
   from cbexp.tracking.pyfunc import EXPORT, MODEL_DIR, CodecModel
 
-  assert export.EXPORT_FORMAT_VERSION == 3
+  assert export.EXPORT_FORMAT_VERSION == 4
   path = _old_format_export(spread.model, spread.cfg, tmp_path / "old_export")
   old = load_codec(path)
   assert not old.symbol_checks and old.fingerprint == spread.codec.fingerprint
@@ -338,3 +339,63 @@ def test_long_high_rate_strings_of_the_top_table_symbols_are_accepted():
   capacity = 8 * len(string.numpy()[0]) + base.TRAILING_ZEROS_BITS
   assert information > capacity  # the case the information content refuses
   np.testing.assert_array_equal(gaussian.decompress(string, indexes, loc).numpy(), y)
+
+
+# --- .cbx format 2 (checks of the whole string) and exports of format 3 ---------------------------
+def test_format_3_checks_fold_the_rows_and_format_2_files_decode_with_a_model_directory(
+  spread, tmp_path
+):
+  """Format 3's check is the fingerprint of the fingerprints of the rows (what a stream computes
+  band by band); format 2's of the whole string. A model directory's codec decodes a file of
+  either, comparing the checks of its format (a flipped one is refused); an export of format 4
+  refuses a format 2 file in one line naming what decodes it."""
+  symbols = tf.constant(np.arange(2 * 3 * 4 * 5).reshape([2, 3, 4, 5]) - 50, tf.int32)
+  rows = tf.reshape(tf.fingerprint(tf.reshape(symbols, [6, -1])), [2, -1])
+  np.testing.assert_array_equal(
+    GaussianConditional.symbol_check(symbols), tf.fingerprint(rows)[:, :4]
+  )
+  flat = tf.reshape(symbols, [2, -1])
+  np.testing.assert_array_equal(
+    GaussianConditional.symbol_check_format2(symbols), tf.fingerprint(flat)[:, :4]
+  )
+  with spread.model.format2_checks():  # the checks an encoder of format 2 wrote
+    strings, _, checks = spread.model.compress_padded(pad_to_multiple(spread.image, tf.uint8))
+  old = dataclasses.replace(
+    spread.stream, checks=tuple(bytes(c) for c in checks.numpy()), check_format=2
+  )
+  assert old.checks != spread.stream.checks and old.strings == tuple(strings.numpy())
+  expected = spread.codec.decode(spread.stream)
+  np.testing.assert_array_equal(spread.codec.decode(old), expected)
+  with pytest.raises(CodecError, match="symbol check failed for string 1"):
+    spread.codec.decode(with_check(old, 1, flipped(old.checks[1])))
+  save_model_dir(spread.model, spread.cfg, tmp_path / "model")
+  export.save(spread.model, spread.cfg, tmp_path / "export")
+  exported = load_codec(tmp_path / "export")
+  np.testing.assert_array_equal(exported.decode(spread.stream), expected)
+  with pytest.raises(CodecError, match="file is of format 2 .*decode it with the model directory"):
+    exported.decode(old)
+  bitstream.write(tmp_path / "old.cbx", old)
+  assert load_codec(tmp_path / "model").decode(bitstream.read(tmp_path / "old.cbx")[0]).shape
+
+
+def test_an_export_of_format_3_writes_format_2_and_refuses_format_3(spread, tmp_path):
+  """An export of format 3 (before the row-by-row checks) computes format 2's checks: what it
+  writes is a format 2 file, which a model directory decodes; a format 3 file is refused in one
+  line that asks for a new export."""
+  module = export.build_codec_functions(spread.model, spread.cfg)
+
+  @tf.function(input_signature=module.compress.input_signature)
+  def old_compress(image):
+    with spread.model.format2_checks():
+      strings, _, checks = spread.model.compress_padded(pad_to_multiple(image, tf.uint8), False)
+    return {"strings": strings, "checks": checks}
+
+  module.compress = old_compress
+  module.format_version.assign(3)
+  old = Codec(module, "format 3")
+  assert old.check_format == 2
+  written = old.encode(spread.image)
+  assert written.version == 2 and written.strings == spread.stream.strings
+  np.testing.assert_array_equal(spread.codec.decode(written), spread.codec.decode(spread.stream))
+  with pytest.raises(CodecError, match=r"this export \(format 3\) .*export the model again"):
+    old.decode(spread.stream)

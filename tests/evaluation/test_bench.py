@@ -195,18 +195,21 @@ def test_float32_decode_matches_tfc_synthesis(entropy):
 
 
 def _range_decoder_outputs(model, compressed, monkeypatch):
-  """Every tensor the y range decoder returns during one decode (run eagerly, spied)."""
+  """Every tensor the y range decoder returns during one decode (run eagerly, spied): one per
+  string (a streamed decoder codes this small image in one band per string)."""
   from cbexp.models.compression import padded_size
 
   gaussian, outputs = model.entropy_model.gaussian, []
-  original = gaussian.decompress
+  streamed = model.entropy_model.streams()
+  name = "decode_band" if streamed else "decompress"
+  original = getattr(gaussian, name)
 
   def spy(*args):
     result = original(*args)
-    outputs.append(result.numpy())
+    outputs.append((result[1] if streamed else result).numpy())
     return result
 
-  monkeypatch.setattr(gaussian, "decompress", spy)
+  monkeypatch.setattr(gaussian, name, spy)
   padded = [padded_size(n) for n in compressed.image_shape]
   model.decompress_padded(tf.constant(compressed.strings), tf.constant(padded))  # eager
   monkeypatch.undo()

@@ -179,17 +179,23 @@ def test_the_band_follows_the_budget_and_never_drops_below_the_minimum():
   assert entropy.band_positions == 0  # exact numerics keep the whole latent
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "whole_latent_bands"])
 @pytest.mark.parametrize(
   "entropy", [["checkerboard"], ["charm", "entropy.num_slices=2", "entropy.max_support_slices=1"]]
 )
-def test_banded_entropy_networks_code_the_same_strings(entropy, monkeypatch):
+def test_banded_entropy_networks_code_the_same_strings(entropy, streamed, monkeypatch):
+  """Streamed (cbexp.models.streaming: coded band by band) or not (the networks over row bands,
+  the range coder on the whole latent, as under a CodingRecorder): the untiled strings."""
   model, _ = build_untrained(tiny_overrides(*entropy), seed=0)
   # 200x328 pads to 256x384: a 16x24 latent (8x24 packed), cut into bands of 1 to 3 rows.
   image = np.random.default_rng(3).integers(0, 256, (200, 328, 3), dtype=np.uint8)
   monkeypatch.setattr(tiling, "MIN_BAND_POSITIONS", 1)
+  if not streamed:
+    monkeypatch.setattr(type(model.entropy_model), "stream_unit", 0)
 
   def bands_of_a_few_dozen_positions():
     model.set_memory_budget(0.02)
     assert 0 < model.entropy_model.band_positions < 24 * 2
+    assert model.entropy_model.streams() == streamed
 
   assert_codes_as_untiled(model, image, bands_of_a_few_dozen_positions)

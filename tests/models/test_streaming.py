@@ -1,0 +1,96 @@
+"""Streamed coding (cbexp/models/streaming.py): stages over bands of rows, run as a wavefront,
+give what the whole tensors give; no network band is smaller than its minimum; the entropy
+models' streams code the whole latent's strings and refuse strings that do not verify, before
+any pixel comes out. (tests/models/test_tiling.py: streamed and whole files decode either way.)"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cbexp.codec.codec import Codec, CodecError
+from cbexp.load import build_untrained
+from cbexp.models import streaming, tiling
+from helpers.models import tiny_overrides
+
+
+def blur(x, halo):
+  """Sum over 2 * halo + 1 rows (zero padding at the border): an output row depends on the input
+  rows within ``halo``."""
+  channels = x.shape[-1]
+  return tf.nn.depthwise_conv2d(x, tf.ones([2 * halo + 1, 1, channels, 1]), [1, 1, 1, 1], "SAME")
+
+
+@pytest.mark.parametrize("pace, min_rows", [(1, 1), (4, 1), (4, 6), (10, 3), (3, 20), (50, 1)])
+def test_a_stream_of_stages_with_halos_equals_the_whole_computation(pace, min_rows):
+  x = tf.constant(np.random.default_rng(0).normal(size=(1, 37, 5, 3)).astype(np.float32))
+  whole = blur(blur(x, 1), 2)
+
+  def source(state, r0, r1, a0):
+    return state, (x[:, r0:r1],)
+
+  def stage(halo):
+    def fn(state, r0, r1, a0, window):
+      sizes = tf.concat([state[0], [r1 - r0]], 0)  # every call's band, to check below
+      return (sizes,), (streaming.interior(blur(window, halo), r0, r1, a0),)
+
+    return fn
+
+  def twice(state, r0, r1, a0, window):  # a collected output of another scale
+    return state, (tf.repeat(window, 2, axis=1),)
+
+  output = (streaming.Output(3, 5),)
+  sizes = (tf.zeros([0], tf.int32),)
+  stages = [
+    streaming.Stage(source, output),
+    streaming.Stage(stage(1), output, (0,), 1, min_rows, sizes),
+    streaming.Stage(stage(2), output, (1,), 2, min_rows, sizes, collect=True),
+    streaming.Stage(twice, (streaming.Output(3, 5, 2),), (1,), collect=True),
+  ]
+  states, collected = tf.function(lambda: streaming.run(stages, 37, pace))()
+  np.testing.assert_array_equal(collected[2][0].numpy(), whole.numpy())
+  np.testing.assert_array_equal(collected[3][0].numpy(), tf.repeat(blur(x, 1), 2, axis=1).numpy())
+  for s in (1, 2):
+    bands = states[s][0].numpy()
+    assert bands.sum() == 37 and bands.min() >= min(min_rows, 37), bands
+  assert len(states[1][0]) >= min(37 // max(pace, min_rows), 37 // (2 * min_rows))
+
+
+def test_a_stage_may_read_only_earlier_stages():
+  stage = streaming.Stage(lambda *a: a, (streaming.Output(1, 1),), inputs=(0,))
+  with pytest.raises(ValueError, match="stage 0 reads a later stage"):
+    streaming.run([stage], 4, 1)
+
+
+@pytest.fixture(scope="module", params=["checkerboard", "charm"])
+def streamed(request):
+  """A tiny model whose coding streams in bands of one to three latent rows."""
+  extra = ["entropy.num_slices=2", "entropy.max_support_slices=1"]
+  model, cfg = build_untrained(
+    tiny_overrides(request.param, *(extra if request.param == "charm" else [])), seed=0
+  )
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tiling, "MIN_BAND_POSITIONS", 1)
+    model.set_memory_budget(0.02)
+    assert model.entropy_model.streams() and 0 < model.entropy_model.band_positions < 48
+    codec = Codec.from_model(model, cfg)
+    image = np.random.default_rng(5).integers(0, 256, (200, 328, 3), dtype=np.uint8)
+    stream = codec.encode(image)
+    yield model, codec, stream
+
+
+def test_a_stream_refuses_strings_that_do_not_verify(streamed):
+  """A changed byte in the middle of a y string, or a string cut short, is refused by the
+  streamed decoder (re-encoding, cost and tfc's own check at the end of the stream) in one
+  line; the pixels it computed band by band never come out."""
+  import dataclasses
+
+  _, codec, stream = streamed
+  assert codec.decode(stream).shape == (200, 328, 3)
+  last = stream.strings[-1]
+  changed = (
+    last[: len(last) // 2] + bytes([last[len(last) // 2] ^ 0x10]) + last[len(last) // 2 + 1 :]
+  )
+  for bad in (changed, last[: len(last) // 2]):
+    broken = dataclasses.replace(stream, strings=stream.strings[:-1] + (bad,))
+    with pytest.raises(CodecError, match="cannot decode"):
+      codec.decode(broken)
