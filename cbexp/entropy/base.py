@@ -17,7 +17,7 @@ import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import gen_ops
 
 from cbexp.models import tiling
-from cbexp.models.transforms.layers import transform_reach
+from cbexp.models.transforms.layers import HyperSynthesisTransform, transform_reach
 
 STRINGS_MISMATCH = "range-coded strings do not match their decoded symbols"
 # Bits a string may hold beyond 8 * its length: what tfc's encoder leaves out at the end (the
@@ -579,15 +579,23 @@ class EntropyModel(tf.keras.layers.Layer):
 
   def set_memory_budget(self, budget_bytes):
     """Runs the networks of compress and decompress over row bands whose activations fit
-    ``budget_bytes`` (0: the whole latent at once). Float numerics only: the exact networks
+    ``budget_bytes`` (0: the whole latent at once), and the hyper-synthesis over tiles whose
+    activations do (``tiling.tile_for_budget``, as the transforms: its transposed convolutions'
+    temporaries are several times its output). Float numerics only: the exact networks
     requantize each layer by its peak over the whole latent (``cbexp.entropy.exact``), so they
     keep the whole latent. The strings do not change (tests/models/test_tiling.py)."""
+    self._hyper_tiles = {}
     if not budget_bytes or self.numerics != "float":
       self.band_positions = 0
-    else:
-      self.band_positions = tiling.band_positions_for_budget(
-        budget_bytes, self.widest_layer_values()
-      )
+      return
+    self.band_positions = tiling.band_positions_for_budget(budget_bytes, self.widest_layer_values())
+    for path in self._submodules_of(HyperSynthesisTransform):
+      z_depth = int(path.layers[0].kernel.shape[-2])
+      per_z = tiling.activation_bytes_per_latent(path, z_depth)
+      self._hyper_tiles[path.name] = tiling.tile_for_budget(budget_bytes, per_z, 4.0, 4)
+
+  def _submodules_of(self, kind):
+    return [m for m in self._flatten_layers(include_self=False) if isinstance(m, kind)]
 
   def banded(self, fn, inputs, halo, out_channels):
     """``fn(*inputs)`` (a tuple of tensors with ``out_channels`` channels each) over row bands
@@ -599,14 +607,14 @@ class EntropyModel(tf.keras.layers.Layer):
 
   def hyper_synthesis_tiled(self, path, z_hat):
     """A hyper-synthesis ``path`` of the coding paths on ``z_hat``: over tiles of z
-    (``tiling.tiled``) whose output has about ``band_positions`` latent positions, when banded."""
+    (``tiling.tiled``) sized by the memory budget (``set_memory_budget``), when banded."""
     if not self.band_positions:
       return path(z_hat)
     _, scale = transform_reach(path)
     return tiling.tiled(
       path,
       z_hat,
-      max(4, math.isqrt(self.band_positions) // int(1 / scale)),
+      self._hyper_tiles[path.name],
       tiling.halo_latents(path),
       1,
       int(1 / scale),
@@ -636,15 +644,15 @@ class EntropyModel(tf.keras.layers.Layer):
     min_rows = -(-tiling.MIN_BAND_POSITIONS // width)
     return tf.maximum(min_rows, self.band_positions // width), min_rows
 
-  @staticmethod
-  def hyper_rows(path, z_hat, r0, r1):
-    """Latent rows [r0, r1) of ``path(z_hat)`` (a hyper-synthesis, full width), computed from
-    the z rows they depend on (``tiling.halo_latents``: its receptive field in z samples)."""
+  def hyper_rows(self, path, z_hat, r0, r1):
+    """Latent rows [r0, r1) of a hyper-synthesis ``path`` of ``z_hat``, computed from the z rows
+    they depend on (``tiling.halo_latents``: its receptive field in z samples), by tiles
+    (``hyper_synthesis_tiled``)."""
     _, scale = transform_reach(path)
     up, halo = int(1 / scale), tiling.halo_latents(path)
     z0 = tf.maximum(r0 // up - halo, 0)
     z1 = tf.minimum((r1 + up - 1) // up + halo, tf.shape(z_hat)[1])
-    return path(z_hat[:, z0:z1])[:, r0 - up * z0 : r1 - up * z0]
+    return self.hyper_synthesis_tiled(path, z_hat[:, z0:z1])[:, r0 - up * z0 : r1 - up * z0]
 
   def encoding_stream(self, y, z_hat):
     """compress as a ``cbexp.models.streaming.Plan`` (models with ``stream_unit``)."""

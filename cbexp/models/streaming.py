@@ -71,18 +71,30 @@ def _relaxed(value):
   return shape
 
 
+def lag(stages):
+  """The rows by which the last stage of the longest chain of halos trails the first."""
+  behind = []
+  for stage in stages:
+    behind.append(max((behind[u] for u in stage.inputs), default=0) + stage.halo)
+  return max(behind)
+
+
 def run(stages, rows, pace):
   """Runs ``stages`` (in dependency order: a stage reads only earlier ones) over ``rows`` stream
-  rows, the first stages (those without inputs) producing ``pace`` rows per iteration.
+  rows, the first stages (those without inputs) producing ``pace`` rows per iteration, or more:
+  at least the most ``min_rows`` plus the longest chain of halos (``lag``), so that every stage
+  computes a band in every iteration and each lags the first only by the halos of the stages
+  before it, not by whole bands (a stage waits until it has ``min_rows`` rows).
   -> (the final state of each stage, the whole outputs of each ``collect`` stage: a tuple of
   [1, rows * scale, width, channels] tensors; () for the others)."""
-  rows = tf.convert_to_tensor(rows, tf.int32)
-  pace = tf.maximum(tf.convert_to_tensor(pace, tf.int32), 1)
   count = len(stages)
   readers = [[c for c in range(count) if s in stages[c].inputs] for s in range(count)]
   for s, stage in enumerate(stages):
     if any(u >= s for u in stage.inputs):
       raise ValueError(f"stage {s} reads a later stage: {stage.inputs}")
+  rows = tf.convert_to_tensor(rows, tf.int32)
+  least = lag(stages) + tf.reduce_max(tf.stack([tf.cast(st.min_rows, tf.int32) for st in stages]))
+  pace = tf.maximum(tf.convert_to_tensor(pace, tf.int32), least)
 
   def available(s, progress):
     """Rows up to which stage s can compute now."""

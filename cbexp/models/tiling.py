@@ -49,7 +49,14 @@ def activation_bytes_per_latent(transform, input_depth):
   return BYTES_PER_VALUE * largest / 16
 
 
-def tile_for_budget(budget_bytes, bytes_per_latent, overhead=4.0, smallest=8):
+# What a transform's tile holds at its peak, in multiples of its largest layer's input + output:
+# the temporaries of transposed convolutions and GDN. Measured on the CPU (peak resident memory of
+# one tile, 2026-12-06): the ms2020 synthesis 7.2x (430 KB per latent sample), the hyper-synthesis
+# 4x (``EntropyModel.set_memory_budget``).
+TRANSFORM_OVERHEAD = 8.0
+
+
+def tile_for_budget(budget_bytes, bytes_per_latent, overhead=TRANSFORM_OVERHEAD, smallest=8):
   """The tile side (latent samples) whose activations, ``overhead`` times the largest layer's
   input + output (the temporaries inside a layer and its block), fit in ``budget_bytes``."""
   area = budget_bytes / (overhead * bytes_per_latent)
