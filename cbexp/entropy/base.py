@@ -608,13 +608,14 @@ class EntropyModel(tf.keras.layers.Layer):
   def hyper_synthesis_tiled(self, path, z_hat):
     """A hyper-synthesis ``path`` of the coding paths on ``z_hat``: over tiles of z
     (``tiling.tiled``) sized by the memory budget (``set_memory_budget``), when banded."""
-    if not self.band_positions:
+    tile = getattr(self, "_hyper_tiles", {}).get(path.name)
+    if not self.band_positions or not tile:
       return path(z_hat)
     _, scale = transform_reach(path)
     return tiling.tiled(
       path,
       z_hat,
-      self._hyper_tiles[path.name],
+      tile,
       tiling.halo_latents(path),
       1,
       int(1 / scale),
