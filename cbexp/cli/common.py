@@ -106,6 +106,30 @@ def _quiet_libraries():
   logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
+# glibc's mallopt parameter (malloc.h), and the size from which a freed block goes back to the
+# system at once (glibc's default threshold adapts up to 32 MB, keeping smaller freed blocks).
+M_MMAP_THRESHOLD = -3
+RETURNED_BLOCK_BYTES = 1 << 20
+
+
+def return_freed_memory():
+  """For a process that codes files within a memory budget (``cbexp codec compress`` and
+  ``decompress`` unless --memory-budget 0, and the memory benchmark's processes likewise):
+  what TensorFlow frees goes back to the system, so that the process holds what it uses. By
+  default TensorFlow's oneDNN CPU allocator keeps every buffer it frees in a pool of its own
+  (restoring a checkpoint leaves a second copy of the weights there: 444 MB for ChARM), and
+  glibc keeps freed blocks of up to 32 MB in its heaps. The pool is faster (no fresh pages):
+  the measured cost is in docs/guide/codec.md. Runs before TensorFlow allocates anything; a
+  TF_ONEDNN_USE_SYSTEM_ALLOCATOR that the user set is kept."""
+  os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+  try:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, RETURNED_BLOCK_BYTES)
+  except (OSError, AttributeError):  # not glibc: its own policy
+    pass
+
+
 def one_line_parser(prog, description, examples=None):
   """The argparse parser of a file tool: usage errors in one line with exit status 2, the
   description and the ``examples`` epilog printed as written."""

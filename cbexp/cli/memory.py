@@ -11,7 +11,13 @@ Examples:
 
 import sys
 
-from cbexp.cli.common import HELP_FLAGS, command_help, run_command, run_composed
+from cbexp.cli.common import (
+  HELP_FLAGS,
+  command_help,
+  return_freed_memory,
+  run_command,
+  run_composed,
+)
 
 PROG = "cbexp memory"
 
@@ -24,8 +30,12 @@ def memory(argv):
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ["--worker"] and len(argv) == 2:  # one measurement's process (internal)
+    import json
+
     from cbexp.evaluation.memory import worker_main
 
+    if json.loads(argv[1]).get("budget"):  # as `cbexp codec compress/decompress` does
+      return_freed_memory()
     return run_command(PROG, worker_main, argv[1])
   if any(a in HELP_FLAGS for a in argv):
     print(command_help(__doc__, "memory"))

@@ -85,6 +85,7 @@ def run(stages, rows, pace):
   at least the most ``min_rows`` plus the longest chain of halos (``lag``), so that every stage
   computes a band in every iteration and each lags the first only by the halos of the stages
   before it, not by whole bands (a stage waits until it has ``min_rows`` rows).
+  A stage that nothing needs (no state, not collected, no needed reader) is not run.
   -> (the final state of each stage, the whole outputs of each ``collect`` stage: a tuple of
   [1, rows * scale, width, channels] tensors; () for the others)."""
   count = len(stages)
@@ -92,6 +93,13 @@ def run(stages, rows, pace):
   for s, stage in enumerate(stages):
     if any(u >= s for u in stage.inputs):
       raise ValueError(f"stage {s} reads a later stage: {stage.inputs}")
+  # A stage whose outputs nothing needs (no state, not collected, no reader that is needed) is
+  # not run: the encoder's stream ends with the decoder's y_hat stages, which only a caller that
+  # asks for y_hat reads.
+  needed = [False] * count
+  for s in reversed(range(count)):
+    stage = stages[s]
+    needed[s] = bool(stage.state or stage.collect or any(needed[c] for c in readers[s]))
   rows = tf.convert_to_tensor(rows, tf.int32)
   least = lag(stages) + tf.reduce_max(tf.stack([tf.cast(st.min_rows, tf.int32) for st in stages]))
   pace = tf.maximum(tf.convert_to_tensor(pace, tf.int32), least)
@@ -138,6 +146,8 @@ def run(stages, rows, pace):
     progress, lows = list(progress), list(lows)
     buffers, states, collected = list(buffers), list(states), list(collected)
     for s, stage in enumerate(stages):
+      if not needed[s]:
+        continue
       states[s], bands, progress[s] = step(s, progress, lows, buffers, states)
       if stage.collect:
         collected[s] = tuple(ta.write(ta.size(), band[0]) for ta, band in zip(collected[s], bands))
@@ -160,7 +170,7 @@ def run(stages, rows, pace):
 
   zero = tf.constant(0)
   loop_vars = (
-    tuple(zero for _ in stages),
+    tuple(zero if needed[s] else rows for s in range(count)),
     tuple(zero for _ in stages),
     tuple(() if st.collect else tuple(_empty(o) for o in st.outputs) for st in stages),
     tuple(tuple(st.state) for st in stages),

@@ -255,3 +255,25 @@ def test_usage_errors_are_one_line(tmp_path):
   result = run_codec("compress", "--model", "m", cwd=tmp_path)
   assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
   assert "required: input, output" in result.stderr
+
+
+@pytest.mark.parametrize(
+  "argv, returned",
+  [
+    (["compress", "in.png", "out.cbx"], True),
+    (["decompress", "in.cbx", "out.png", "--memory-budget", "64"], True),
+    (["compress", "in.png", "out.cbx", "--memory-budget", "0"], False),  # untiled: speed
+    (["eval", "images"], False),  # its times are the codec's speed
+  ],
+)
+def test_file_coding_within_a_budget_returns_freed_memory(monkeypatch, tmp_path, argv, returned):
+  """cbexp.cli.common.return_freed_memory (tests/evaluation/test_memory.py: what it does) runs
+  before the command, for compress and decompress within a memory budget."""
+  from cbexp.cli import codec as codec_cli
+
+  calls = []
+  monkeypatch.setattr(codec_cli, "return_freed_memory", lambda: calls.append(argv[0]))
+  monkeypatch.setattr(codec_cli, "run_command", lambda prog, run, args: 0)
+  monkeypatch.chdir(tmp_path)
+  assert codec_cli.main([*argv, "--model", "m"]) == 0
+  assert calls == ([argv[0]] if returned else [])

@@ -92,3 +92,42 @@ def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp
   assert len(rows) == 1 and "missing" in rows[0]["failed"], rows
   assert seen == [1]
   assert "failed: " in memory.markdown(memory.summarize(rows))
+
+
+RESTORE = """
+import sys
+if sys.argv[1] == "returned":
+  from cbexp.cli.common import return_freed_memory
+  return_freed_memory()
+import tensorflow as tf
+def resident_mb():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+      return int(line.split()[1]) / 1024
+weights = [tf.Variable(tf.zeros([512, 1024])) for _ in range(128)]  # 256 MB, as a model's
+path = tf.train.Checkpoint(w=weights).write(sys.argv[2])
+before = resident_mb()
+tf.train.Checkpoint(w=weights).read(path)
+print(resident_mb() - before)
+"""
+
+
+def test_a_codec_process_does_not_keep_a_restored_models_second_copy(tmp_path):
+  """``return_freed_memory`` (what `cbexp codec` and the memory benchmark's processes run
+  first): restoring 256 MB of weights leaves the process holding them once, not twice as
+  TensorFlow's own CPU allocator does (its pool keeps the buffers the restore replaced)."""
+  import os
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
+  grown = float(
+    subprocess.run(
+      [sys.executable, "-c", RESTORE, "returned", str(tmp_path / "ckpt")],
+      capture_output=True,
+      text=True,
+      check=True,
+      env=env,
+    ).stdout.split()[-1]
+  )
+  assert grown < 64, f"restoring 256 MB of weights left {grown:.0f} MB more resident"

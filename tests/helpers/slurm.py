@@ -8,6 +8,7 @@ import os
 import pathlib
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -227,7 +228,16 @@ class Cluster:
     return "\n".join(text)
 
   def stop(self):
-    """slurmd, slurmctld, munged: each by its PID, the next once it has gone."""
+    """The jobs (scancel), then slurmd, slurmctld, munged, each by its PID once the one before
+    has gone, then whatever still carries this cluster's ``SLURM_CONF``: a job step or batch
+    script that outlived its job (a stopped sweep's) would run on after the test."""
+    if self.processes:
+      subprocess.run(
+        ["scancel", f"--partition={PARTITION}"], env=self.env, capture_output=True, timeout=60
+      )
+      deadline = time.monotonic() + 20
+      while time.monotonic() < deadline and self._ok(["squeue", "-h", "-o", "%i"], "\n"):
+        time.sleep(0.5)
     for process in reversed(self.processes):
       if process.poll() is None:
         process.terminate()
@@ -237,3 +247,22 @@ class Cluster:
         process.kill()
         process.wait()
     self.processes = []
+    for pid in self._leftover_pids():
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+
+  def _leftover_pids(self):
+    """Processes of this machine whose environment names this cluster's slurm.conf."""
+    marker = f"SLURM_CONF={self.conf}".encode() if hasattr(self, "conf") else None
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+      if marker is None or not entry.name.isdigit() or int(entry.name) == os.getpid():
+        continue
+      try:
+        if marker in (entry / "environ").read_bytes().split(b"\0"):
+          pids.append(int(entry.name))
+      except OSError:
+        pass
+    return pids

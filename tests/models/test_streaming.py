@@ -58,6 +58,24 @@ def test_a_stream_of_stages_with_halos_equals_the_whole_computation(pace, min_ro
   assert len(states[1][0]) >= 37 // (2 * max(pace, min_rows + 3))
 
 
+def test_a_stage_nothing_needs_is_not_run():
+  """No state, not collected, no reader (the decoder's y_hat stages in the encoder's stream):
+  not even traced."""
+  x = tf.reshape(tf.range(12.0), [1, 4, 3, 1])
+
+  def unneeded(state, r0, r1, a0, window):
+    raise AssertionError("an unneeded stage ran")
+
+  output = (streaming.Output(1, 3),)
+  stages = [
+    streaming.Stage(lambda state, r0, r1, a0: (state, (x[:, r0:r1],)), output),
+    streaming.Stage(unneeded, output, (0,)),
+    streaming.Stage(lambda state, r0, r1, a0, w: (state, (w * 2,)), output, (0,), collect=True),
+  ]
+  _, collected = streaming.run(stages, 4, 1)
+  np.testing.assert_array_equal(collected[2][0].numpy(), x.numpy() * 2)
+
+
 def test_a_stage_may_read_only_earlier_stages():
   stage = streaming.Stage(lambda *a: a, (streaming.Output(1, 1),), inputs=(0,))
   with pytest.raises(ValueError, match="stage 0 reads a later stage"):
