@@ -30,6 +30,20 @@ class DataError(CbexpError, ValueError):
   """Bad input data; the message names the file and the problem."""
 
 
+# TensorFlow wraps an array with this alignment without copying it (``cbexp.codec.codec``'s
+# ``image_tensor``); an image at the pixel limit is 200 MB.
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype=np.uint8):
+  """An uninitialised C-contiguous array whose data starts on a TENSOR_ALIGNMENT boundary."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+  start = -raw.ctypes.data % TENSOR_ALIGNMENT
+  return raw[start : start + size].view(dtype).reshape(shape)
+
+
 @contextlib.contextmanager
 def pillow_pixel_limit(max_pixels):
   """Pillow's decompression-bomb limit set to ``max_pixels`` inside the block (None: no limit),
@@ -132,7 +146,10 @@ def load_image(path, max_pixels=None):
         array = np.round(array / 65535.0 * 255.0)
         array = np.clip(array, 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=-1)
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+      rgb = image.convert("RGB")
+      out = aligned_empty((rgb.height, rgb.width, 3))  # the codec reads it without a copy
+      out[...] = np.asarray(rgb, dtype=np.uint8)
+      return out
   except Image.DecompressionBombError:
     raise DataError(
       f"{path}: image above the pixel limit of {max_pixels or Image.MAX_IMAGE_PIXELS} pixels"

@@ -138,12 +138,10 @@ class Codec:
   def encode(self, image):
     """-> Bitstream with the strings and their symbol checks (written as .cbx format 3, or 2 by
     an export of format 3)."""
-    import tensorflow as tf
-
     image = self.check_image(image)
     if not self.symbol_checks:
       self._refuse_old_export("write them")
-    coded = self.module.compress(tf.constant(image))
+    coded = self.module.compress(image_tensor(image))
     return Bitstream(
       entropy_model=self.entropy_model,
       fingerprint=self.fingerprint,
@@ -229,6 +227,21 @@ class Codec:
 
 
 # --- images --------------------------------------------------------------------------------
+def image_tensor(image):
+  """A uint8 image array as a tensor, sharing its memory when the array is C-contiguous,
+  writeable and starts on a ``TENSOR_ALIGNMENT`` boundary (as ``images.load_image`` and
+  ``aligned_empty`` give it; TensorFlow aborts the process on unaligned shared memory), a copy
+  otherwise: at the pixel limit a copy is 200 MB of the coding's peak."""
+  import tensorflow as tf
+
+  from cbexp.images import TENSOR_ALIGNMENT
+
+  flags = image.flags  # DLPack cannot export a read-only array
+  if flags.c_contiguous and flags.writeable and image.ctypes.data % TENSOR_ALIGNMENT == 0:
+    return tf.experimental.dlpack.from_dlpack(image.__dlpack__())
+  return tf.constant(image)
+
+
 def describe_image_file(path, max_pixels):
   """Reads an image file's header only: -> (width, height, mode), ``mode`` being Pillow's with
   ";16" added for 16-bit-per-channel colour (e.g. 48-bit RGB PNG: "RGB;16"). Refuses images

@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 from cbexp.constants import PAD_MULTIPLE
 from cbexp.errors import CbexpError
 
@@ -105,13 +103,14 @@ def image_size(megapixels):
 
 def mosaic(folder, height, width):
   """A uint8 [height, width, 3] image of CROP x CROP pieces of the folder's images, in name order,
-  repeated; built row by row into one array (the only image-sized allocation)."""
+  repeated; built row by row into one array (the only image-sized allocation), aligned as
+  ``images.load_image`` aligns a file's pixels."""
   from cbexp import images
 
   pieces = [images.load_image(p)[:CROP, :CROP] for p in images.list_images(folder)]
   if not pieces:
     raise MemoryBenchError(f"no images in {folder}")
-  out = np.empty((height, width, 3), np.uint8)
+  out = images.aligned_empty((height, width, 3))  # as load_image gives it
   k = 0
   for top in range(0, height, CROP):
     for left in range(0, width, CROP):
