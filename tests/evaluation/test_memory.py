@@ -69,6 +69,40 @@ def test_tiled_and_untiled_measurements_code_the_same_strings(model_dir, kodak_d
   assert "**no**" in memory.markdown(memory.summarize(rows))
 
 
+def test_a_measurement_traces_only_the_graph_it_measures(
+  model_dir, kodak_dir, tmp_path, monkeypatch
+):
+  """As a user's `cbexp codec compress` (or decompress) process: the compress measurement never
+  decodes and the decompress one never encodes (the other graph's memory is not that user's);
+  each warms up on a small image first (one untimed call)."""
+  from cbexp.codec.codec import Codec
+
+  calls = []
+  for name in ("encode", "decode"):
+
+    def spy(self, *args, _name=name, _original=getattr(Codec, name), **kwargs):
+      calls.append(_name)
+      return _original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Codec, name, spy)
+  spec = {
+    "ref": str(model_dir),
+    "budget": 1,
+    "height": 128,
+    "width": 192,
+    "images": str(kodak_dir),
+    "max_pixels": 2**26,
+    "threads": 0,
+    "file": str(tmp_path / "image.cbx"),
+    "operation": "compress",
+  }
+  memory.worker(spec)
+  assert calls == ["encode", "encode"]
+  calls.clear()
+  row = memory.worker({**spec, "operation": "decompress"})
+  assert calls == ["decode", "decode"] and row["peak_mb"] >= row["base_mb"] > 0
+
+
 def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp_path):
   opts = memory.options(
     OmegaConf.create(
