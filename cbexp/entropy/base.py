@@ -554,6 +554,7 @@ class EntropyModel(tf.keras.layers.Layer):
     self._exact_networks = None
     # Latent positions per band of the coding networks (``banded``); 0: the whole latent at once.
     self.band_positions = 0
+    self.memory_budget_bytes = 0  # what the bands and a stream's buffers share (stream_pace)
 
   def build_coders(self):
     self.gaussian.build_coder()
@@ -586,8 +587,9 @@ class EntropyModel(tf.keras.layers.Layer):
     keep the whole latent. The strings do not change (tests/models/test_tiling.py)."""
     self._hyper_tiles = {}
     if not budget_bytes or self.numerics != "float":
-      self.band_positions = 0
+      self.band_positions = self.memory_budget_bytes = 0
       return
+    self.memory_budget_bytes = budget_bytes
     self.band_positions = tiling.band_positions_for_budget(budget_bytes, self.widest_layer_values())
     for path in self._submodules_of(HyperSynthesisTransform):
       z_depth = int(path.layers[0].kernel.shape[-2])
@@ -639,11 +641,23 @@ class EntropyModel(tf.keras.layers.Layer):
       and self.gaussian.check_format == 3
     )
 
-  def stream_pace(self, width):
-    """(rows per band, fewest rows per network call) of a stream whose rows hold ``width``
-    latent positions of each network's input."""
-    min_rows = -(-tiling.MIN_BAND_POSITIONS // width)
-    return tf.maximum(min_rows, self.band_positions // width), min_rows
+  def stream_min_rows(self, width):
+    """The fewest rows of a network call in a stream whose rows hold ``width`` latent positions
+    of each network's input (``tiling.MIN_BAND_POSITIONS``)."""
+    return -(-tiling.MIN_BAND_POSITIONS // width)
+
+  def stream_pace(self, width, stages):
+    """Rows per band of a stream of ``stages`` whose rows hold ``width`` latent positions of each
+    network's input, at least ``stream_min_rows``. The budget pays for a call's activations
+    (``band_positions``) and for what the stream keeps between calls: every output for the lag
+    plus a band, twice (a buffer, and the one that joins the next band to it)."""
+    from cbexp.models import streaming
+
+    budget = tf.cast(self.memory_budget_bytes, tf.float64)
+    kept = tf.cast(streaming.kept_bytes_per_row(stages), tf.float64)
+    call = budget / self.band_positions * tf.cast(width, tf.float64)
+    rows = (budget - 2 * streaming.lag(stages) * kept) / (call + 2 * kept)
+    return tf.maximum(self.stream_min_rows(width), tf.cast(tf.maximum(rows, 0.0), tf.int32))
 
   def hyper_rows(self, path, z_hat, r0, r1):
     """Latent rows [r0, r1) of a hyper-synthesis ``path`` of ``z_hat``, computed from the z rows

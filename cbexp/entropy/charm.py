@@ -220,7 +220,7 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
     from cbexp.models.streaming import Output, Plan, Stage, interior
 
     nets = self.coding_networks()
-    pace, min_rows = self.stream_pace(width)
+    min_rows = self.stream_min_rows(width)
     depth = self.latent_depth
 
     def hyper(state, r0, r1, a0):
@@ -255,7 +255,16 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
       )
       residual_stages.append(len(stages) - 1)
     rows = tf.shape(z_hat)[1] * 4  # z rows * 4 latent rows
-    return Plan(stages, rows, width, 1, tuple(residual_stages), finish, pace, min_rows)
+    return Plan(
+      stages,
+      rows,
+      width,
+      1,
+      tuple(residual_stages),
+      finish,
+      self.stream_pace(width, stages),
+      min_rows,
+    )
 
   def _coding_stages(self):
     return [1 + 2 * i for i in range(self.num_slices)]

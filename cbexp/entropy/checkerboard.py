@@ -185,7 +185,7 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
 
     nets, depth = self.coding_networks(), self.latent_depth
     paths = [p for p in (nets.hyper_synthesis, nets.hyper_synthesis_scale) if p is not None]
-    pace, min_rows = self.stream_pace(width)
+    min_rows = self.stream_min_rows(width)
 
     def hyper(state, r0, r1, a0):
       return state, (tf.concat([self.hyper_rows(p, z_hat, 2 * r0, 2 * r1) for p in paths], -1),)
@@ -219,7 +219,7 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
       ),
     ]
     rows = tf.shape(z_hat)[1] * 2  # z rows * 4 latent rows / 2
-    return Plan(stages, rows, width, 2, (3,), finish, pace, min_rows)
+    return Plan(stages, rows, width, 2, (3,), finish, self.stream_pace(width, stages), min_rows)
 
   def encoding_stream(self, y, z_hat):
     gaussian = self.gaussian

@@ -79,6 +79,33 @@ def lag(stages):
   return max(behind)
 
 
+def _readers(stages):
+  """For each stage, the stages that read it."""
+  return [[c for c in range(len(stages)) if s in stages[c].inputs] for s in range(len(stages))]
+
+
+def _needed(stages):
+  """For each stage, whether it runs. A stage whose outputs nothing needs (no state, not
+  collected, no reader that is needed) does not: the encoder's stream ends with the decoder's
+  y_hat stages, which only a caller that asks for y_hat reads."""
+  readers, needed = _readers(stages), [False] * len(stages)
+  for s in reversed(range(len(stages))):
+    stage = stages[s]
+    needed[s] = bool(stage.state or stage.collect or any(needed[c] for c in readers[s]))
+  return needed
+
+
+def kept_bytes_per_row(stages):
+  """Bytes of one stream row of every output the stream keeps between calls: those of the
+  stages that run, the collected ones aside (they are the result)."""
+  return sum(
+    output.channels * output.scale * output.dtype.size * output.width
+    for stage, needed in zip(stages, _needed(stages))
+    if needed and not stage.collect
+    for output in stage.outputs
+  )
+
+
 def run(stages, rows, pace):
   """Runs ``stages`` (in dependency order: a stage reads only earlier ones) over ``rows`` stream
   rows, the first stages (those without inputs) producing ``pace`` rows per iteration, or more:
@@ -89,17 +116,11 @@ def run(stages, rows, pace):
   -> (the final state of each stage, the whole outputs of each ``collect`` stage: a tuple of
   [1, rows * scale, width, channels] tensors; () for the others)."""
   count = len(stages)
-  readers = [[c for c in range(count) if s in stages[c].inputs] for s in range(count)]
+  readers = _readers(stages)
   for s, stage in enumerate(stages):
     if any(u >= s for u in stage.inputs):
       raise ValueError(f"stage {s} reads a later stage: {stage.inputs}")
-  # A stage whose outputs nothing needs (no state, not collected, no reader that is needed) is
-  # not run: the encoder's stream ends with the decoder's y_hat stages, which only a caller that
-  # asks for y_hat reads.
-  needed = [False] * count
-  for s in reversed(range(count)):
-    stage = stages[s]
-    needed[s] = bool(stage.state or stage.collect or any(needed[c] for c in readers[s]))
+  needed = _needed(stages)
   rows = tf.convert_to_tensor(rows, tf.int32)
   least = lag(stages) + tf.reduce_max(tf.stack([tf.cast(st.min_rows, tf.int32) for st in stages]))
   pace = tf.maximum(tf.convert_to_tensor(pace, tf.int32), least)
@@ -121,6 +142,10 @@ def run(stages, rows, pace):
     """Stage s's call this iteration, if its inputs allow: -> (state, bands, progress)."""
     stage, done = stages[s], progress[s]
     ready = tf.maximum(available(s, progress), done)
+    # At most ``pace`` rows a call (unless fewer than ``min_rows`` would be left): a later stage
+    # would otherwise take the first stage's band plus everything its lag held back at once.
+    capped = done + pace
+    ready = tf.where((ready > capped) & (rows - capped >= stage.min_rows), capped, ready)
     take = ready - done
     go = ((ready >= rows) & (take > 0)) | (
       (take >= stage.min_rows) & (rows - ready >= stage.min_rows)
@@ -145,10 +170,13 @@ def run(stages, rows, pace):
   def body(progress, lows, buffers, states, collected):
     progress, lows = list(progress), list(lows)
     buffers, states, collected = list(buffers), list(states), list(collected)
+    previous = []  # the last call's results: the next call starts after them
     for s, stage in enumerate(stages):
       if not needed[s]:
         continue
-      states[s], bands, progress[s] = step(s, progress, lows, buffers, states)
+      with tf.control_dependencies(previous):
+        states[s], bands, progress[s] = step(s, progress, lows, buffers, states)
+      previous = [progress[s], *bands]
       if stage.collect:
         collected[s] = tuple(ta.write(ta.size(), band[0]) for ta, band in zip(collected[s], bands))
       else:

@@ -3,6 +3,8 @@ give what the whole tensors give; no network band is smaller than its minimum; t
 models' streams code the whole latent's strings and refuse strings that do not verify, before
 any pixel comes out. (tests/models/test_tiling.py: streamed and whole files decode either way.)"""
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,7 +22,9 @@ def blur(x, halo):
   return tf.nn.depthwise_conv2d(x, tf.ones([2 * halo + 1, 1, channels, 1]), [1, 1, 1, 1], "SAME")
 
 
-@pytest.mark.parametrize("pace, min_rows", [(1, 1), (4, 1), (4, 6), (10, 3), (3, 20), (50, 1)])
+@pytest.mark.parametrize(
+  "pace, min_rows", [(1, 1), (4, 1), (4, 6), (10, 3), (11, 6), (3, 20), (50, 1)]
+)
 def test_a_stream_of_stages_with_halos_equals_the_whole_computation(pace, min_rows):
   x = tf.constant(np.random.default_rng(0).normal(size=(1, 37, 5, 3)).astype(np.float32))
   whole = blur(blur(x, 1), 2)
@@ -49,13 +53,70 @@ def test_a_stream_of_stages_with_halos_equals_the_whole_computation(pace, min_ro
   states, collected = tf.function(lambda: streaming.run(stages, 37, pace))()
   np.testing.assert_array_equal(collected[2][0].numpy(), whole.numpy())
   np.testing.assert_array_equal(collected[3][0].numpy(), tf.repeat(blur(x, 1), 2, axis=1).numpy())
+  effective = max(pace, min_rows + 3)  # the pace run uses (the lag: 3 rows, below)
   for s in (1, 2):
     bands = states[s][0].numpy()
     assert bands.sum() == 37 and bands.min() >= min(min_rows, 37), bands
+    # At most a pace a call, the last aside (it takes fewer than min_rows more rather than leave
+    # them): a later stage does not take the first stage's last band and its own lag at once.
+    assert bands[:-1].max(initial=0) <= effective and bands[-1] < effective + min_rows, bands
   # Bands of the pace, or of min_rows + the halos' lag (3 rows here) where that is more, so
   # that every stage takes a band every iteration: many bands, not one.
   assert streaming.lag(stages) == 3
   assert len(states[1][0]) >= 37 // (2 * max(pace, min_rows + 3))
+
+
+def test_the_calls_of_an_iteration_run_one_after_another():
+  """Two stages that read only the first could run at once, each with a band's work, and the
+  budget is one call's work: they run one after the other. Each call waits up to 0.5 s for
+  another to be running beside it."""
+  lock, running, most = threading.Condition(), [0], [0]
+
+  def busy(band):
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+      lock.notify_all()
+      lock.wait_for(lambda: running[0] > 1, timeout=0.5)
+      running[0] -= 1
+    return band
+
+  def reader(state, r0, r1, a0, window):
+    return state, (tf.numpy_function(busy, [window], tf.float32, stateful=False),)
+
+  x = tf.ones([1, 8, 3, 1])
+  output = (streaming.Output(1, 3),)
+  stages = [
+    streaming.Stage(lambda state, r0, r1, a0: (state, (x[:, r0:r1],)), output),
+    streaming.Stage(reader, output, (0,), collect=True),
+    streaming.Stage(reader, output, (0,), collect=True),
+  ]
+  _, collected = tf.function(lambda: streaming.run(stages, 8, 8))()
+  assert collected[1][0].shape == collected[2][0].shape == (1, 8, 3, 1)
+  assert most[0] == 1
+
+
+def test_the_budget_pays_for_what_the_stream_keeps():
+  """A stream's pace: a band's activations and every kept output for the lag plus a band,
+  twice, within the budget (the paper ChARM's 320-channel slices and hyper outputs at 352
+  latent columns: a 24 MP image), or the fewest rows a call takes."""
+  model, _ = build_untrained(tiny_overrides("charm", "entropy.num_slices=2"), seed=0)
+  em, budget, width = model.entropy_model, 64 * 2**20, 352
+  em.set_memory_budget(budget)
+  y, z = tf.zeros([1, 400, width, em.latent_depth]), tf.zeros([1, 100, width // 4, 8])
+  plan = em.encoding_stream(y, z)
+  pace, kept = int(plan.pace), int(streaming.kept_bytes_per_row(plan.stages))
+  lag, call = streaming.lag(plan.stages), budget / em.band_positions * width
+  # The outputs of the stages that run, float32: the hyper's two paths, each slice's coded
+  # values, the first slice's LRP (the second reads it; the last one's only the decoder needs).
+  depth = em.latent_depth
+  assert kept == 4 * width * (2 * depth + depth + depth // 2)
+
+  def spent(rows):  # a call of ``rows`` rows and what the stream keeps meanwhile
+    return call * rows + 2 * (lag + rows) * kept
+
+  assert pace == em.stream_min_rows(width) or spent(pace) <= budget < spent(pace + 1)
+  assert pace < em.band_positions // width  # the band alone would be more rows
 
 
 def test_a_stage_nothing_needs_is_not_run():
