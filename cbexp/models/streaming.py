@@ -72,10 +72,13 @@ def _relaxed(value):
 
 
 def lag(stages):
-  """The rows by which the last stage of the longest chain of halos trails the first."""
+  """The rows by which the last stage of the longest chain of halos trails the first, among the
+  stages that run (``_needed``): the encoder's last LRP, which only the decoder needs, does not
+  hold the others' outputs back."""
   behind = []
-  for stage in stages:
-    behind.append(max((behind[u] for u in stage.inputs), default=0) + stage.halo)
+  for stage, runs in zip(stages, _needed(stages)):
+    trail = max((behind[u] for u in stage.inputs), default=0) + stage.halo
+    behind.append(trail if runs else 0)
   return max(behind)
 
 

@@ -2,6 +2,8 @@
 in this process; the table's comparisons with the untiled run. Peak memory and time are not
 asserted (the benchmark command reports them); what they are measured on is."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,6 +24,23 @@ def model_dir(tmp_path_factory, kodak_dir):
   return save_model_dir(model, cfg, tmp_path_factory.mktemp("memory") / "model")
 
 
+def worker_spec(model_dir, kodak_dir, path, **changes):
+  """A measurement's spec (``memory.run_all`` gives the worker one) for the tiny model."""
+  spec = {
+    "ref": str(model_dir),
+    "budget": 1,
+    "height": 128,
+    "width": 192,
+    "images": str(kodak_dir),
+    "max_pixels": 2**26,
+    "threads": 0,
+    "repeats": 1,
+    "file": str(path),
+    "operation": "compress",
+  }
+  return {**spec, **changes}
+
+
 def test_the_mosaic_has_the_size_asked_and_the_images_content(kodak_dir):
   height, width = memory.image_size(0.05)
   assert height * width <= 50_000 and abs(width / height - 4 / 3) < 0.01
@@ -38,19 +57,18 @@ def test_tiled_and_untiled_measurements_code_the_same_strings(model_dir, kodak_d
   height, width = 193, 258  # 13 x 17 latents: tiles of 8 at a 1 MB budget, 2 x 3 of them
   rows = []
   for budget, operation in ((0, "compress"), (1, "compress"), (1, "decompress")):
-    spec = {
-      "ref": str(model_dir),
-      "budget": budget,
-      "height": height,
-      "width": width,
-      "images": str(kodak_dir),
-      "max_pixels": 2**26,
-      "threads": 0,
-      "file": str(tmp_path / f"{budget}.cbx"),
-      "operation": operation,
-    }
+    spec = worker_spec(
+      model_dir,
+      kodak_dir,
+      tmp_path / f"{budget}.cbx",
+      budget=budget,
+      height=height,
+      width=width,
+      repeats=2,
+      operation=operation,
+    )
     row = memory.worker(spec)
-    assert row["peak_mb"] >= row["base_mb"] > 0 and row["seconds"] > 0
+    assert row["peak_mb"] >= row["base_mb"] > 0 and row["seconds"] > 0 and row["calls"] == 2
     rows.append(
       {"model": "tiny", "megapixels": 0.05, "budget_mb": budget, "operation": operation, **row}
     )
@@ -85,22 +103,32 @@ def test_a_measurement_traces_only_the_graph_it_measures(
       return _original(self, *args, **kwargs)
 
     monkeypatch.setattr(Codec, name, spy)
-  spec = {
-    "ref": str(model_dir),
-    "budget": 1,
-    "height": 128,
-    "width": 192,
-    "images": str(kodak_dir),
-    "max_pixels": 2**26,
-    "threads": 0,
-    "file": str(tmp_path / "image.cbx"),
-    "operation": "compress",
-  }
+  spec = worker_spec(model_dir, kodak_dir, tmp_path / "image.cbx")
   memory.worker(spec)
   assert calls == ["encode", "encode"]
   calls.clear()
   row = memory.worker({**spec, "operation": "decompress"})
   assert calls == ["decode", "decode"] and row["peak_mb"] >= row["base_mb"] > 0
+
+
+def test_repeated_compress_calls_must_code_the_same_strings(
+  model_dir, kodak_dir, tmp_path, monkeypatch
+):
+  from cbexp.codec.codec import Codec
+
+  calls = []
+
+  def unsteady(self, image, _encode=Codec.encode):
+    stream = _encode(self, image)
+    calls.append(1)
+    if len(calls) == 3:  # the warm-up, the first timed call, then another string
+      return dataclasses.replace(stream, strings=(b"x", *stream.strings[1:]))
+    return stream
+
+  monkeypatch.setattr(Codec, "encode", unsteady)
+  spec = worker_spec(model_dir, kodak_dir, tmp_path / "image.cbx", repeats=3)
+  with pytest.raises(memory.MemoryBenchError, match="compress call 2 coded other strings"):
+    memory.worker(spec)
 
 
 def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp_path):
@@ -115,6 +143,7 @@ def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp
         "images": str(kodak_dir),
         "max_pixels": 2**26,
         "threads": 0,
+        "time_repeats": 1,
         "seed": 0,
         "timeout_s": 300,
         "out": "m.csv",

@@ -135,6 +135,12 @@ def test_a_stage_nothing_needs_is_not_run():
   ]
   _, collected = streaming.run(stages, 4, 1)
   np.testing.assert_array_equal(collected[2][0].numpy(), x.numpy() * 2)
+  # Its halo does not count in the lag (the rows the others' outputs are kept for).
+  assert streaming.lag(stages) == 0
+  stages[1] = streaming.Stage(unneeded, output, (0,), halo=5)
+  assert streaming.lag(stages) == 0
+  stages[2] = streaming.Stage(stages[2].fn, output, (0,), halo=2, collect=True)
+  assert streaming.lag(stages) == 2
 
 
 def test_a_stage_may_read_only_earlier_stages():
