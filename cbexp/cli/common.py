@@ -116,9 +116,9 @@ def return_freed_memory():
   """For a process that codes files within a memory budget (``cbexp codec compress`` and
   ``decompress`` unless --memory-budget 0, and the memory benchmark's processes likewise):
   what TensorFlow frees goes back to the system, so that the process holds what it uses. By
-  default TensorFlow's oneDNN CPU allocator keeps every buffer it frees in a pool of its own
-  (restoring a checkpoint leaves a second copy of the weights there: 444 MB for ChARM), and
-  glibc keeps freed blocks of up to 32 MB in its heaps. The pool is faster (no fresh pages):
+  default TensorFlow's oneDNN CPU allocator keeps every buffer it frees in a pool of its own,
+  so a process stays at the most it ever held, and glibc keeps freed blocks of up to 32 MB in
+  its heaps. The pool is faster (no fresh pages):
   the measured cost is in docs/guide/codec.md. Runs before TensorFlow allocates anything; a
   TF_ONEDNN_USE_SYSTEM_ALLOCATOR that the user set is kept."""
   os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")

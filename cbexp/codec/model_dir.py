@@ -55,7 +55,7 @@ def load_model_dir(directory, build_coders=True, numerics=None, name=None):
   if not tf.io.gfile.exists(str(prefix) + ".index"):
     raise ModelDirError(f"{where}: no weights (expected weights/model.index)")
   try:
-    tf.train.Checkpoint(model=model).read(str(prefix)).expect_partial()
+    restore_weights(model, str(prefix))
   except (tf.errors.OpError, ValueError) as error:  # TensorFlow's message names a local path
     raise ModelDirError(
       f"{where}: its weights cannot be read (weights/model.*: {error.__class__.__name__}); "
@@ -64,6 +64,42 @@ def load_model_dir(directory, build_coders=True, numerics=None, name=None):
   if build_coders:
     model.build_coders()
   return model, cfg
+
+
+def restore_weights(model, prefix):
+  """``model``'s variables from the checkpoint at ``prefix`` (``save_model_dir``'s), one at a time.
+  TensorFlow's ``Checkpoint.read`` reads every tensor before it assigns any, so that a second
+  copy of the weights is resident while a model loads (ChARM: 444 MB, the peak of a small
+  image's compress) and stays in TensorFlow's buffer pool after. The objects are matched as
+  ``read`` matches them, along the checkpoint's object graph by their names; a value whose object
+  does not exist before ``build_coders`` (the coders' tables, rebuilt from the weights) is not
+  read, as ``read(...).expect_partial()`` left it. Each value's shape and type are checked
+  against its variable's from the checkpoint's index, before the value is read."""
+  import tensorflow as tf
+  from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
+
+  reader = tf.train.load_checkpoint(prefix)
+  shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+  graph = TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  pending, seen = [(0, tf.train.Checkpoint(model=model))], set()
+  while pending:
+    node_id, trackable = pending.pop()
+    if node_id in seen:
+      continue
+    seen.add(node_id)
+    node = graph.nodes[node_id]
+    if isinstance(trackable, tf.Variable):
+      for attribute in node.attributes:
+        key = attribute.checkpoint_key
+        if attribute.name != "VARIABLE_VALUE" or key not in shapes:
+          continue
+        if shapes[key] != trackable.shape.as_list() or dtypes[key] != trackable.dtype:
+          raise ValueError(f"{key}: {shapes[key]} {dtypes[key].name}, not {trackable.shape}")
+        trackable.assign(reader.get_tensor(key))
+    children = tf.train.TrackableView.children(trackable)
+    for child in node.children:
+      if child.local_name in children:
+        pending.append((child.node_id, children[child.local_name]))
 
 
 def load_config(config_path, where=None):

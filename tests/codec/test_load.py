@@ -249,3 +249,50 @@ def test_a_refused_store_model_is_one_line_naming_it_as_typed(
     )
   assert_refused(result, output, f"^cbexp [a-z]+: error: {re.escape(reference)}: {message}")
   assert not list(scratch.iterdir())
+
+
+@pytest.mark.parametrize("entropy", ["charm", "checkerboard"])
+def test_weights_are_restored_one_at_a_time_as_tensorflow_restores_them(
+  entropy, tmp_path, monkeypatch
+):
+  """``restore_weights`` gives every variable the value TensorFlow's ``Checkpoint.read`` gives it
+  (a variable it missed would keep its fresh random value), reading one tensor at a time, and
+  checks a value's shape from the index before reading it."""
+  import tensorflow as tf
+
+  from cbexp.codec import model_dir
+  from cbexp.config import build_model
+
+  cfg = compose(tiny_overrides(entropy))
+  saved = build_model(cfg)
+  saved.build_coders()
+  save_model_dir(saved, cfg, tmp_path / "model")
+  prefix = str(tmp_path / "model" / "weights" / "model")
+  by_tensorflow, ours = build_model(cfg), build_model(cfg)
+  tf.train.Checkpoint(model=by_tensorflow).read(prefix).expect_partial()
+  reads = []
+  load = tf.train.load_checkpoint
+
+  class CountingReader:
+    def __init__(self, reader):
+      self.reader = reader
+
+    def __getattr__(self, name):
+      return getattr(self.reader, name)
+
+    def get_tensor(self, key):
+      reads.append(key)
+      return self.reader.get_tensor(key)
+
+  monkeypatch.setattr(tf.train, "load_checkpoint", lambda p: CountingReader(load(p)))
+  model_dir.restore_weights(ours, prefix)
+  assert len(reads) == len(ours.weights) + 1  # and the object graph; the coders' tables not
+  assert len(ours.weights) == len(by_tensorflow.weights)
+  for mine, theirs in zip(ours.weights, by_tensorflow.weights):
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+  other = build_model(compose(tiny_overrides(entropy, "entropy.hidden_filters=[8,8]")))
+  reads.clear()
+  with pytest.raises(ValueError, match="kernel"):
+    model_dir.restore_weights(other, prefix)
+  assert all("kernel" not in key for key in reads)  # refused before its value was read
