@@ -80,7 +80,10 @@ def restore_weights(model, prefix):
 
   reader = tf.train.load_checkpoint(prefix)
   shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
-  graph = TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  try:
+    graph = TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  except Exception as error:  # protobuf's DecodeError: a damaged object graph
+    raise ValueError(f"object graph: {error.__class__.__name__}") from None
   pending, seen = [(0, tf.train.Checkpoint(model=model))], set()
   while pending:
     node_id, trackable = pending.pop()
@@ -98,6 +101,8 @@ def restore_weights(model, prefix):
         trackable.assign(reader.get_tensor(key))
     children = tf.train.TrackableView.children(trackable)
     for child in node.children:
+      if not 0 <= child.node_id < len(graph.nodes):
+        raise ValueError(f"object graph: node {child.node_id} of {len(graph.nodes)}")
       if child.local_name in children:
         pending.append((child.node_id, children[child.local_name]))
 
