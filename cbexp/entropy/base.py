@@ -649,14 +649,15 @@ class EntropyModel(tf.keras.layers.Layer):
   def stream_pace(self, width, stages):
     """Rows per band of a stream of ``stages`` whose rows hold ``width`` latent positions of each
     network's input, at least ``stream_min_rows``. The budget pays for a call's activations
-    (``band_positions``) and for what the stream keeps between calls: every output for the lag
-    plus a band, twice (a buffer, and the one that joins the next band to it)."""
+    (``band_positions``), of up to two bands (``streaming.run``), and for what the stream keeps
+    between calls: every output for the lag plus two bands, twice (a buffer, and the one that
+    joins the next band to it)."""
     from cbexp.models import streaming
 
     budget = tf.cast(self.memory_budget_bytes, tf.float64)
     kept = tf.cast(streaming.kept_bytes_per_row(stages), tf.float64)
     call = budget / self.band_positions * tf.cast(width, tf.float64)
-    rows = (budget - 2 * streaming.lag(stages) * kept) / (call + 2 * kept)
+    rows = (budget - 2 * streaming.lag(stages) * kept) / (2 * call + 4 * kept)
     return tf.maximum(self.stream_min_rows(width), tf.cast(tf.maximum(rows, 0.0), tf.int32))
 
   def hyper_rows(self, path, z_hat, r0, r1):
@@ -669,8 +670,9 @@ class EntropyModel(tf.keras.layers.Layer):
     z1 = tf.minimum((r1 + up - 1) // up + halo, tf.shape(z_hat)[1])
     return self.hyper_synthesis_tiled(path, z_hat[:, z0:z1])[:, r0 - up * z0 : r1 - up * z0]
 
-  def encoding_stream(self, y, z_hat):
-    """compress as a ``cbexp.models.streaming.Plan`` (models with ``stream_unit``)."""
+  def encoding_stream(self, latent, z_hat):
+    """compress as a ``cbexp.models.streaming.Plan`` (models with ``stream_unit``), y's rows
+    given by ``latent`` (a ``streaming.Latent``) as the stream asks for them."""
     raise NotImplementedError
 
   def decoding_stream(self, strings, z_hat, y_shape):

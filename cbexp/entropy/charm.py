@@ -216,29 +216,36 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
   #   its reach); each slice's stages lag behind its support's by their halos.
   stream_unit = 1
 
-  def _stream(self, z_hat, width, code_slice, states, finish):
+  def _stream(self, z_hat, width, code_slice, states, finish, latent=None):
+    """The stages; ``latent`` (encoding: a ``streaming.Latent``): the hyper stage also gives
+    y's rows, which each slice's coding stage reads with the hyper outputs."""
     from cbexp.models.streaming import Output, Plan, Stage, interior
 
     nets = self.coding_networks()
     min_rows = self.stream_min_rows(width)
     depth = self.latent_depth
+    hyper_outputs = (Output(depth, width),) * (3 if latent else 2)  # means, scales[, y]
 
     def hyper(state, r0, r1, a0):
       paths = (nets.hyper_synthesis_mean, nets.hyper_synthesis_scale)
-      return state, tuple(self.hyper_rows(p, z_hat, r0, r1) for p in paths)
+      rows = tuple(self.hyper_rows(p, z_hat, r0, r1) for p in paths)
+      return state, rows + ((latent.rows(r0, r1),) if latent else ())
 
-    stages = [Stage(hyper, (Output(depth, width), Output(depth, width)), min_rows=min_rows)]
+    stages = [Stage(hyper, hyper_outputs, min_rows=min_rows)]
     residual_stages = []
     for i in range(self.num_slices):
       support = tuple(self._support(residual_stages))
       features, with_residual = self._slice_features(i, nets), self._residual_fn(i, nets)
 
-      def entropy_parameters(state, r0, r1, a0, *windows, i=i, features=features):
-        mean, scale_index = (interior(x, r0, r1, a0) for x in features(*windows))
-        return code_slice(i, state, r0, r1, scale_index, mean)
+      def entropy_parameters(state, r0, r1, a0, means, scales, *windows, i=i, features=features):
+        y_rows = interior(windows[0], r0, r1, a0) if latent else None
+        parts = windows[1:] if latent else windows
+        mean, scale_index = (interior(x, r0, r1, a0) for x in features(means, scales, *parts))
+        return code_slice(i, state, r0, r1, scale_index, mean, y_rows)
 
-      def residual(state, r0, r1, a0, hyper_means, hyper_scales, *parts, fn=with_residual):
-        return state, (interior(fn(hyper_means, *parts)[0], r0, r1, a0),)
+      def residual(state, r0, r1, a0, means, *windows, fn=with_residual):
+        parts = windows[2:] if latent else windows[1:]  # after the scales (and y)
+        return state, (interior(fn(means, *parts)[0], r0, r1, a0),)
 
       sliced = (Output(self._slice_depth(i), width),)
       stages.append(
@@ -269,11 +276,11 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
   def _coding_stages(self):
     return [1 + 2 * i for i in range(self.num_slices)]
 
-  def encoding_stream(self, y, z_hat):
+  def encoding_stream(self, latent, z_hat):
     gaussian, slice_depth = self.gaussian, self.latent_depth // self.num_slices
 
-    def code_slice(i, state, r0, r1, scale_index, mean):
-      y_slice = y[:, r0:r1, :, i * slice_depth : (i + 1) * slice_depth]
+    def code_slice(i, state, r0, r1, scale_index, mean, y_rows):
+      y_slice = y_rows[..., i * slice_depth : (i + 1) * slice_depth]
       state, y_hat = gaussian.encode_band(state, y_slice, scale_index, mean)
       return state, (y_hat,)
 
@@ -282,12 +289,12 @@ class CharmEntropyModel(ChannelSlices, EntropyModel):
       return [string for string, _ in coded], [check for _, check in coded]
 
     states = [gaussian.encoder_state() for _ in range(self.num_slices)]
-    return self._stream(z_hat, tf.shape(y)[2], code_slice, states, finish)
+    return self._stream(z_hat, latent.width, code_slice, states, finish, latent)
 
   def decoding_stream(self, strings, z_hat, y_shape):
     gaussian = self.gaussian
 
-    def code_slice(i, state, r0, r1, scale_index, mean):
+    def code_slice(i, state, r0, r1, scale_index, mean, y_rows):
       state, values = gaussian.decode_band(state, scale_index, mean)
       return state, (values,)
 

@@ -180,34 +180,44 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
   #   halo, params, code) -> y_hat (merge, LRP: its reach in halo)
   stream_unit = 2
 
-  def _stream(self, z_hat, width, code_anchors, code_non_anchors, states, finish, decoding):
+  def _stream(self, z_hat, width, code_anchors, code_non_anchors, states, finish, latent=None):
+    """The stages; ``latent`` (encoding: a ``streaming.Latent``): the hyper stage also gives
+    y's rows, which the coding stages read (the anchors' and the non-anchors' halves)."""
     from cbexp.models.streaming import Output, Plan, Stage, interior
 
     nets, depth = self.coding_networks(), self.latent_depth
     paths = [p for p in (nets.hyper_synthesis, nets.hyper_synthesis_scale) if p is not None]
     min_rows = self.stream_min_rows(width)
+    decoding = latent is None
 
     def hyper(state, r0, r1, a0):
-      return state, (tf.concat([self.hyper_rows(p, z_hat, 2 * r0, 2 * r1) for p in paths], -1),)
+      rows = (tf.concat([self.hyper_rows(p, z_hat, 2 * r0, 2 * r1) for p in paths], -1),)
+      return state, rows + ((latent.rows(2 * r0, 2 * r1),) if latent else ())
 
-    def anchors(state, r0, r1, a0, hyper):
+    def y_half(windows, r0, r1, a0, half):  # this band's anchors or non-anchors of y
+      return None if decoding else split_checkerboard(interior(windows[0], r0, r1, a0, 2))[half]
+
+    def anchors(state, r0, r1, a0, hyper, *y):
       mean, index = self._anchor_params(split_checkerboard(hyper)[0], nets)
-      return code_anchors(state, r0, r1, index, mean)
+      return code_anchors(state, r0, r1, index, mean, y_half(y, r0, r1, a0, 0))
 
-    def non_anchors(state, r0, r1, a0, hyper, y_hat_a):
+    def non_anchors(state, r0, r1, a0, hyper, *windows):  # [y,] y_hat_a
       hyper_n = split_checkerboard(interior(hyper, r0, r1, a0, 2))[1]
       crop = lambda context: interior(context, r0, r1, a0)  # noqa: E731
-      mean, index = self._non_anchor_params(y_hat_a, hyper_n, nets, crop)
-      return code_non_anchors(state, r0, r1, index, mean)
+      mean, index = self._non_anchor_params(windows[-1], hyper_n, nets, crop)
+      return code_non_anchors(state, r0, r1, index, mean, y_half(windows, r0, r1, a0, 1))
 
-    def with_residual(state, r0, r1, a0, hyper, y_hat_a, y_hat_n):
-      y_hat = merge_checkerboard(y_hat_a, y_hat_n)
+    def with_residual(state, r0, r1, a0, hyper, *windows):  # [y,] y_hat_a, y_hat_n
+      y_hat = merge_checkerboard(windows[-2], windows[-1])
       y_hat += self._residual(hyper[..., :depth], y_hat, decoding)
       return state, (interior(y_hat, r0, r1, a0, 2),)
 
     packed = (Output(depth, width),)
+    hyper_outputs = (Output(depth * len(paths), width, 2),)
+    if latent:
+      hyper_outputs += (Output(depth, width, 2),)
     stages = [
-      Stage(hyper, (Output(depth * len(paths), width, 2),), min_rows=min_rows),
+      Stage(hyper, hyper_outputs, min_rows=min_rows),
       Stage(anchors, packed, (0,), 0, min_rows, states[0]),
       Stage(non_anchors, packed, (0, 1), CheckerboardContext.halo_rows, min_rows, states[1]),
       Stage(
@@ -221,28 +231,24 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
     rows = tf.shape(z_hat)[1] * 2  # z rows * 4 latent rows / 2
     return Plan(stages, rows, width, 2, (3,), finish, self.stream_pace(width, stages), min_rows)
 
-  def encoding_stream(self, y, z_hat):
+  def encoding_stream(self, latent, z_hat):
     gaussian = self.gaussian
 
-    def coder(part):
-      def code(state, r0, r1, index, mean):
-        y_part = split_checkerboard(y[:, 2 * r0 : 2 * r1])[part]
-        state, y_hat = gaussian.encode_band(state, y_part, index, mean)
-        return state, (y_hat,)
-
-      return code
+    def code(state, r0, r1, index, mean, y_part):
+      state, y_hat = gaussian.encode_band(state, y_part, index, mean)
+      return state, (y_hat,)
 
     def finish(states):
       coded = [gaussian.finish_encoder(states[s]) for s in (1, 2)]
       return [string for string, _ in coded], [check for _, check in coded]
 
     states = (gaussian.encoder_state(), gaussian.encoder_state())
-    return self._stream(z_hat, tf.shape(y)[2], coder(0), coder(1), states, finish, False)
+    return self._stream(z_hat, latent.width, code, code, states, finish, latent)
 
   def decoding_stream(self, strings, z_hat, y_shape):
     gaussian = self.gaussian
 
-    def decode(state, r0, r1, index, mean):
+    def decode(state, r0, r1, index, mean, y_part):
       state, values = gaussian.decode_band(state, index, mean)
       return state, (values,)
 
@@ -250,7 +256,7 @@ class CheckerboardEntropyModel(MeanScaleHyperprior, EntropyModel):
       return [gaussian.finish_decoder(states[s], strings[s - 1]) for s in (1, 2)]
 
     states = tuple(gaussian.decoder_state(s) for s in strings)
-    return self._stream(z_hat, y_shape[1], decode, decode, states, finish, True)
+    return self._stream(z_hat, y_shape[1], decode, decode, states, finish)
 
   def decode_macs(self, latent_hw, z_hw):
     """g_ep on the anchors (the hyper part only: their context is exactly zero, not computed),

@@ -246,12 +246,31 @@ class CompressionModel(tf.keras.Model):
     if not budget_mb:
       return (0, 0)
     budget = float(budget_mb) * 2**20
-    return (
-      tiling.tile_for_budget(budget, tiling.activation_bytes_per_latent(self.analysis, 3)),
-      tiling.tile_for_budget(
-        budget, tiling.activation_bytes_per_latent(self.synthesis, self.latent_depth)
-      ),
+    self._tile_bytes_per_latent = (
+      tiling.activation_bytes_per_latent(self.analysis, 3),
+      tiling.activation_bytes_per_latent(self.synthesis, self.latent_depth),
     )
+    return tuple(tiling.tile_for_budget(budget, b) for b in self._tile_bytes_per_latent)
+
+  def stream_tiles(self, plan):
+    """(analysis tile, synthesis tile) inside a stream (``cbexp.models.streaming.Plan``): each
+    gets the budget less what the stream keeps between calls (every output for the lag and two
+    bands, ``streaming.run``, or for every row where that is fewer), at least half the budget,
+    so that the peak stays near the process's base plus the budget on a wide image (ChARM
+    keeps about 0.2 GB at 24 MP); (0, 0) when untiled. int32 tensors: the stream's rows
+    depend on the image's width."""
+    from cbexp.models import streaming
+
+    if not self.tiles[0]:
+      return (0, 0)
+    budget = self.memory_budget_mb * 2**20
+    pace = tf.maximum(plan.pace, plan.min_rows)
+    kept_rows = tf.minimum(streaming.lag(plan.stages) + 2 * pace, plan.rows)
+    kept = tf.cast(streaming.kept_bytes_per_row(plan.stages), tf.float64) * tf.cast(
+      kept_rows, tf.float64
+    )
+    share = tf.maximum(budget - kept, budget / 2)
+    return tuple(tiling.tile_for_budget(share, b) for b in self._tile_bytes_per_latent)
 
   def set_memory_budget(self, budget_mb=tiling.DEFAULT_MEMORY_BUDGET_MB):
     """Tiles the analysis and the synthesis so that the activations of each fit ``budget_mb``
@@ -264,11 +283,12 @@ class CompressionModel(tf.keras.Model):
     if self._z_coder is not None:
       self._build_coding_graphs()
 
-  def analyze(self, x):
+  def analyze(self, x, tile=None):
     """g_a of a padded image (uint8 or float32 [1, H, W, 3]) as the codec runs it: tiled when
-    ``tiles`` says so, the image cast to float32 tile by tile."""
-    tile = self.tiles[0]
-    if not tile:
+    ``tiles`` says so (or by ``tile``, a stream's: ``stream_tiles``), the image cast to float32
+    tile by tile."""
+    tile = self.tiles[0] if tile is None else tile
+    if not tf.is_tensor(tile) and not tile:
       return self._coding_analysis(tf.cast(x, tf.float32))
     return tiling.tiled(
       lambda part: self._coding_analysis(tf.cast(part, tf.float32)),
@@ -281,11 +301,12 @@ class CompressionModel(tf.keras.Model):
       tf.float32,
     )
 
-  def synthesize_pixels(self, y_hat):
+  def synthesize_pixels(self, y_hat, tile=None):
     """g_s of decoded latents as the codec runs it, to uint8 pixels (``to_pixels``), tiled
-    when ``tiles`` says so: [1, H, W, 3] uint8, still padded."""
-    tile = self.tiles[1]
-    if not tile:
+    when ``tiles`` says so (or by ``tile``, a stream's: ``stream_tiles``): [1, H, W, 3] uint8,
+    still padded."""
+    tile = self.tiles[1] if tile is None else tile
+    if not tf.is_tensor(tile) and not tile:
       return to_pixels(self.decoding_synthesis(y_hat))
     return tiling.tiled(
       lambda part: to_pixels(self.decoding_synthesis(part)),
@@ -306,12 +327,17 @@ class CompressionModel(tf.keras.Model):
     Needs ``build_coders``. ``compress`` runs it as a tf.function; the codec export and the
     conformance matrix trace it into their own graphs. Streamed (``EntropyModel.streams``):
     the entropy model codes band by band (``cbexp.models.streaming``), the same strings."""
-    y = self.analyze(x)
-    z = self._coding_hyper_analysis(y)
+    streams = self.entropy_model.streams()
+    if streams:
+      z, latent = self.latent_source(x)  # its tile: the stream's (below)
+    else:
+      y = self.analyze(x)
+      z = self._coding_hyper_analysis(y)
     z_string = self.z_coder.compress(z)
     z_hat = self.z_coder.decompress(z_string, tf.shape(z)[1:-1])
-    if self.entropy_model.streams():
-      plan = self.entropy_model.encoding_stream(y, z_hat)
+    if streams:
+      plan = self.entropy_model.encoding_stream(latent, z_hat)
+      latent.tile = self.stream_tiles(plan)[0]  # read when the stream's stages are traced
       states, _, y_hat = self._run_stream(plan, pixels=False, latent=with_latent)
       y_strings, y_checks = plan.finish(states)
     else:
@@ -324,6 +350,65 @@ class CompressionModel(tf.keras.Model):
       self._symbol_checks(z_hat, y_checks),
     )
 
+  def latent_source(self, x):
+    """(z, ``streaming.Latent``) of a padded image for an encoding stream. While y, and its
+    copy while its tiles are joined, take at most a quarter of the memory budget: y whole
+    (``analyze``), z from it, the stream's rows cut from it. Above (ChARM's y is 0.12 GB at
+    24 MP, 0.33 GB at 67 MP), y is never whole: z comes from a first stream over the image's
+    rows (``z_by_bands``) and the coding stream runs the analysis again on the rows it asks
+    for (``latent_band``, by the stream's tiles: ``Latent.tile``), one more analysis. The same
+    z and y either way: a band's and a tile's interior are the whole transform's."""
+    from cbexp.models import streaming
+
+    depth = self.latent_depth
+    rows, width = tf.shape(x)[1] // tiling.LATENT_STRIDE, tf.shape(x)[2] // tiling.LATENT_STRIDE
+    y_bytes = tf.cast(rows, tf.float64) * tf.cast(width, tf.float64) * depth * 4
+    whole = 2 * y_bytes <= self.memory_budget_mb * 2**20 / 4
+    y = tf.cond(whole, lambda: self.analyze(x), lambda: tf.zeros([1, 0, 0, depth]))
+    z = tf.cond(whole, lambda: self._coding_hyper_analysis(y), lambda: self.z_by_bands(x))
+
+    def latent_rows(r0, r1, tile):
+      return tf.cond(whole, lambda: y[:, r0:r1], lambda: self.latent_band(x, r0, r1, tile))
+
+    return z, streaming.Latent(latent_rows, width)
+
+  def latent_band(self, x, r0, r1, tile=None):
+    """Latent rows [r0, r1) of y = g_a(x) (``analyze``, by ``tile``), from the image's rows
+    they depend on (``tiling.halo_latents``: the analysis's receptive field)."""
+    halo, rows = tiling.halo_latents(self.analysis), tf.shape(x)[1] // tiling.LATENT_STRIDE
+    a0, a1 = tf.maximum(r0 - halo, 0), tf.minimum(r1 + halo, rows)
+    stride = tiling.LATENT_STRIDE
+    return self.analyze(x[:, a0 * stride : a1 * stride], tile)[:, r0 - a0 : r1 - a0]
+
+  def z_by_bands(self, x):
+    """z = h_a(g_a(x)) of a padded image without the whole y: a stream (``streaming.run``) of
+    y's rows (``latent_band``, 4 latent rows per z row) and h_a over them with its halo (in z
+    rows), each band's y and h_a's activations on it (about 4x) within half the budget."""
+    from cbexp.models import streaming
+
+    depth, width = self.latent_depth, tf.shape(x)[2] // tiling.LATENT_STRIDE
+    per_z_row = 4 * tf.cast(width, tf.float64) * depth * 4  # y's bytes per z row
+    pace = tf.maximum(1, tf.cast(self.memory_budget_mb * 2**20 / (8 * per_z_row), tf.int32))
+
+    def latent(state, r0, r1, a0):
+      return state, (self.latent_band(x, 4 * r0, 4 * r1),)
+
+    def hyper_analysis(state, r0, r1, a0, y_rows):
+      return state, (streaming.interior(self._coding_hyper_analysis(y_rows), r0, r1, a0),)
+
+    stages = [
+      streaming.Stage(latent, (streaming.Output(depth, width, 4),)),
+      streaming.Stage(
+        hyper_analysis,
+        (streaming.Output(self.hyperprior_depth, width // 4),),
+        (0,),
+        tiling.halo_latents(self.hyper_analysis),
+        collect=True,
+      ),
+    ]
+    _, collected = streaming.run(stages, tf.shape(x)[1] // PAD_MULTIPLE, pace)
+    return collected[1][0]
+
   def _run_stream(self, plan, pixels, latent):
     """Runs an entropy model's ``Plan`` (``cbexp.models.streaming``) with, if asked, the
     synthesis to uint8 pixels and the whole y_hat collected -> (the stages' final states,
@@ -335,9 +420,10 @@ class CompressionModel(tf.keras.Model):
     wanted = []
     if pixels:
       stride = tiling.LATENT_STRIDE * unit
+      tile = self.stream_tiles(plan)[1]
 
       def synthesis(state, r0, r1, a0, *windows):
-        out = self.synthesize_pixels(join(windows))
+        out = self.synthesize_pixels(join(windows), tile)
         return state, (streaming.interior(out, r0, r1, a0, stride),)
 
       halo = -(-tiling.halo_latents(self.synthesis) // unit)

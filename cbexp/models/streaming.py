@@ -111,10 +111,13 @@ def kept_bytes_per_row(stages):
 
 def run(stages, rows, pace):
   """Runs ``stages`` (in dependency order: a stage reads only earlier ones) over ``rows`` stream
-  rows, the first stages (those without inputs) producing ``pace`` rows per iteration, or more:
-  at least the most ``min_rows`` plus the longest chain of halos (``lag``), so that every stage
-  computes a band in every iteration and each lags the first only by the halos of the stages
-  before it, not by whole bands (a stage waits until it has ``min_rows`` rows).
+  rows, the first stages (those without inputs) producing ``pace`` rows per iteration, or the
+  most ``min_rows`` where that is more. A later stage computes what its inputs allow, at least
+  ``min_rows`` and at most two paces a call: one that had to wait for its inputs (their halos
+  had not yet left it ``min_rows`` rows) catches up in its next call, so that each stage trails
+  the first by the halos before it and less than a band, and an output is kept for the ``lag``
+  plus about two bands, whatever the lag (a pace of ``lag + min_rows`` would keep every output
+  for twice the lag). No call leaves fewer than ``min_rows`` rows for the last one.
   A stage that nothing needs (no state, not collected, no needed reader) is not run.
   -> (the final state of each stage, the whole outputs of each ``collect`` stage: a tuple of
   [1, rows * scale, width, channels] tensors; () for the others)."""
@@ -125,7 +128,7 @@ def run(stages, rows, pace):
       raise ValueError(f"stage {s} reads a later stage: {stage.inputs}")
   needed = _needed(stages)
   rows = tf.convert_to_tensor(rows, tf.int32)
-  least = lag(stages) + tf.reduce_max(tf.stack([tf.cast(st.min_rows, tf.int32) for st in stages]))
+  least = tf.reduce_max(tf.stack([tf.cast(st.min_rows, tf.int32) for st in stages]))
   pace = tf.maximum(tf.convert_to_tensor(pace, tf.int32), least)
 
   def available(s, progress):
@@ -145,10 +148,19 @@ def run(stages, rows, pace):
     """Stage s's call this iteration, if its inputs allow: -> (state, bands, progress)."""
     stage, done = stages[s], progress[s]
     ready = tf.maximum(available(s, progress), done)
-    # At most ``pace`` rows a call (unless fewer than ``min_rows`` would be left): a later stage
-    # would otherwise take the first stage's band plus everything its lag held back at once.
-    capped = done + pace
-    ready = tf.where((ready > capped) & (rows - capped >= stage.min_rows), capped, ready)
+    # At most a pace a call for the first stages, two for the others (``run``), and never fewer
+    # than ``min_rows`` left for a last call: rows - min_rows where the cap would leave fewer.
+    least_left = stage.min_rows
+    capped = done + (2 * pace if stage.inputs else pace)
+    ready = tf.where(
+      ready > capped,
+      tf.where(
+        rows - capped >= least_left,
+        capped,
+        tf.where(rows - least_left - done >= least_left, rows - least_left, ready),
+      ),
+      ready,
+    )
     take = ready - done
     go = ((ready >= rows) & (take > 0)) | (
       (take >= stage.min_rows) & (rows - ready >= stage.min_rows)
@@ -229,6 +241,26 @@ def run(stages, rows, pace):
     parallel_iterations=1,
   )
   return states, tuple(tuple(ta.concat()[None] for ta in outs) for outs in collected)
+
+
+@dataclasses.dataclass
+class Latent:
+  """y for an encoding stream: ``rows(r0, r1)`` -> its latent rows [r0, r1), [1, r1 - r0,
+  width, depth], computed when the stream asks for them (``CompressionModel.latent_source``:
+  cut from the whole y, or the analysis run again on the image's band, by ``tile``: set once
+  the stream's plan, and so what it keeps, is known)."""
+
+  band: object  # band(r0, r1, tile) -> the rows
+  width: object
+  tile: object = None
+
+  def rows(self, r0, r1):
+    return self.band(r0, r1, self.tile)
+
+  @classmethod
+  def of(cls, y):
+    """The rows of a whole y."""
+    return cls(lambda r0, r1, tile: y[:, r0:r1], tf.shape(y)[2])
 
 
 @dataclasses.dataclass

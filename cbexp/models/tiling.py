@@ -58,7 +58,13 @@ TRANSFORM_OVERHEAD = 8.0
 
 def tile_for_budget(budget_bytes, bytes_per_latent, overhead=TRANSFORM_OVERHEAD, smallest=8):
   """The tile side (latent samples) whose activations, ``overhead`` times the largest layer's
-  input + output (the temporaries inside a layer and its block), fit in ``budget_bytes``."""
+  input + output (the temporaries inside a layer and its block), fit in ``budget_bytes``; an
+  int32 scalar tensor where ``budget_bytes`` is one (a budget that depends on the image)."""
+  import tensorflow as tf
+
+  if tf.is_tensor(budget_bytes):
+    area = tf.cast(budget_bytes, tf.float64) / (overhead * bytes_per_latent)
+    return tf.maximum(smallest, tf.cast(tf.sqrt(tf.maximum(area, 0.0)), tf.int32))
   area = budget_bytes / (overhead * bytes_per_latent)
   return max(smallest, int(math.isqrt(int(area))))
 

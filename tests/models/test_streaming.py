@@ -53,17 +53,50 @@ def test_a_stream_of_stages_with_halos_equals_the_whole_computation(pace, min_ro
   states, collected = tf.function(lambda: streaming.run(stages, 37, pace))()
   np.testing.assert_array_equal(collected[2][0].numpy(), whole.numpy())
   np.testing.assert_array_equal(collected[3][0].numpy(), tf.repeat(blur(x, 1), 2, axis=1).numpy())
-  effective = max(pace, min_rows + 3)  # the pace run uses (the lag: 3 rows, below)
+  effective = max(pace, min_rows)  # the pace run uses
   for s in (1, 2):
     bands = states[s][0].numpy()
     assert bands.sum() == 37 and bands.min() >= min(min_rows, 37), bands
-    # At most a pace a call, the last aside (it takes fewer than min_rows more rather than leave
-    # them): a later stage does not take the first stage's last band and its own lag at once.
-    assert bands[:-1].max(initial=0) <= effective and bands[-1] < effective + min_rows, bands
-  # Bands of the pace, or of min_rows + the halos' lag (3 rows here) where that is more, so
-  # that every stage takes a band every iteration: many bands, not one.
+    # At most two paces a call (a stage that waited for its inputs catches up), or what is
+    # left where that is fewer than two min_rows: a later stage does not take the first
+    # stage's last band and everything its lag held back at once.
+    assert bands.max() <= max(2 * effective, 2 * min_rows - 1), bands
   assert streaming.lag(stages) == 3
-  assert len(states[1][0]) >= 37 // (2 * max(pace, min_rows + 3))
+  assert len(states[1][0]) >= 37 // (2 * effective)  # many bands, not one
+
+
+@pytest.mark.parametrize("pace, min_rows", [(1, 1), (3, 2), (4, 4), (2, 5)])
+def test_a_stage_trails_the_first_by_its_halos_and_less_than_two_bands(pace, min_rows):
+  """A chain of halos longer than the pace (lag 12 rows): each stage trails the first stage by
+  the halos before it and at most two paces (it catches up after waiting), so the first
+  stage's rows are kept for the lag plus two bands, not for a growing backlog."""
+  front = tf.Variable(0)
+
+  def source(state, r0, r1, a0):
+    with tf.control_dependencies([front.assign(r1)]):
+      return state, (tf.identity(x[:, r0:r1]),)
+
+  def last(state, r0, r1, a0, window):  # how far the first stage is ahead of this call
+    return (tf.concat([state[0], [front - r0]], 0),), (streaming.interior(window, r0, r1, a0),)
+
+  x = tf.reshape(tf.range(80, dtype=tf.float32), [1, 80, 1, 1])
+  output = (streaming.Output(1, 1),)
+  chain = [streaming.Stage(source, output)]
+  for s in range(3):
+    chain.append(
+      streaming.Stage(
+        lambda st, r0, r1, a0, w: (st, (w[:, r0 - a0 : r1 - a0],)), output, (s,), 4, min_rows
+      )
+    )
+  chain.append(
+    streaming.Stage(last, output, (3,), 0, min_rows, (tf.zeros([0], tf.int32),), collect=True)
+  )
+  states, collected = tf.function(lambda: streaming.run(chain, 80, pace))()
+  np.testing.assert_array_equal(collected[4][0].numpy(), x.numpy())
+  ahead = states[4][0].numpy()
+  effective = max(pace, min_rows)
+  assert streaming.lag(chain) == 12
+  assert ahead.max() <= 12 + 2 * effective + min_rows, ahead
 
 
 def test_the_calls_of_an_iteration_run_one_after_another():
@@ -97,23 +130,24 @@ def test_the_calls_of_an_iteration_run_one_after_another():
 
 
 def test_the_budget_pays_for_what_the_stream_keeps():
-  """A stream's pace: a band's activations and every kept output for the lag plus a band,
-  twice, within the budget (the paper ChARM's 320-channel slices and hyper outputs at 352
+  """A stream's pace: two bands' activations and every kept output for the lag plus two
+  bands, twice, within the budget (the paper ChARM's 320-channel slices and hyper outputs at 352
   latent columns: a 24 MP image), or the fewest rows a call takes."""
   model, _ = build_untrained(tiny_overrides("charm", "entropy.num_slices=2"), seed=0)
   em, budget, width = model.entropy_model, 64 * 2**20, 352
   em.set_memory_budget(budget)
   y, z = tf.zeros([1, 400, width, em.latent_depth]), tf.zeros([1, 100, width // 4, 8])
-  plan = em.encoding_stream(y, z)
+  plan = em.encoding_stream(streaming.Latent.of(y), z)
   pace, kept = int(plan.pace), int(streaming.kept_bytes_per_row(plan.stages))
   lag, call = streaming.lag(plan.stages), budget / em.band_positions * width
-  # The outputs of the stages that run, float32: the hyper's two paths, each slice's coded
-  # values, the first slice's LRP (the second reads it; the last one's only the decoder needs).
+  # The outputs of the stages that run, float32: the hyper's two paths and y's rows, each
+  # slice's coded values, the first slice's LRP (the second reads it; the last one's only the
+  # decoder needs).
   depth = em.latent_depth
-  assert kept == 4 * width * (2 * depth + depth + depth // 2)
+  assert kept == 4 * width * (3 * depth + depth + depth // 2)
 
-  def spent(rows):  # a call of ``rows`` rows and what the stream keeps meanwhile
-    return call * rows + 2 * (lag + rows) * kept
+  def spent(rows):  # a call of up to two bands and what the stream keeps meanwhile
+    return 2 * call * rows + 2 * (lag + 2 * rows) * kept
 
   assert pace == em.stream_min_rows(width) or spent(pace) <= budget < spent(pace + 1)
   assert pace < em.band_positions // width  # the band alone would be more rows

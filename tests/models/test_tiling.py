@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from cbexp.load import build_untrained
-from cbexp.models import tiling
+from cbexp.models import streaming, tiling
 from cbexp.models.transforms import cheng2020, elic, ms2020
 from cbexp.models.transforms.layers import HyperSynthesisTransform, SliceTransform, transform_reach
 from helpers.models import tiny_overrides
@@ -110,6 +110,38 @@ def test_the_tile_follows_the_memory_budget_not_the_image():
   assert per_latent == 4 * (16 * 64 + 3 * 256)
 
 
+def test_a_streams_tiles_pay_for_what_the_stream_keeps():
+  """In a stream, the synthesis's tile (and the analysis's) gets the budget less what the
+  stream keeps between calls (every output for the lag and two bands, or every row where that
+  is fewer), at least half the budget: on a wide image (the paper ChARM at 24 MP keeps about
+  0.2 GB) the tile is smaller than the budget's alone, on a narrow one about the budget's."""
+  model, _ = build_untrained(tiny_overrides("charm", "entropy.num_slices=2"), seed=0)
+  budget_mb = 8  # tiles of 12 latents (the tiny synthesis: 7 KB a latent, 8x that)
+  model.set_memory_budget(budget_mb)
+  em, budget = model.entropy_model, budget_mb * 2**20
+  per_latent = tiling.activation_bytes_per_latent(model.synthesis, model.latent_depth)
+  per_pixel_latent = tiling.activation_bytes_per_latent(model.analysis, 3)
+
+  def tile_at(width):
+    z = tf.zeros([1, 16, width // 4, 8])
+    plan = em.decoding_stream([tf.constant([b""])] * em.num_strings, z, [64, width])
+    pace = tf.maximum(plan.pace, plan.min_rows)
+    kept_rows = min(streaming.lag(plan.stages) + 2 * int(pace), 64)
+    kept = streaming.kept_bytes_per_row(plan.stages) * kept_rows
+    return int(model.stream_tiles(plan)[1]), int(kept), plan
+
+  narrow, kept, _ = tile_at(4)
+  assert kept < budget / 2 and narrow == tiling.tile_for_budget(budget - kept, per_latent)
+  assert narrow <= model.tiles[1] < narrow + 2
+  wide, kept, plan = tile_at(400)
+  assert kept > budget / 2 and wide == tiling.tile_for_budget(budget / 2, per_latent)
+  assert wide < model.tiles[1]
+  # The analysis's tile in an encoding stream (y computed band by band) likewise.
+  assert int(model.stream_tiles(plan)[0]) == tiling.tile_for_budget(budget / 2, per_pixel_latent)
+  model.set_memory_budget(0)
+  assert model.stream_tiles(plan) == (0, 0)  # untiled
+
+
 # --- the entropy model's networks over row bands -------------------------------------------------
 
 
@@ -199,3 +231,43 @@ def test_banded_entropy_networks_code_the_same_strings(entropy, streamed, monkey
     assert model.entropy_model.streams() == streamed
 
   assert_codes_as_untiled(model, image, bands_of_a_few_dozen_positions)
+
+
+@pytest.mark.parametrize(
+  "entropy", [["checkerboard"], ["charm", "entropy.num_slices=2", "entropy.max_support_slices=1"]]
+)
+def test_a_y_above_an_eighth_of_the_budget_is_never_whole(entropy, monkeypatch):
+  """Encoding streamed, y larger than an eighth of the budget (with the copy that joins its
+  tiles, a quarter) is never held whole: z comes from
+  a first stream over the image's rows, and the coding stream runs the analysis again on the
+  bands it asks for. The strings and latents are the untiled ones, as with y whole."""
+  model, _ = build_untrained(tiny_overrides(*entropy), seed=0)
+  # 200x328 pads to 256x384: a 16x24 latent, 4x6 z.
+  image = np.random.default_rng(3).integers(0, 256, (200, 328, 3), dtype=np.uint8)
+  monkeypatch.setattr(tiling, "MIN_BAND_POSITIONS", 1)
+  bands, latent_band = [], type(model).latent_band
+
+  def counted(self, x, r0, r1, tile=None):  # the bands of y computed again, as they run
+    def note(start):
+      bands.append(int(start))
+      return np.int32(0)
+
+    with tf.control_dependencies([tf.numpy_function(note, [r0], tf.int32, stateful=True)]):
+      return tf.identity(latent_band(self, x, r0, r1, tile))
+
+  monkeypatch.setattr(type(model), "latent_band", counted)
+  model.set_memory_budget(0)
+  untiled = model.compress(image)
+  y_mb = 16 * 24 * model.latent_depth * 4 / 2**20
+  for budget_mb, whole in [(8 * y_mb, True), (4 * y_mb, False)]:
+    bands.clear()
+    model.set_memory_budget(budget_mb)
+    assert model.entropy_model.streams()
+    coded = model.compress(image)
+    assert coded.strings == untiled.strings and coded.checks == untiled.checks
+    np.testing.assert_array_equal(coded.y_hat.numpy(), untiled.y_hat.numpy())
+    # Computed again band by band: the first stream's bands of 8 latent rows (2 z rows: its
+    # pace at this budget), then the coding stream's.
+    assert (not bands) == whole, bands
+    if not whole:
+      assert bands[:2] == [0, 8] and len(bands) > 2, bands
