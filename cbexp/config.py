@@ -229,6 +229,15 @@ def entropy_defaults(target):
   }
 
 
+def memory_budget_mb(cfg):
+  """The codec's memory budget of a run config (``memory_budget_mb``; null or absent: cbexp's
+  default, ``constants.DEFAULT_MEMORY_BUDGET_MB``)."""
+  from cbexp.constants import DEFAULT_MEMORY_BUDGET_MB
+
+  budget = cfg.get("memory_budget_mb")
+  return DEFAULT_MEMORY_BUDGET_MB if budget is None else float(budget)
+
+
 def build_model(cfg: DictConfig, precision="float32"):
   """transform + entropy + scale_table + lmbda -> CompressionModel (untrained). The config is
   validated first (``model_config``); the entropy class is one of cbexp's own. ``precision``: the

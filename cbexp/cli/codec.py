@@ -9,7 +9,12 @@ import threading
 import time
 
 from cbexp import files
-from cbexp.cli.common import one_line_parser, return_freed_memory, run_command
+from cbexp.cli.common import (
+  one_line_parser,
+  release_freed_memory,
+  return_freed_memory,
+  run_command,
+)
 from cbexp.codec import bitstream
 from cbexp.codec.codec import (
   DECODE_TIMEOUT_BASE_S,
@@ -38,6 +43,8 @@ def compress(args):
   _, _, mode = describe_image_file(args.input, args.max_pixels)  # before the model loads
   codec = _load(args)
   image = load_image(args.input, args.max_pixels)
+  codec.prepare()
+  release_freed_memory()
   height, width = image.shape[:2]  # upright (EXIF orientation applied)
   start = time.perf_counter()
   stream = codec.encode(image)
@@ -58,6 +65,8 @@ def decompress(args):
   stream, size = bitstream.read(args.input, lambda header: check_header(header, args.max_pixels))
   codec = _load(args)
   codec.check_compatible(stream)
+  codec.prepare(stream)
+  release_freed_memory()
   timer = watchdog(decode_timeout(stream.height, stream.width, args.decode_timeout))
   try:
     start = time.perf_counter()

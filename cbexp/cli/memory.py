@@ -14,6 +14,7 @@ import sys
 from cbexp.cli.common import (
   HELP_FLAGS,
   command_help,
+  release_freed_memory,
   return_freed_memory,
   run_command,
   run_composed,
@@ -36,7 +37,7 @@ def main(argv=None):
 
     if json.loads(argv[1]).get("budget"):  # as `cbexp codec compress/decompress` does
       return_freed_memory()
-    return run_command(PROG, worker_main, argv[1])
+    return run_command(PROG, lambda spec: worker_main(spec, release_freed_memory), argv[1])
   if any(a in HELP_FLAGS for a in argv):
     print(command_help(__doc__, "memory"))
     return 0

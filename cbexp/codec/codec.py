@@ -174,6 +174,13 @@ class Codec:
       )
     self.check_size(bitstream.height, bitstream.width)
 
+  def prepare(self, bitstream=None):
+    """Traces the function that ``encode`` (or, given ``bitstream``, ``decode``) will run,
+    without running it, so that a process can give back what tracing freed before the coding
+    starts (``cbexp.cli.common.release_freed_memory``)."""
+    function = self.module.compress if bitstream is None else self._decompress_for(bitstream)
+    function.get_concrete_function()
+
   def decode(self, bitstream):
     """-> uint8 [H, W, 3]. Strings that fail verification (or that tfc's range decoder
     rejects: its sanity check) raise CodecError(STRINGS_REFUSED); symbol checks that differ

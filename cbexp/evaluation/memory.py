@@ -148,9 +148,11 @@ def _codec(spec):
   return load_codec(spec["ref"], max_pixels=spec["max_pixels"], memory_budget_mb=spec["budget"])
 
 
-def worker(spec):
+def worker(spec, ready=lambda: None):
   """One measurement in this (fresh) process: ``spec["operation"]`` "compress" (writes
-  ``spec["file"]``) or "decompress" (reads it) -> the row's measured columns."""
+  ``spec["file"]``) or "decompress" (reads it) -> the row's measured columns. ``ready()`` runs
+  once the model is loaded and its graph traced, before the measured calls (the command's
+  ``release_freed_memory``, as `cbexp codec` runs it)."""
   import tensorflow as tf
 
   from cbexp.codec import bitstream
@@ -168,6 +170,7 @@ def worker(spec):
   if spec["operation"] == "compress":
     bitstream.write(warmup_file, codec.encode(mosaic(spec["images"], 64, 64)))
     image = mosaic(spec["images"], height, width)
+    ready()
     base = _memory_mb("VmRSS")
     first = None
     for call in range(1, calls + 1):
@@ -181,6 +184,7 @@ def worker(spec):
   else:
     codec.decode(bitstream.read(warmup_file)[0])
     stream, size = bitstream.read(spec["file"])
+    ready()
     base = _memory_mb("VmRSS")
     for _ in range(calls):
       start = time.perf_counter()
@@ -201,10 +205,10 @@ def worker(spec):
   }
 
 
-def worker_main(spec_text):
-  """``python -m cbexp.memory --worker SPEC``: prints the row of ``worker(json SPEC)`` as one
-  JSON line."""
-  print(json.dumps(worker(json.loads(spec_text))), flush=True)
+def worker_main(spec_text, ready=lambda: None):
+  """``python -m cbexp.memory --worker SPEC``: prints the row of ``worker(json SPEC, ready)`` as
+  one JSON line."""
+  print(json.dumps(worker(json.loads(spec_text), ready)), flush=True)
 
 
 def measure(spec, timeout_s):

@@ -12,6 +12,7 @@ from cbexp import images
 from cbexp.codec import model_dir as model_io
 from cbexp.codec import savedmodel as export
 from cbexp.codec.codec import Codec
+from cbexp.config import memory_budget_mb
 from cbexp.evaluation import complexity, evaluate, size
 from cbexp.evaluation.metrics import mse_from_psnr
 from cbexp.tracking import pyfunc, store
@@ -21,6 +22,7 @@ from cbexp.training.progress import log
 def evaluate_and_save(model, cfg, eval_paths, run_dir, client, run_id, metrics):
   """Evaluation, the model's files and its MLflow model, all logged to the run, which is then
   FINISHED. Returns the evaluation summary (plus ``rd_loss``)."""
+  model.set_memory_budget(memory_budget_mb(cfg))
   model.build_coders()
   # The very functions an export stores, through real .cbx bytes: the numbers of `cbexp codec
   # eval` on the saved model directory (one evaluation path).

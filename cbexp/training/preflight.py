@@ -127,6 +127,9 @@ def check_numbers(cfg):
       raise ConfigError(f"{key}={value!r}: must be positive")
 
   number("lmbda", cfg.lmbda)
+  number("memory_budget_mb", cfg.get("memory_budget_mb"), positive=False, optional=True)
+  if (cfg.get("memory_budget_mb") or 0) < 0:
+    raise ConfigError(f"memory_budget_mb={cfg.memory_budget_mb}: must be 0 (untiled) or more")
   for key in (
     "steps",
     "batch_size",

@@ -16,7 +16,7 @@ import re
 import time
 
 from cbexp import files
-from cbexp.config import build_model
+from cbexp.config import build_model, memory_budget_mb
 from cbexp.evaluation import evaluate
 from cbexp.models.precision import copy_weights
 
@@ -71,6 +71,7 @@ class RDProbe:
   def __init__(self, cfg, paths):
     self.cfg, self.paths = cfg, list(paths)
     self.copy = build_model(cfg)  # outside any strategy: a plain model on this process
+    self.copy.set_memory_budget(memory_budget_mb(cfg))
     self.weights = list(self.copy.variables)  # before coders add their tables
 
   def __call__(self, model, compute):

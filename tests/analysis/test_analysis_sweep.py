@@ -71,6 +71,7 @@ def sweep(tmp_path_factory):
     "trainer.log_every=2",
     "trainer.val_every=4",
     "trainer.checkpoint_every=4",
+    "memory_budget_mb=0",  # untiled: tests/helpers/runs.py
     f"tracking.uri={uri}",
     f"hydra.sweep.dir={folder / 'sweep'}",
   ]

@@ -98,6 +98,28 @@ def test_decode_reproduces_the_encoders_reconstruction(entropy, model_factory):
   check()
 
 
+def test_prepare_traces_what_the_coding_runs_before_it_runs(tiny, tiny_export):
+  """``Codec.prepare`` traces the function the next encode (or decode of a file) runs, so that
+  `cbexp codec` gives what tracing freed back before coding (release_freed_memory): the call
+  itself traces nothing more. An export's functions are traced already; prepare works too."""
+  model, cfg, _ = tiny
+  codec = Codec.from_model(model, cfg)  # functions of its own, not yet traced
+  x = random_image(70, 33)
+  codec.prepare()
+  assert codec.module.compress.experimental_get_tracing_count() == 1
+  stream = codec.encode(x)
+  assert codec.module.compress.experimental_get_tracing_count() == 1
+  assert codec.module.decompress.experimental_get_tracing_count() == 0
+  codec.prepare(stream)
+  assert codec.module.decompress.experimental_get_tracing_count() == 1
+  decoded = codec.decode(stream)
+  assert codec.module.decompress.experimental_get_tracing_count() == 1
+  loaded = load_codec(tiny_export)
+  loaded.prepare()
+  loaded.prepare(stream)
+  np.testing.assert_array_equal(loaded.decode(loaded.encode(x)), decoded)
+
+
 # --- exports --------------------------------------------------------------------------------
 def test_export_loads_without_config_and_codes_identically(tiny, tiny_export):
   model, _, memory_codec = tiny

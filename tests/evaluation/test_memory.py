@@ -157,22 +157,30 @@ def test_a_failed_measurement_is_one_line_in_the_table(model_dir, kodak_dir, tmp
   assert "failed: " in memory.markdown(memory.summarize(rows))
 
 
-RESTORE = """
+RESIDENT = """
+def resident_mb():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+      return int(line.split()[1]) / 1024
+"""
+
+RESTORE = (
+  """
 import sys
 if sys.argv[1] == "returned":
   from cbexp.cli.common import return_freed_memory
   return_freed_memory()
 import tensorflow as tf
-def resident_mb():
-  for line in open("/proc/self/status"):
-    if line.startswith("VmRSS:"):
-      return int(line.split()[1]) / 1024
+"""
+  + RESIDENT
+  + """
 weights = [tf.Variable(tf.zeros([512, 1024])) for _ in range(128)]  # 256 MB, as a model's
 path = tf.train.Checkpoint(w=weights).write(sys.argv[2])
 before = resident_mb()
 tf.train.Checkpoint(w=weights).read(path)
 print(resident_mb() - before)
 """
+)
 
 
 def test_a_codec_process_does_not_keep_a_restored_models_second_copy(tmp_path):
@@ -194,3 +202,44 @@ def test_a_codec_process_does_not_keep_a_restored_models_second_copy(tmp_path):
     ).stdout.split()[-1]
   )
   assert grown < 64, f"restoring 256 MB of weights left {grown:.0f} MB more resident"
+
+
+HEAP = (
+  """
+import sys
+from cbexp.cli.common import release_freed_memory, return_freed_memory
+if sys.argv[1] == "returned":
+  return_freed_memory()
+"""
+  + RESIDENT
+  + """
+# 256 MB in blocks of 16 KB, each followed by a small one that stays (as loading a model and
+# tracing its graph leave them): the heap cannot shrink from its top, and glibc keeps them.
+blocks = [(bytearray(b"x" * (16 << 10)), bytearray(1024)) for _ in range(16384)]
+kept = [small for _, small in blocks]
+del blocks
+before = resident_mb()
+release_freed_memory()
+print(before - resident_mb())
+"""
+)
+
+
+@pytest.mark.parametrize("mode, released", [("returned", True), ("kept", False)])
+def test_a_codec_process_gives_back_what_its_heap_holds_free_before_coding(mode, released):
+  """``release_freed_memory`` (`cbexp codec` and the benchmark's processes, once the graph is
+  traced): 256 MB freed in blocks the heap keeps go back to the system, in a process that
+  gives memory back (``return_freed_memory``); a process that keeps TensorFlow's pool keeps its
+  heap too."""
+  import subprocess
+  import sys
+
+  given_back = float(
+    subprocess.run(
+      [sys.executable, "-c", HEAP, mode], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+  )
+  if released:
+    assert given_back > 192, f"{given_back:.0f} MB of 256 MB given back"
+  else:
+    assert given_back < 32, f"{given_back:.0f} MB given back"

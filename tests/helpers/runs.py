@@ -79,6 +79,9 @@ def tiny_run_overrides(tmp_path, entropy="hyperprior", steps=8, **trainer):
     f"eval.path={evaluation}",
     "trainer=tiny",
     f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    # Untiled: a tiny model's streamed graphs take longer to trace than the run takes to train
+    # (the streamed codec is tested in tests/models and tests/codec).
+    "memory_budget_mb=0",
   ] + [f"trainer.{k}={v}" for k, v in settings.items()]
 
 

@@ -17,6 +17,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from helpers.codec_cli import run_codec
@@ -184,6 +185,10 @@ def test_run_logs_the_schema(resumed_run):
   ):
     assert (model / name).exists(), name
   assert "python_function" in (model / "MLmodel").read_text()
+  # The export codes within the run's memory budget (memory_budget_mb=0 here: untiled).
+  reader = tf.train.load_checkpoint(str(model / "artifacts/export/variables/variables"))
+  (budget,) = [k for k in reader.get_variable_to_shape_map() if k.startswith("memory_budget_mb/")]
+  assert reader.get_tensor(budget) == 0
 
 
 def test_run_record_is_mlflow_native(resumed_run):

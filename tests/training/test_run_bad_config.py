@@ -35,6 +35,10 @@ def cases(tmp_path):
     "lmbda not a number": (replace(base, lmbda="abc"), "lmbda='abc': must be a number"),
     "negative lmbda": (replace(base, lmbda=-1), "lmbda=-1: must be positive"),
     "zero lmbda": (replace(base, lmbda=0), "lmbda=0: must be positive"),
+    "negative memory budget": (
+      replace(base, memory_budget_mb=-1),
+      "memory_budget_mb=-1: must be 0 (untiled) or more",
+    ),
     "steps not an integer": (
       replace(base, trainer__steps="abc"),
       "trainer.steps='abc': must be an integer",
@@ -69,6 +73,7 @@ def cases(tmp_path):
     "lmbda not a number",
     "negative lmbda",
     "zero lmbda",
+    "negative memory budget",
     "steps not an integer",
     "zero filters",
     "unsupported tracking URI",
