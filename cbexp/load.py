@@ -89,7 +89,7 @@ def build_untrained(overrides=(), seed=None):
   from cbexp.config import build_model, compose
 
   if seed is not None:
-    tf.random.set_seed(seed)
+    tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow: Keras draws from all
   cfg = compose(list(overrides))
   model = build_model(cfg)
   model.build_coders()

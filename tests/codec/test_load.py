@@ -296,3 +296,27 @@ def test_weights_are_restored_one_at_a_time_as_tensorflow_restores_them(
   with pytest.raises(ValueError, match="kernel"):
     model_dir.restore_weights(other, prefix)
   assert all("kernel" not in key for key in reads)  # refused before its value was read
+
+
+UNTRAINED = """
+import hashlib
+import sys
+from cbexp.load import build_untrained
+model, _ = build_untrained(["transform=tiny", "entropy=hyperprior"], seed=int(sys.argv[1]))
+print(hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).hexdigest())
+"""
+
+
+def test_an_untrained_model_of_a_seed_is_the_same_in_every_process():
+  """``build_untrained(seed=...)`` (the memory benchmark's models): the same weights in every
+  process, other weights for another seed (Keras's initializers draw from Python's and NumPy's
+  generators too, not only TensorFlow's)."""
+
+  def fingerprint(seed):
+    return subprocess.run(
+      [sys.executable, "-c", UNTRAINED, str(seed)], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+
+  first = fingerprint(0)
+  assert fingerprint(0) == first
+  assert fingerprint(1) != first

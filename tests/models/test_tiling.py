@@ -77,20 +77,41 @@ def test_tiled_coding_is_bit_identical_to_untiled(transform):
   assert_codes_as_untiled(model, image, tiles_of_3_and_5)
 
 
-def assert_codes_as_untiled(model, image, tile):
-  """Untiled coding of ``image``, then ``tile()``: the same strings, checks and latents; either
-  file decodes to the same pixels tiled, and the tiled file untiled."""
+def assert_codes_as_untiled(model, image, tile, exact=True):
+  """Untiled coding of ``image``, then ``tile()``: the same strings and checks (the same
+  symbols); either file decodes tiled, and the tiled file untiled, to the untiled pixels. With
+  ``exact``, the latents and pixels bit for bit (tiled transforms); otherwise the latents to
+  their last bits and the pixels within one level (``assert_latents_agree``)."""
   model.set_memory_budget(0)
   untiled = model.compress(image)
   untiled_pixels = model.decompress(untiled).numpy()
   tile()
   tiled = model.compress(image)
   assert tiled.strings == untiled.strings and tiled.checks == untiled.checks
-  np.testing.assert_array_equal(tiled.y_hat.numpy(), untiled.y_hat.numpy())
-  np.testing.assert_array_equal(model.decompress(untiled).numpy(), untiled_pixels)
-  np.testing.assert_array_equal(model.decompress(tiled).numpy(), untiled_pixels)
+  same_pixels = np.testing.assert_array_equal if exact else assert_within_one_level
+  if exact:
+    np.testing.assert_array_equal(tiled.y_hat.numpy(), untiled.y_hat.numpy())
+  else:
+    assert_latents_agree(tiled.y_hat, untiled.y_hat)
+  same_pixels(model.decompress(untiled).numpy(), untiled_pixels)
+  same_pixels(model.decompress(tiled).numpy(), untiled_pixels)
   model.set_memory_budget(0)
-  np.testing.assert_array_equal(model.decompress(tiled).numpy(), untiled_pixels)
+  same_pixels(model.decompress(tiled).numpy(), untiled_pixels)
+
+
+def assert_latents_agree(got, want):
+  """y_hat of the entropy model's networks run over row bands against the whole latent: the
+  symbols are the same (the callers compare the strings and checks), and each latent, its symbol
+  plus the predicted mean, agrees to the last bits of float32. oneDNN chooses its kernels by the
+  tensor's shape, and on some CPUs a band's products round differently from the whole tensor's
+  (an AMD EPYC without AVX-512: 3e-7; an Intel Xeon with AVX-512: bit for bit)."""
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def assert_within_one_level(got, want):
+  """Decoded pixels within one level of each other (issue 25's criterion)."""
+  difference = np.abs(np.asarray(got, np.int32) - np.asarray(want, np.int32))
+  assert difference.max() <= 1, difference.max()
 
 
 def test_the_tile_follows_the_memory_budget_not_the_image():
@@ -186,10 +207,10 @@ def test_row_bands_equal_the_whole_tensor_and_no_band_is_short():
   # Each band read with its halo where the tensor has rows: the last one is 3 rows + the halo.
   assert seen == [2 + min(r, halo) + min(21 - r, halo) for r in range(0, 20, 2)] + [3 + halo]
   for got, want in zip(banded, whole):
-    np.testing.assert_array_equal(got.numpy(), want.numpy())
-  # A halo short of the receptive field is caught: the band borders differ.
+    assert_latents_agree(got, want)  # bit for bit on some CPUs, not all
+  # A halo short of the receptive field is caught: the band borders differ, by far more.
   short = tiling.row_bands(fn, [x, h], 20, halo - 1, (4, 1))
-  assert not np.array_equal(short[0].numpy(), whole[0].numpy())
+  assert not np.allclose(short[0].numpy(), whole[0].numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_the_band_follows_the_budget_and_never_drops_below_the_minimum():
@@ -230,7 +251,7 @@ def test_banded_entropy_networks_code_the_same_strings(entropy, streamed, monkey
     assert 0 < model.entropy_model.band_positions < 24 * 2
     assert model.entropy_model.streams() == streamed
 
-  assert_codes_as_untiled(model, image, bands_of_a_few_dozen_positions)
+  assert_codes_as_untiled(model, image, bands_of_a_few_dozen_positions, exact=False)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +286,7 @@ def test_a_y_above_an_eighth_of_the_budget_is_never_whole(entropy, monkeypatch):
     assert model.entropy_model.streams()
     coded = model.compress(image)
     assert coded.strings == untiled.strings and coded.checks == untiled.checks
-    np.testing.assert_array_equal(coded.y_hat.numpy(), untiled.y_hat.numpy())
+    assert_latents_agree(coded.y_hat, untiled.y_hat)  # its networks' bands: one position
     # Computed again band by band: the first stream's bands of 8 latent rows (2 z rows: its
     # pace at this budget), then the coding stream's.
     assert (not bands) == whole, bands

@@ -100,6 +100,8 @@ def test_run_evaluation_and_codec_eval_give_the_same_numbers(three_runs):
       str(tmp_path / "eval"),
       "--csv",
       str(csv),
+      "--memory-budget",  # the run's (memory_budget_mb=0: tests/helpers/runs.py): same pixels
+      "0",
     ],
     capture_output=True,
     text=True,
